@@ -1,0 +1,99 @@
+"""The one place that reads the environment: every configuration variable of the contract.
+
+A bad value fails at start with a message that names the variable and says what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+DEFAULTS = {
+    "CLICKSTREAM_KAFKA_BOOTSTRAP": "localhost:9092",
+    "CLICKSTREAM_TOPIC": "clickstream.events",
+    "CLICKSTREAM_LAKE_URL": "data/lake",
+    "CLICKSTREAM_WAREHOUSE": "data/warehouse.duckdb",
+    "CLICKSTREAM_START_DATE": "2026-01-01",
+    "CLICKSTREAM_ALLOWED_LATENESS": "3h",
+    "DAGSTER_HOME": ".dagster_home",
+}
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message says which variable and how to fix it."""
+
+
+def parse_duration(text: str, *, variable: str) -> timedelta:
+    """Parse `90m`, `3h`, `1d` or `45s` into a timedelta."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(
+            f"{variable}={text!r} is not a duration: use a whole number and a unit, "
+            "such as 30m, 3h or 1d"
+        )
+    return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+
+
+def _absolute(url: str) -> str:
+    if "://" in url:
+        return url.rstrip("/")
+    return os.path.abspath(url)
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str
+    topic: str
+    lake_url: str
+    warehouse: str
+    start_date: date
+    allowed_lateness: timedelta
+    dagster_home: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        source = os.environ if env is None else env
+        value = {name: source.get(name) or default for name, default in DEFAULTS.items()}
+        try:
+            start_date = date.fromisoformat(value["CLICKSTREAM_START_DATE"])
+        except ValueError:
+            raise ConfigError(
+                f"CLICKSTREAM_START_DATE={value['CLICKSTREAM_START_DATE']!r} is not a date: "
+                "use YYYY-MM-DD, such as 2026-01-01"
+            ) from None
+        lateness = parse_duration(
+            value["CLICKSTREAM_ALLOWED_LATENESS"], variable="CLICKSTREAM_ALLOWED_LATENESS"
+        )
+        lake_url = value["CLICKSTREAM_LAKE_URL"]
+        if "://" in lake_url and not lake_url.startswith(("s3://", "file://", "memory://")):
+            raise ConfigError(
+                f"CLICKSTREAM_LAKE_URL={lake_url!r}: use a local path or s3://bucket/prefix"
+            )
+        if not value["CLICKSTREAM_TOPIC"].strip():
+            raise ConfigError("CLICKSTREAM_TOPIC is empty: name the events topic")
+        return cls(
+            kafka_bootstrap=value["CLICKSTREAM_KAFKA_BOOTSTRAP"],
+            topic=value["CLICKSTREAM_TOPIC"],
+            lake_url=_absolute(lake_url),
+            warehouse=_absolute(value["CLICKSTREAM_WAREHOUSE"]),
+            start_date=start_date,
+            allowed_lateness=lateness,
+            dagster_home=os.path.abspath(value["DAGSTER_HOME"]),
+        )
+
+    @property
+    def start_datetime(self) -> datetime:
+        return datetime(
+            self.start_date.year, self.start_date.month, self.start_date.day, tzinfo=UTC
+        )
+
+
+def load() -> Settings:
+    """The settings of this process, read once from the environment."""
+    return Settings.from_env()

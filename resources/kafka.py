@@ -1,0 +1,372 @@
+"""The event log: one interface over Kafka (kafka-python) and an in-memory log for unit tests.
+
+Landing needs only exact-range reads (assign, seek, fetch high watermark) and group commits, so
+the interface stays that small; `end_offsets` and `offsets_for_times` are deliberately unused
+because brokers disagree on them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+import pyarrow as pa
+from dagster import ConfigurableResource
+from kafka.partitioner.default import murmur2
+from pydantic import PrivateAttr
+
+RECORD_SCHEMA = pa.schema(
+    [
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+        ("kafka_timestamp", pa.timestamp("ms", tz="UTC")),
+        ("kafka_key", pa.binary()),
+        ("value", pa.binary()),
+    ]
+)
+"""What a read yields: the records of one Kafka partition, in offset order, as received."""
+
+
+class KafkaUnavailable(RuntimeError):
+    """The broker or topic cannot be used; the message says what to fix."""
+
+
+class EventLog(ABC):
+    """A partitioned, append-only log of (key, value, timestamp) records."""
+
+    topic: str
+
+    @abstractmethod
+    def partitions(self) -> list[int]:
+        """The topic's partitions; raises KafkaUnavailable when the broker or topic is missing."""
+
+    @abstractmethod
+    def beginning_offset(self, partition: int) -> int:
+        """The first offset the log still holds."""
+
+    @abstractmethod
+    def read(
+        self, partition: int, start_offset: int, end_offset: int | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """Records from `start_offset` up to `end_offset` (exclusive), or up to the high
+        watermark seen while reading when `end_offset` is None."""
+
+    @abstractmethod
+    def high_watermarks(self, positions: dict[int, int]) -> dict[int, int]:
+        """The high watermark of each partition in `positions` (the offset to fetch from)."""
+
+    @abstractmethod
+    def commit(self, offsets: dict[int, int]) -> None:
+        """Commit `offsets` (next offset to read) to the landing consumer group."""
+
+    @abstractmethod
+    def committed(self) -> dict[int, int]:
+        """The landing consumer group's committed offsets."""
+
+    @abstractmethod
+    def produce(self, records: pa.Table) -> None:
+        """Append records (columns key, value, timestamp_ms, optional partition) and flush."""
+
+    @abstractmethod
+    def create_topic(self, partitions: int) -> None:
+        """Create the topic if it does not exist."""
+
+
+def _batch(partition: int, offsets, timestamps, keys, values) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([partition] * len(offsets), pa.int32()),
+            pa.array(offsets, pa.int64()),
+            pa.array(timestamps, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            pa.array(keys, pa.binary()),
+            pa.array(values, pa.binary()),
+        ],
+        schema=RECORD_SCHEMA,
+    )
+
+
+def partition_for_key(key: bytes | None, partitions: int, fallback: int) -> int:
+    """The Java client's partitioner (murmur2), so the fake places keys as Kafka does."""
+    if key is None:
+        return fallback % partitions
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class KafkaResource(ConfigurableResource, EventLog):
+    """The real topic, through kafka-python."""
+
+    bootstrap_servers: str
+    topic: str
+    group_id: str = "clickstream-landing"
+    poll_max_records: int = 20_000
+    request_timeout_ms: int = 10_000
+
+    def _consumer(self, *, group: bool = False):
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+        try:
+            return KafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers.split(","),
+                group_id=self.group_id if group else None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=8 * 1024 * 1024,
+                fetch_max_bytes=64 * 1024 * 1024,
+                request_timeout_ms=max(self.request_timeout_ms, 10_001),
+                session_timeout_ms=6_000,
+                heartbeat_interval_ms=2_000,
+            )
+        except (KafkaTimeoutError, KafkaConnectionError):
+            raise KafkaUnavailable(
+                f"no Kafka broker answers at {self.bootstrap_servers}: start one "
+                "(`clickstream broker`) or set CLICKSTREAM_KAFKA_BOOTSTRAP"
+            ) from None
+
+    def partitions(self) -> list[int]:
+        consumer = self._consumer()
+        try:
+            found = consumer.partitions_for_topic(self.topic)
+        finally:
+            consumer.close()
+        if not found:
+            raise KafkaUnavailable(
+                f"topic {self.topic!r} does not exist on {self.bootstrap_servers}: create it "
+                "(`clickstream generate` does) or set CLICKSTREAM_TOPIC"
+            )
+        return sorted(found)
+
+    def beginning_offset(self, partition: int) -> int:
+        from kafka import TopicPartition
+
+        consumer = self._consumer()
+        try:
+            tp = TopicPartition(self.topic, partition)
+            return int(consumer.beginning_offsets([tp])[tp])
+        finally:
+            consumer.close()
+
+    def read(
+        self, partition: int, start_offset: int, end_offset: int | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        from kafka import TopicPartition
+
+        if end_offset is not None and end_offset <= start_offset:
+            return
+        tp = TopicPartition(self.topic, partition)
+        consumer = self._consumer()
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, start_offset)
+            position = start_offset
+            deadline = time.monotonic() + self.request_timeout_ms / 1000
+            while True:
+                polled = consumer.poll(timeout_ms=500, max_records=self.poll_max_records)
+                records = polled.get(tp, [])
+                if end_offset is not None:
+                    records = [r for r in records if r.offset < end_offset]
+                if records:
+                    # Field extraction is the Kafka client's own per-record loop; everything
+                    # downstream works on the columns.
+                    yield _batch(
+                        partition,
+                        [r.offset for r in records],
+                        [r.timestamp for r in records],
+                        [r.key for r in records],
+                        [r.value for r in records],
+                    )
+                    position = records[-1].offset + 1
+                    deadline = time.monotonic() + self.request_timeout_ms / 1000
+                stop = end_offset if end_offset is not None else consumer.highwater(tp)
+                if stop is not None and position >= stop:
+                    return
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailable(
+                        f"{self.topic}[{partition}] returned nothing past offset {position} for "
+                        f"{self.request_timeout_ms} ms (wanted up to {stop}): is the broker up?"
+                    )
+        finally:
+            consumer.close()
+
+    def high_watermarks(self, positions: dict[int, int]) -> dict[int, int]:
+        from kafka import TopicPartition
+
+        consumer = self._consumer()
+        try:
+            tps = {p: TopicPartition(self.topic, p) for p in positions}
+            consumer.assign(list(tps.values()))
+            for p, tp in tps.items():
+                consumer.seek(tp, positions[p])
+            result: dict[int, int] = {}
+            deadline = time.monotonic() + self.request_timeout_ms / 1000
+            while len(result) < len(tps) and time.monotonic() < deadline:
+                consumer.poll(timeout_ms=200, max_records=1, update_offsets=False)
+                for p, tp in tps.items():
+                    hw = consumer.highwater(tp)
+                    if hw is not None:
+                        result[p] = int(hw)
+            missing = set(tps) - set(result)
+            if missing:
+                raise KafkaUnavailable(
+                    f"no high watermark for {self.topic} partitions {sorted(missing)}"
+                )
+            return result
+        finally:
+            consumer.close()
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        if not offsets:
+            return
+        consumer = self._consumer(group=True)
+        try:
+            consumer.commit(
+                {
+                    TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
+                    for p, o in offsets.items()
+                }
+            )
+        finally:
+            consumer.close()
+
+    def committed(self) -> dict[int, int]:
+        from kafka import TopicPartition
+
+        consumer = self._consumer(group=True)
+        try:
+            result = {}
+            for p in consumer.partitions_for_topic(self.topic) or []:
+                offset = consumer.committed(TopicPartition(self.topic, p))
+                if offset is not None:
+                    result[p] = int(offset)
+            return result
+        finally:
+            consumer.close()
+
+    def produce(self, records: pa.Table) -> None:
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap_servers.split(","),
+            linger_ms=50,
+            batch_size=512 * 1024,
+            max_request_size=16 * 1024 * 1024,
+            acks="all",
+        )
+        try:
+            partitions = (
+                records.column("partition").to_pylist()
+                if "partition" in records.column_names
+                else [None] * records.num_rows
+            )
+            for key, value, ts, partition in zip(
+                records.column("key").to_pylist(),
+                records.column("value").to_pylist(),
+                records.column("timestamp_ms").to_pylist(),
+                partitions,
+                strict=True,
+            ):
+                producer.send(
+                    self.topic, key=key, value=value, timestamp_ms=ts, partition=partition
+                )
+            producer.flush()
+        finally:
+            producer.close()
+
+    def create_topic(self, partitions: int) -> None:
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers.split(","))
+        try:
+            admin.create_topics(
+                [NewTopic(self.topic, num_partitions=partitions, replication_factor=1)]
+            )
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            admin.close()
+
+
+class InMemoryKafka(EventLog):
+    """A Kafka topic in memory, for unit tests: same offsets, timestamps and high watermark."""
+
+    def __init__(self, topic: str = "clickstream.events", partitions: int = 2) -> None:
+        self.topic = topic
+        self._log: dict[int, list[tuple[int, bytes | None, bytes | None]]] = {
+            p: [] for p in range(partitions)
+        }
+        self._beginning = dict.fromkeys(range(partitions), 0)
+        self._committed: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._round_robin = 0
+
+    def partitions(self) -> list[int]:
+        return sorted(self._log)
+
+    def beginning_offset(self, partition: int) -> int:
+        return self._beginning[partition]
+
+    def read(
+        self, partition: int, start_offset: int, end_offset: int | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        with self._lock:
+            high = self._beginning[partition] + len(self._log[partition])
+        stop = high if end_offset is None else min(end_offset, high)
+        chunk = 1000
+        for lo in range(start_offset, stop, chunk):
+            hi = min(lo + chunk, stop)
+            base = self._beginning[partition]
+            rows = self._log[partition][lo - base : hi - base]
+            yield _batch(
+                partition,
+                list(range(lo, hi)),
+                [r[0] for r in rows],
+                [r[1] for r in rows],
+                [r[2] for r in rows],
+            )
+
+    def high_watermarks(self, positions: dict[int, int]) -> dict[int, int]:
+        with self._lock:
+            return {p: self._beginning[p] + len(self._log[p]) for p in positions}
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        self._committed.update(offsets)
+
+    def committed(self) -> dict[int, int]:
+        return dict(self._committed)
+
+    def produce(self, records: pa.Table) -> None:
+        n = len(self._log)
+        partitions = (
+            records.column("partition").to_pylist()
+            if "partition" in records.column_names
+            else [None] * records.num_rows
+        )
+        with self._lock:
+            for key, value, ts, partition in zip(
+                records.column("key").to_pylist(),
+                records.column("value").to_pylist(),
+                records.column("timestamp_ms").to_pylist(),
+                partitions,
+                strict=True,
+            ):
+                if partition is None:
+                    partition = partition_for_key(key, n, self._round_robin)
+                    self._round_robin += 1
+                self._log[partition].append((int(ts), key, value))
+
+    def create_topic(self, partitions: int) -> None:
+        for p in range(partitions):
+            self._log.setdefault(p, [])
+            self._beginning.setdefault(p, 0)
+
+    def truncate_before(self, partition: int, offset: int) -> None:
+        """Drop records below `offset`, as retention does."""
+        drop = offset - self._beginning[partition]
+        self._log[partition] = self._log[partition][drop:]
+        self._beginning[partition] = offset
