@@ -1,0 +1,175 @@
+"""The message contract as one vectorized parse: raw Kafka values in, typed events with a reason.
+
+Landing uses it for the event hour (after the future-clock rule) and cleaning for everything else,
+so both stages apply the very same rules. DuckDB's JSON reader does the work, column at a time.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+EVENT_TYPES = ("page_view", "click", "play", "pause", "seek", "ad_impression", "heartbeat")
+PLATFORMS = ("web", "ios", "android", "tv", "stb")
+TITLE_EVENTS = ("play", "pause", "seek")
+FUTURE_CLOCK_TOLERANCE = "5 minutes"
+
+UNREADABLE_REASONS = (
+    "null_value",
+    "not_json",
+    "not_object",
+    "missing_field:event_time",
+    "wrong_type:event_time",
+    "unparseable_event_time",
+)
+"""Reasons that leave an event without an event hour: landing quarantines these."""
+
+_STRING_FIELDS = (
+    "event_id",
+    "event_type",
+    "event_time",
+    "device_id",
+    "user_id",
+    "session_id",
+    "platform",
+    "title_id",
+    "campaign_id",
+    "ad_id",
+    "page",
+    "app_version",
+)
+_FIELDS = (*_STRING_FIELDS, "position_ms", "schema_version", "properties")
+_RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+def _field(name: str) -> str:
+    return f"f[{_FIELDS.index(name) + 1}]"
+
+
+def _required_string(name: str) -> str:
+    """A reason when `name` is absent, null, not a string or empty."""
+    return (
+        f"when {_field(name)} is null or json_type({_field(name)}) = 'NULL' "
+        f"then 'missing_field:{name}' "
+        f"when json_type({_field(name)}) <> 'VARCHAR' then 'wrong_type:{name}' "
+        f"when {_field(name)} ->> '$' = '' then 'missing_field:{name}' "
+    )
+
+
+def _optional_string(name: str) -> str:
+    return f"nullif({_field(name)} ->> '$', '') as {name}"
+
+
+_PATHS = ", ".join(f"'$.\"{name}\"'" for name in _FIELDS)
+
+PARSE_SQL = f"""
+with decoded as (
+    select *, try(decode(value)) as text from records
+),
+json as (
+    select *,
+        case when text is not null and json_valid(text) then json_type(text) end as json_kind
+    from decoded
+),
+fields as (
+    select *,
+        case when json_kind = 'OBJECT' then json_extract(text, [{_PATHS}]) end as f
+    from json
+),
+timed as (
+    select *,
+        case
+            when json_type({_field("event_time")}) = 'VARCHAR'
+                and regexp_matches({_field("event_time")} ->> '$', '{_RFC3339}')
+            then try_cast(upper({_field("event_time")} ->> '$') as timestamptz)::timestamp
+        end as device_time
+    from fields
+),
+corrected as (
+    select *,
+        kafka_timestamp::timestamp as received_at,
+        coalesce(
+            device_time > kafka_timestamp::timestamp + interval {FUTURE_CLOCK_TOLERANCE}, false
+        ) as clock_corrected
+    from timed
+),
+classified as (
+    select *,
+        case
+            when value is null then 'null_value'
+            when json_kind is null then 'not_json'
+            when json_kind <> 'OBJECT' then 'not_object'
+            {_required_string("event_time")}
+            when device_time is null then 'unparseable_event_time'
+            {_required_string("event_id")}
+            {_required_string("event_type")}
+            when {_field("event_type")} ->> '$' not in ({_sql_list(EVENT_TYPES)})
+                then 'unknown_event_type'
+            {_required_string("device_id")}
+            when {_field("event_type")} ->> '$' in ({_sql_list(TITLE_EVENTS)})
+                and (json_type({_field("title_id")}) is distinct from 'VARCHAR'
+                     or {_field("title_id")} ->> '$' = '')
+                then 'missing_title_id'
+            when {_field("event_type")} ->> '$' = 'ad_impression'
+                and (json_type({_field("campaign_id")}) is distinct from 'VARCHAR'
+                     or {_field("campaign_id")} ->> '$' = '')
+                then 'missing_campaign_id'
+        end as reason,
+        case when clock_corrected then received_at else device_time end
+            as event_time
+    from corrected
+)
+select
+    * exclude (text, json_kind, f, device_time, received_at, event_time, clock_corrected, reason),
+    reason,
+    {_field("event_id")} ->> '$' as event_id,
+    {_field("event_type")} ->> '$' as event_type,
+    event_time,
+    date_trunc('hour', event_time) as event_hour,
+    {_field("device_id")} ->> '$' as device_id,
+    {_optional_string("user_id")},
+    {_optional_string("session_id")},
+    case
+        when lower({_field("platform")} ->> '$') in ({_sql_list(PLATFORMS)})
+        then lower({_field("platform")} ->> '$')
+        else 'other'
+    end as platform,
+    {_optional_string("title_id")},
+    {_optional_string("campaign_id")},
+    {_optional_string("ad_id")},
+    {_optional_string("page")},
+    {_optional_string("app_version")},
+    try_cast({_field("position_ms")} ->> '$' as bigint) as position_ms,
+    coalesce(try_cast({_field("schema_version")} ->> '$' as bigint), 1) as schema_version,
+    case when json_type({_field("properties")}) = 'OBJECT'
+        then {_field("properties")}::varchar end as properties,
+    clock_corrected and reason is null as clock_corrected
+from classified
+"""
+
+
+def parse_events(records: pa.Table | pa.RecordBatch) -> pa.Table:
+    """Parse and classify Kafka records per the contract.
+
+    Input columns: at least `kafka_timestamp` and `value` (binary); all input columns are kept.
+    Output adds `reason` (null when valid), the typed event fields, `event_time` (UTC, after the
+    future-clock rule), `event_hour` and `clock_corrected`.
+    """
+    con = duckdb.connect()
+    try:
+        con.register("records", records)
+        parsed = con.sql(PARSE_SQL).to_arrow_table()
+    finally:
+        con.close()
+    # DuckDB computes in naive UTC (no ICU here); the lake stores explicit UTC.
+    utc = pa.timestamp("us", tz="UTC")
+    types = {field.name: field.type for field in records.schema}
+    types |= {"event_time": utc, "event_hour": utc}
+    for name, type_ in types.items():
+        index = parsed.schema.get_field_index(name)
+        parsed = parsed.set_column(index, name, parsed.column(name).cast(type_))
+    return parsed

@@ -1,0 +1,335 @@
+"""Landing (bronze): each ingest hour lands an exact, chained Kafka offset range per partition.
+
+Ingest hour H of partition p covers [start, end): start is the end that H-1 recorded (the log's
+beginning for the first hour); end is the first offset whose Kafka timestamp is at or after the
+end of H, or the high watermark seen while reading. Once a manifest records a range it never
+changes; a re-run reads the recorded range and rewrites the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from clickstream_assets.contract import UNREADABLE_REASONS, parse_events
+from resources.kafka import RECORD_SCHEMA, EventLog
+from resources.lake import LakeResource
+
+HOUR = timedelta(hours=1)
+ROW_GROUP_ROWS = 100_000
+"""Fixed row-group size: bounds memory and makes a re-run write identical bytes."""
+
+MANIFESTS = "bronze/_manifests"
+
+BRONZE_SCHEMA = RECORD_SCHEMA.append(pa.field("ingest_hour", pa.timestamp("us", tz="UTC"))).append(
+    pa.field("event_hour", pa.timestamp("us", tz="UTC"))
+)
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        *RECORD_SCHEMA,
+        ("ingest_hour", pa.timestamp("us", tz="UTC")),
+        ("event_hour", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def hour_label(hour: datetime) -> str:
+    return hour.strftime("%Y-%m-%dT%H")
+
+
+def parse_hour_label(label: str) -> datetime:
+    return datetime.strptime(label, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+
+
+def hour_dir(hour: datetime) -> str:
+    return hour.strftime("date=%Y-%m-%d/hour=%H")
+
+
+def bronze_file(hour: datetime, partition: int) -> str:
+    return f"bronze/{hour_dir(hour)}/partition={partition}.parquet"
+
+
+def landing_quarantine_file(hour: datetime, partition: int) -> str:
+    return f"quarantine/landing/{hour_dir(hour)}/partition={partition}.parquet"
+
+
+def manifest_path(hour: datetime) -> str:
+    return f"{MANIFESTS}/{hour_label(hour)}.json"
+
+
+def read_manifests(lake: LakeResource) -> dict[datetime, dict]:
+    """Every recorded ingest hour's manifest, keyed by hour: the ledger of landed ranges."""
+    return {
+        parse_hour_label(name.removesuffix(".json")): lake.read_json(f"{MANIFESTS}/{name}")
+        for name in lake.list(MANIFESTS)
+        if name.endswith(".json") and not name.startswith(".")
+    }
+
+
+def last_landed_hour(lake: LakeResource) -> datetime | None:
+    names = [n for n in lake.list(MANIFESTS) if n.endswith(".json") and not n.startswith(".")]
+    return parse_hour_label(names[-1].removesuffix(".json")) if names else None
+
+
+def first_at_or_after(timestamps: pa.Array, instant: datetime) -> int:
+    """Index of the first timestamp at or after `instant`, or len(timestamps) if none is."""
+    mask = pc.greater_equal(timestamps, pa.scalar(instant, timestamps.type))
+    index = pc.index(mask, True).as_py()
+    return len(timestamps) if index < 0 else index
+
+
+def chained_starts(
+    previous: dict | None, partitions: list[int], beginning: dict[int, int]
+) -> dict[int, int]:
+    """Start offsets for the hour after `previous`: its ends, or the log's beginning for a
+    partition it does not know (the first hour, or a partition added since)."""
+    recorded = previous["partitions"] if previous else {}
+    return {
+        p: recorded[str(p)]["end"] if str(p) in recorded else beginning[p] for p in partitions
+    }
+
+
+@dataclass
+class _Sink:
+    """Writes one (ingest hour, partition) file in fixed row groups and counts what it saw."""
+
+    lake: LakeResource
+    hour: datetime
+    partition: int
+    start: int
+    rows: int = 0
+    event_hours: Counter = field(default_factory=Counter)
+    quarantined: Counter = field(default_factory=Counter)
+    corrected: list[dict] = field(default_factory=list)
+    _pending: list[pa.Table] = field(default_factory=list)
+    _pending_rows: int = 0
+    _writer: object = None
+    _context: object = None
+    _quarantine: list[pa.Table] = field(default_factory=list)
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        parsed = parse_events(batch)
+        unreadable = pc.is_in(parsed.column("reason"), pa.array(UNREADABLE_REASONS))
+        unreadable = pc.fill_null(unreadable, False)
+        ingest = pa.array([self.hour] * batch.num_rows, pa.timestamp("us", tz="UTC"))
+        bronze = pa.Table.from_batches([batch]).append_column("ingest_hour", ingest)
+        bronze = bronze.append_column("event_hour", parsed.column("event_hour"))
+        self._buffer(bronze)
+        self.rows += batch.num_rows
+
+        readable = parsed.filter(pc.invert(unreadable))
+        for hour, count in zip(
+            *readable.group_by("event_hour").aggregate([("event_hour", "count")]).columns,
+            strict=True,
+        ):
+            self.event_hours[hour_label(hour.as_py())] += count.as_py()
+        bad = bronze.filter(unreadable)
+        if bad.num_rows:
+            reasons = parsed.column("reason").filter(unreadable)
+            self.quarantined.update(reasons.to_pylist())
+            self._quarantine.append(
+                bad.append_column("reason", reasons)
+                .append_column("stage", pa.array(["landing"] * bad.num_rows))
+                .select(QUARANTINE_SCHEMA.names)
+                .cast(QUARANTINE_SCHEMA)
+            )
+        fixed = parsed.filter(pc.and_(parsed.column("clock_corrected"), pc.is_null(parsed["reason"])))
+        if fixed.num_rows:
+            self.corrected.extend(
+                fixed.select(["event_id", "kafka_partition", "kafka_offset"])
+                .append_column(
+                    "kafka_timestamp_ms", pc.cast(fixed.column("kafka_timestamp"), pa.int64())
+                )
+                .append_column(
+                    "event_hour",
+                    pa.array([hour_label(h) for h in fixed.column("event_hour").to_pylist()]),
+                )
+                .to_pylist()
+            )
+
+    def _buffer(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush(ROW_GROUP_ROWS)
+
+    def _flush(self, rows: int) -> None:
+        combined = pa.concat_tables(self._pending).cast(BRONZE_SCHEMA)
+        if self._writer is None:
+            self._context = self.lake.parquet_writer(
+                bronze_file(self.hour, self.partition), BRONZE_SCHEMA
+            )
+            self._writer = self._context.__enter__()
+        self._writer.write_table(combined.slice(0, rows), row_group_size=rows)
+        rest = combined.slice(rows)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+
+    def close(self, end: int) -> dict:
+        """Finish the file and return this partition's entry for the hour's manifest."""
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+        if self._quarantine:
+            self.lake.write_parquet(
+                landing_quarantine_file(self.hour, self.partition),
+                pa.concat_tables(self._quarantine),
+            )
+        return {
+            "start": self.start,
+            "end": end,
+            "rows": self.rows,
+            "file": bronze_file(self.hour, self.partition) if self.rows else None,
+        }
+
+    def abort(self) -> None:
+        if self._context is not None:
+            self._context.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def _land_partition(
+    log: EventLog,
+    lake: LakeResource,
+    partition: int,
+    start: int,
+    hours: list[datetime],
+    recorded_ends: list[int] | None,
+) -> list[tuple[dict, _Sink]]:
+    """Stream one partition from `start`, cutting it into `hours` by Kafka timestamp (or at the
+    recorded ends when re-landing); return each hour's manifest entry and counts."""
+    done: list[tuple[dict, _Sink]] = []
+    position = start
+    sink = _Sink(lake, hours[0], partition, start)
+
+    def finish_hour() -> _Sink:
+        done.append((sink.close(position), sink))
+        return _Sink(lake, hours[min(len(done), len(hours) - 1)], partition, position)
+
+    reader = log.read(partition, start, recorded_ends[-1] if recorded_ends else None)
+    try:
+        for batch in reader:
+            while len(done) < len(hours):
+                if recorded_ends:
+                    cut = min(batch.num_rows, recorded_ends[len(done)] - position)
+                else:
+                    cut = first_at_or_after(batch.column("kafka_timestamp"), sink.hour + HOUR)
+                sink.add(batch.slice(0, cut))
+                position += cut
+                if cut == batch.num_rows:
+                    break  # the hour may go on in the next batch
+                sink = finish_hour()
+                batch = batch.slice(cut)
+            if len(done) == len(hours):
+                break
+        # The log is read up to its high watermark: the remaining hours end here.
+        while len(done) < len(hours):
+            sink = finish_hour()
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        reader.close()
+    return done
+
+
+def land_hours(
+    log: EventLog, lake: LakeResource, hours: list[datetime], *, now: datetime
+) -> list[dict]:
+    """Land consecutive ingest `hours` in one pass over the log and return their manifests.
+
+    Hours already recorded are re-landed from their recorded ranges (same bytes); new hours must
+    follow the last recorded one and must have closed before `now`.
+    """
+    hours = sorted(hours)
+    if any(b - a != HOUR for a, b in zip(hours, hours[1:], strict=False)):
+        raise ValueError(f"ingest hours must be consecutive, got {[hour_label(h) for h in hours]}")
+    if hours[-1] + HOUR > now and hours[-1] not in read_manifests(lake):
+        raise ValueError(
+            f"ingest hour {hour_label(hours[-1])} has not closed yet (now {now.isoformat()})"
+        )
+    recorded = read_manifests(lake)
+    replay = [h for h in hours if h in recorded]
+    fresh = [h for h in hours if h not in recorded]
+    if replay and fresh and max(replay) > min(fresh):
+        raise ValueError("cannot land new hours before hours that are already recorded")
+    last = max(recorded) if recorded else None
+    if fresh and last is not None and fresh[0] != last + HOUR:
+        raise ValueError(
+            f"ingest hour {hour_label(fresh[0])} cannot land before "
+            f"{hour_label(last + HOUR)}: land the hours in between first"
+        )
+    partitions = log.partitions()
+    lake.check_writable()
+    manifests: list[dict] = []
+    if replay:
+        _replay(log, lake, replay, recorded)
+        manifests += [recorded[h] for h in replay]
+    if fresh:
+        previous = recorded.get(fresh[0] - HOUR)
+        known = (previous or {}).get("partitions", {})
+        beginning = {p: log.beginning_offset(p) for p in partitions if str(p) not in known}
+        starts = chained_starts(previous, partitions, beginning)
+        with ThreadPoolExecutor(max_workers=min(len(partitions), 8)) as pool:
+            results = dict(
+                zip(
+                    partitions,
+                    pool.map(
+                        lambda p: _land_partition(log, lake, p, starts[p], fresh, None),
+                        partitions,
+                    ),
+                    strict=True,
+                )
+            )
+        for index, hour in enumerate(fresh):
+            manifest = _manifest(log.topic, hour, {p: results[p][index] for p in partitions}, now)
+            lake.write_json(manifest_path(hour), manifest)  # last: the hour now exists
+            manifests.append(manifest)
+        log.commit({p: results[p][-1][0]["end"] for p in partitions})
+    return manifests
+
+
+def _replay(
+    log: EventLog, lake: LakeResource, hours: list[datetime], recorded: dict[datetime, dict]
+) -> None:
+    partitions = sorted({int(p) for h in hours for p in recorded[h]["partitions"]})
+
+    def one(partition: int) -> None:
+        ranges = [recorded[h]["partitions"].get(str(partition)) for h in hours]
+        for hour, entry in zip(hours, ranges, strict=True):
+            if entry and entry["end"] > entry["start"]:
+                _land_partition(log, lake, partition, entry["start"], [hour], [entry["end"]])
+
+    with ThreadPoolExecutor(max_workers=min(len(partitions) or 1, 8)) as pool:
+        list(pool.map(one, partitions))
+
+
+def _manifest(topic: str, hour: datetime, parts: dict[int, tuple[dict, _Sink]], now: datetime):
+    event_hours: Counter = Counter()
+    quarantined: Counter = Counter()
+    corrected: list[dict] = []
+    for _, sink in parts.values():
+        event_hours.update(sink.event_hours)
+        quarantined.update(sink.quarantined)
+        corrected.extend(sink.corrected)
+    return {
+        "ingest_hour": hour_label(hour),
+        "topic": topic,
+        "partitions": {str(p): entry for p, (entry, _) in sorted(parts.items())},
+        "rows": sum(entry["rows"] for entry, _ in parts.values()),
+        "event_hours": dict(sorted(event_hours.items())),
+        "quarantined": dict(sorted(quarantined.items())),
+        "corrected": sorted(
+            corrected, key=lambda c: (c["kafka_partition"], c["kafka_offset"])
+        ),
+        "landed_at": now.isoformat(),
+    }
