@@ -1,0 +1,105 @@
+"""Landing and cleaning assets: thin shells over `landing` and `cleaning`.
+
+A run may cover a range of hours (catch-up after an outage, a backfill): both assets declare a
+single-run backfill policy so that one pass over the log or the manifests serves the whole range.
+"""
+
+
+from datetime import UTC, datetime
+
+from dagster import (
+    AssetExecutionContext,
+    BackfillPolicy,
+    MetadataValue,
+    ResourceParam,
+    asset,
+)
+
+from clickstream_assets.cleaning import clean_hour
+from clickstream_assets.landing import hour_label, land_hours, read_manifests
+from partitions import event_hours, ingest_hours
+from resources.kafka import EventLog
+from resources.lake import LakeResource
+
+AS_OF_TAG = "clickstream/as_of"
+"""Run tag holding the clock a run works to (set by catch-up); absent means now."""
+
+
+def run_clock(context: AssetExecutionContext) -> datetime:
+    """The instant this run treats as now: the `clickstream/as_of` tag, else the wall clock."""
+    tag = context.run.tags.get(AS_OF_TAG)
+    return datetime.fromisoformat(tag) if tag else datetime.now(UTC)
+
+
+def hours_of(context: AssetExecutionContext) -> list[datetime]:
+    return [
+        datetime.strptime(key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
+        for key in context.partition_keys
+    ]
+
+
+def partition_key(hour: datetime) -> str:
+    return hour.strftime("%Y-%m-%d-%H:%M")
+
+
+@asset(
+    partitions_def=ingest_hours,
+    backfill_policy=BackfillPolicy.single_run(),
+    group_name="landing",
+    kinds={"kafka", "parquet"},
+    pool="landing",
+)
+def raw_events(
+    context: AssetExecutionContext, kafka: ResourceParam[EventLog], lake: LakeResource
+) -> None:
+    """Bronze: each ingest hour's exact Kafka offset range per partition, as received."""
+    for manifest in land_hours(kafka, lake, hours_of(context), now=run_clock(context)):
+        ranges = {p: [e["start"], e["end"]] for p, e in manifest["partitions"].items()}
+        context.add_asset_metadata(
+            {
+                "rows": MetadataValue.int(manifest["rows"]),
+                "offset_ranges": MetadataValue.json(ranges),
+                "event_hours": MetadataValue.json(manifest["event_hours"]),
+                "quarantined": MetadataValue.json(manifest["quarantined"]),
+                "clock_corrected": MetadataValue.int(len(manifest["corrected"])),
+                "late_rows": MetadataValue.int(
+                    sum(
+                        n
+                        for label, n in manifest["event_hours"].items()
+                        if label < manifest["ingest_hour"]
+                    )
+                ),
+            },
+            partition_key=partition_key(
+                datetime.strptime(manifest["ingest_hour"], "%Y-%m-%dT%H").replace(tzinfo=UTC)
+            ),
+        )
+
+
+@asset(
+    partitions_def=event_hours,
+    backfill_policy=BackfillPolicy.single_run(),
+    group_name="cleaning",
+    kinds={"polars", "parquet"},
+    deps=[raw_events],
+    pool="cleaning",
+)
+def events(context: AssetExecutionContext, lake: LakeResource) -> None:
+    """Silver: valid, deduplicated events of each event hour, rebuilt from all bronze that holds it."""
+    manifests = read_manifests(lake)
+    for hour in hours_of(context):
+        stats = clean_hour(lake, hour, manifests)
+        context.log.info("cleaned %s: %s", hour_label(hour), stats)
+        context.add_asset_metadata(
+            {
+                "events": MetadataValue.int(stats["events"]),
+                "bronze_rows": MetadataValue.int(stats["bronze_rows"]),
+                "duplicates": MetadataValue.int(stats["duplicates"]),
+                "quarantined": MetadataValue.int(stats["quarantined"]),
+                "quarantined_by_reason": MetadataValue.json(stats["quarantined_by_reason"]),
+                "clock_corrected": MetadataValue.int(stats["clock_corrected"]),
+                "late_events": MetadataValue.int(stats["late_events"]),
+                "source_ingest_hours": MetadataValue.json(stats["source_ingest_hours"]),
+            },
+            partition_key=partition_key(hour),
+        )
