@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from dagster import (
     AssetExecutionContext,
+    AssetSpec,
     BackfillPolicy,
     MetadataValue,
     ResourceParam,
@@ -23,6 +24,14 @@ from resources.lake import LakeResource
 
 AS_OF_TAG = "clickstream/as_of"
 """Run tag holding the clock a run works to (set by catch-up); absent means now."""
+
+
+kafka_topic = AssetSpec(
+    "kafka_topic",
+    description="The Kafka topic of client events: the 7-day buffer that landing reads.",
+    group_name="landing",
+    kinds={"kafka"},
+)
 
 
 def run_clock(context: AssetExecutionContext) -> datetime:
@@ -47,6 +56,7 @@ def partition_key(hour: datetime) -> str:
     backfill_policy=BackfillPolicy.single_run(),
     group_name="landing",
     kinds={"kafka", "parquet"},
+    deps=[kafka_topic],
     pool="landing",
 )
 def raw_events(

@@ -333,3 +333,19 @@ def _manifest(topic: str, hour: datetime, parts: dict[int, tuple[dict, _Sink]], 
         ),
         "landed_at": now.isoformat(),
     }
+
+
+def first_ingest_hour(log: EventLog) -> datetime | None:
+    """Where the ledger starts when nothing has landed: the hour of the log's oldest record."""
+    earliest: list[datetime] = []
+    for partition in log.partitions():
+        reader = log.read(partition, log.beginning_offset(partition))
+        try:
+            batch = next(reader, None)
+        finally:
+            reader.close()
+        if batch is not None and batch.num_rows:
+            earliest.append(pc.min(batch.column("kafka_timestamp")).as_py())
+    if not earliest:
+        return None
+    return min(earliest).replace(minute=0, second=0, microsecond=0)

@@ -1,0 +1,101 @@
+"""The late-data sensor: turns what landings found into rebuilds of the affected partitions.
+
+It reads every landing and cleaning materialization since its cursor (not only the latest), and
+requests the event hours that the landings hold events of, then the days those hours belong to,
+then, once a provisional day's watermark passes, that day once more so that it becomes final.
+"""
+
+import json
+from datetime import date
+
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from clickstream_assets.assets import AS_OF_TAG, events, partition_key, raw_events
+from partitions import allowed_lateness
+from resources.clock import ClockResource
+from sensors.plan import contiguous_runs, propagate
+
+PAGE = 1000
+
+
+def _materializations_since(context: SensorEvaluationContext, key: AssetKey, after: int):
+    """Every materialization of `key` with a storage id above `after`, oldest first."""
+    records = []
+    while True:
+        page = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=key, after_storage_id=after), limit=PAGE, ascending=True
+        )
+        records += page.records
+        if not page.records or not page.has_more:
+            return records
+        after = page.records[-1].storage_id
+
+
+def build_late_data_sensor(mart_keys: list[AssetKey]) -> SensorDefinition:
+    @sensor(
+        asset_selection=[events, *mart_keys],
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING,
+    )
+    def late_data_sensor(context: SensorEvaluationContext, clock: ClockResource):
+        """Rebuilds the clean hours and daily marts that new landings affect, late data included."""
+        now = clock.now()
+        state = json.loads(context.cursor) if context.cursor else {}
+        landed = _materializations_since(context, raw_events.key, state.get("raw_events", 0))
+        cleaned = _materializations_since(context, events.key, state.get("events", 0))
+        plan = propagate(
+            [
+                label
+                for record in landed
+                for label in record.asset_materialization.metadata["event_hours"].value
+            ],
+            [
+                events.partitions_def.time_window_for_partition_key(
+                    record.asset_materialization.partition
+                ).start
+                for record in cleaned
+            ],
+            [date.fromisoformat(d) for d in state.get("pending_final", [])],
+            now=now,
+            lateness=allowed_lateness,
+        )
+        requests = [
+            RunRequest(
+                asset_selection=[events.key],
+                tags={
+                    "dagster/asset_partition_range_start": partition_key(first),
+                    "dagster/asset_partition_range_end": partition_key(last),
+                    AS_OF_TAG: now.isoformat(),
+                },
+            )
+            for first, last in contiguous_runs(plan.event_hours)
+        ] + [
+            RunRequest(
+                asset_selection=mart_keys,
+                partition_key=day.isoformat(),
+                tags={AS_OF_TAG: now.isoformat()},
+            )
+            for day in plan.days
+        ]
+        cursor = json.dumps(
+            {
+                "raw_events": landed[-1].storage_id if landed else state.get("raw_events", 0),
+                "events": cleaned[-1].storage_id if cleaned else state.get("events", 0),
+                "pending_final": [d.isoformat() for d in plan.pending_final],
+            }
+        )
+        if not requests:
+            return SensorResult(skip_reason=SkipReason("nothing new"), cursor=cursor)
+        return SensorResult(run_requests=requests, cursor=cursor)
+
+    return late_data_sensor
