@@ -1,0 +1,224 @@
+"""The `clickstream` console script: the embedded broker, synthetic traffic, catch-up and the demo.
+
+Catch-up and the demo live in their own modules and are imported only when asked for, so that
+`clickstream broker` starts without loading Dagster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+from clickstream_assets.settings import ConfigError, Settings, load
+from resources.kafka import KafkaUnavailable
+
+
+def _moment(text: str) -> datetime:
+    """An ISO date or date-time; naive means UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: use ISO 8601, such as 2026-01-01 or 2026-01-01T06:00Z"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clickstream", description="Clickstream platform: broker, traffic, catch-up, demo."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    broker = commands.add_parser(
+        "broker", help="run the embedded Kafka-protocol broker on CLICKSTREAM_KAFKA_BOOTSTRAP"
+    )
+    broker.add_argument("--verbose", action="store_true", help="show the broker's own log")
+
+    generate = commands.add_parser("generate", help="produce synthetic traffic to the topic")
+    generate.add_argument("--start", type=_moment, help="first event time (default: end - hours)")
+    generate.add_argument("--end", type=_moment, help="end of the span (default: start + hours)")
+    generate.add_argument("--hours", type=float, default=24.0, help="span length (default 24)")
+    size = generate.add_mutually_exclusive_group()
+    size.add_argument("--events", type=int, help="number of distinct events")
+    size.add_argument("--rate", type=float, help="mean events per second (default 20)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--duplicate-rate", type=_share, default=0.03)
+    generate.add_argument("--late-rate", type=_share, default=0.02)
+    generate.add_argument("--malformed-rate", type=_share, default=0.005)
+    generate.add_argument("--skew-rate", type=_share, default=0.003)
+    generate.add_argument(
+        "--receive-until",
+        type=_moment,
+        help="no message is received at or after this time (default: the end of the span)",
+    )
+    generate.add_argument("--partitions", type=int, default=4, help="topic partitions (default 4)")
+    generate.add_argument("--expected", metavar="DIR", help="write the expected marts here")
+    generate.add_argument(
+        "--no-produce", action="store_true", help="generate (and write --expected) only"
+    )
+
+    catch_up = commands.add_parser("catch-up", help="land and build every closed hour, headless")
+    catch_up.add_argument("--until", type=_moment, help="treat hours before this as closed")
+
+    commands.add_parser("demo", help="broker, a day of traffic, catch-up and a report")
+    return parser
+
+
+def _broker(settings: Settings, args: argparse.Namespace) -> int:
+    from resources.broker import EmbeddedBroker
+
+    def stop_on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    # `kill` (SIGTERM) stops the broker as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, stop_on_term)
+    broker = EmbeddedBroker(settings.kafka_bootstrap, show_output=args.verbose)
+    with broker:
+        print(f"broker ready on {broker.bootstrap} (in memory; Ctrl-C to stop)", flush=True)
+        try:
+            code = broker.wait()
+        except KeyboardInterrupt:
+            print("\nstopping the broker", flush=True)
+            return 0
+    print(f"the broker exited with code {code}", file=sys.stderr)
+    return 1
+
+
+def _span(args: argparse.Namespace) -> tuple[datetime, datetime]:
+    hours = timedelta(hours=args.hours)
+    if args.start and args.end:
+        return args.start, args.end
+    if args.start:
+        return args.start, args.start + hours
+    end = args.end or datetime.now(UTC).replace(second=0, microsecond=0)
+    return end - hours, end
+
+
+def _generate(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream_assets.generator import TrafficSpec, generate, produce, write_expected_marts
+    from resources.kafka import KafkaResource
+
+    start, end = _span(args)
+    if end <= start:
+        raise ConfigError(f"--end {end.isoformat()} is not after --start {start.isoformat()}")
+    spec = TrafficSpec(
+        start=start,
+        end=end,
+        events=args.events,
+        events_per_second=None if args.events else (args.rate or 20.0),
+        seed=args.seed,
+        duplicate_rate=args.duplicate_rate,
+        late_rate=args.late_rate,
+        malformed_rate=args.malformed_rate,
+        skew_rate=args.skew_rate,
+        receive_until=max(args.receive_until or end, end),
+    )
+    began = time.perf_counter()
+    traffic = generate(spec)
+    seconds = time.perf_counter() - began
+    rows = traffic.messages.num_rows
+    print(
+        f"generated {spec.n_events:,} events as {rows:,} messages for "
+        f"{start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC in {seconds:.1f} s "
+        f"({spec.n_events / max(seconds, 1e-9):,.0f} events/s)",
+        flush=True,
+    )
+    if args.expected:
+        written = write_expected_marts(traffic.truth, args.expected)
+        print(f"expected marts: {len(written)} files in {args.expected}", flush=True)
+    if not args.no_produce:
+        log = KafkaResource(bootstrap_servers=settings.kafka_bootstrap, topic=settings.topic)
+        try:
+            log.create_topic(args.partitions)
+        except Exception as error:  # kafka-python raises several kinds when nobody answers
+            raise KafkaUnavailable(
+                f"cannot create {settings.topic!r} on {settings.kafka_bootstrap} ({error}): "
+                "start a broker (`clickstream broker`) or set CLICKSTREAM_KAFKA_BOOTSTRAP"
+            ) from None
+        began = time.perf_counter()
+
+        def progress(sent: int, total: int) -> None:
+            rate = sent / max(time.perf_counter() - began, 1e-9)
+            print(f"\rproduced {sent:,}/{total:,} ({rate:,.0f} msg/s)", end="", flush=True)
+
+        produce(log, traffic.messages, progress=progress)
+        print(f" to {settings.topic} on {settings.kafka_bootstrap}", flush=True)
+    _summary(traffic.counts)
+    return 0
+
+
+def _summary(counts: dict) -> None:
+    malformed = ", ".join(f"{k} {v:,}" for k, v in counts["malformed"].items() if v)
+    lines = [
+        ("events", f"{counts['events']:,} ({counts['valid_events']:,} valid and counted)"),
+        ("messages", f"{counts['messages']:,}"),
+        (
+            "duplicates",
+            f"{counts['duplicate_messages']:,} extra copies of {counts['duplicated_events']:,} "
+            f"events ({counts['duplicated_across_ingest_hours']:,} across ingest hours)",
+        ),
+        (
+            "late",
+            f"{counts['late_events']:,} events received 1 h or more late "
+            f"({counts['received_after_watermark']:,} after the 3 h watermark)",
+        ),
+        (
+            "skewed clocks",
+            f"{counts['skewed_events']:,} events ({counts['skewed_events_retried']:,} retried; "
+            f"{counts['clock_corrected_events']:,} counted at receive time)",
+        ),
+        ("malformed", f"{counts['malformed_messages']:,} messages: {malformed or 'none'}"),
+        (
+            "received",
+            f"{counts['first_receive']:%Y-%m-%d %H:%M:%S} .. "
+            f"{counts['last_receive']:%Y-%m-%d %H:%M:%S} UTC",
+        ),
+    ]
+    for name, text in lines:
+        print(f"  {name:<14} {text}")
+
+
+def _catch_up(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream_assets.catchup import run_catch_up
+
+    result = run_catch_up(settings, until=args.until or datetime.now(UTC))
+    if result is not None:
+        print(result)
+    return 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream_assets.demo import run_demo
+
+    run_demo(settings)
+    return 0
+
+
+_COMMANDS = {"broker": _broker, "generate": _generate, "catch-up": _catch_up, "demo": _demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load()
+        return _COMMANDS[args.command](settings, args)
+    except (ConfigError, KafkaUnavailable) as error:
+        print(f"clickstream {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
