@@ -132,9 +132,7 @@ def test_unreadable_values(value, reason):
 
 
 @pytest.mark.parametrize("name", ["event_id", "event_type", "event_time", "device_id"])
-@pytest.mark.parametrize(
-    "absent", [..., None, ""], ids=["missing", "json-null", "empty-string"]
-)
+@pytest.mark.parametrize("absent", [..., None, ""], ids=["missing", "json-null", "empty-string"])
 def test_missing_required_field(name, absent):
     assert parse_one(encode(event(**{name: absent})))["reason"] == f"missing_field:{name}"
 
