@@ -1,0 +1,455 @@
+"""Cleaning: an event hour rebuilt whole, deduplicated by the contract's first-received rule.
+
+Every scenario goes through the real landing (in-memory Kafka, lake on tmp_path) and states the
+expected silver rows by hand: which copy of each event wins and why.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from clickstream_assets.cleaning import (
+    SILVER_SCHEMA,
+    clean_hour,
+    cleaning_quarantine_file,
+    corrected_winners,
+    deduplicate,
+    events_file,
+)
+from clickstream_assets.landing import land_hours, read_manifests
+from resources.kafka import InMemoryKafka
+from resources.lake import LakeResource
+
+HOUR = timedelta(hours=1)
+
+
+def at(hour: int, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(2026, 11, 27, hour, minute, second, tzinfo=UTC)
+
+
+def to_ms(instant: datetime) -> int:
+    return int(instant.timestamp() * 1000)
+
+
+def value(event_id: str, event_time: datetime, **fields) -> bytes:
+    body = {
+        "event_id": event_id,
+        "event_type": "click",
+        "event_time": event_time.isoformat(),
+        "device_id": "dev-1",
+    }
+    for name, v in fields.items():
+        if v is ...:
+            body.pop(name)
+        else:
+            body[name] = v
+    return json.dumps(body).encode()
+
+
+def produce(log: InMemoryKafka, partition: int, rows: list[tuple[datetime, bytes | None]]):
+    log.produce(
+        pa.table(
+            {
+                "key": pa.array([b"dev-1"] * len(rows), pa.binary()),
+                "value": pa.array([v for _, v in rows], pa.binary()),
+                "timestamp_ms": pa.array([to_ms(t) for t, _ in rows], pa.int64()),
+                "partition": pa.array([partition] * len(rows), pa.int32()),
+            }
+        )
+    )
+
+
+def land(log: InMemoryKafka, lake: LakeResource, first: int, last: int) -> None:
+    hours = [at(h) for h in range(first, last + 1)]
+    land_hours(log, lake, hours, now=hours[-1] + HOUR)
+
+
+def clean(lake: LakeResource, hour: int) -> dict:
+    return clean_hour(lake, at(hour), read_manifests(lake))
+
+
+def silver(lake: LakeResource, hour: int) -> list[dict]:
+    return pq.read_table(lake.path(events_file(at(hour)))).to_pylist()
+
+
+def quarantined(lake: LakeResource, hour: int) -> list[dict]:
+    return pq.read_table(lake.path(cleaning_quarantine_file(at(hour)))).to_pylist()
+
+
+def winners(rows: list[dict]) -> list[tuple[str, int, int]]:
+    return [(r["event_id"], r["kafka_partition"], r["kafka_offset"]) for r in rows]
+
+
+def reconciles(stats: dict) -> bool:
+    return (
+        stats["events"] + stats["duplicates"] + stats["quarantined"]
+        == stats["bronze_rows"]
+        == stats["expected_bronze_rows"]
+    )
+
+
+@pytest.fixture
+def lake(tmp_path) -> LakeResource:
+    return LakeResource(url=str(tmp_path / "lake"))
+
+
+@pytest.fixture
+def log() -> InMemoryKafka:
+    return InMemoryKafka(topic="t", partitions=3)
+
+
+# --- the dedup rule with conflicting copies ---------------------------------------------------
+
+
+def test_earliest_kafka_timestamp_wins_over_a_lower_partition(log, lake):
+    t = at(10, 1)
+    produce(log, 0, [(at(10, 10), value("e", t, page="from-p0"))])
+    produce(log, 1, [(at(10, 5), value("e", t, page="from-p1"))])
+    land(log, lake, 10, 10)
+    stats = clean(lake, 10)
+    [row] = silver(lake, 10)
+    assert (row["page"], row["kafka_partition"], row["kafka_offset"]) == ("from-p1", 1, 0)
+    assert row["received_at"] == at(10, 5)
+    assert (stats["events"], stats["duplicates"], stats["quarantined"]) == (1, 1, 0)
+    assert reconciles(stats)
+
+
+def test_earliest_kafka_timestamp_wins_over_a_lower_offset(log, lake):
+    t = at(10, 1)
+    produce(log, 0, [(at(10, 10), value("e", t, page="first-offset"))])
+    produce(log, 0, [(at(10, 5), value("e", t, page="earlier-stamp"))])
+    land(log, lake, 10, 10)
+    clean(lake, 10)
+    [row] = silver(lake, 10)
+    assert (row["page"], row["kafka_offset"]) == ("earlier-stamp", 1)
+
+
+def test_timestamp_tie_goes_to_the_lower_partition(log, lake):
+    t = at(10, 1)
+    produce(log, 2, [(at(10, 5), value("e", t, page="p2"))])
+    produce(log, 1, [(at(10, 5), value("e", t, page="p1"))])
+    produce(log, 0, [(at(10, 1), value("other", t)), (at(10, 5), value("e", t, page="p0"))])
+    land(log, lake, 10, 10)
+    stats = clean(lake, 10)
+    rows = {r["event_id"]: r for r in silver(lake, 10)}
+    assert (rows["e"]["page"], rows["e"]["kafka_partition"], rows["e"]["kafka_offset"]) == (
+        "p0",
+        0,
+        1,
+    )
+    assert (stats["events"], stats["duplicates"]) == (2, 2)
+    assert reconciles(stats)
+
+
+def test_timestamp_and_partition_tie_goes_to_the_lower_offset(log, lake):
+    t = at(10, 1)
+    produce(
+        log,
+        1,
+        [
+            (at(10, 5), value("e", t, page="offset-0")),
+            (at(10, 5), value("e", t, page="offset-1")),
+            (at(10, 5), value("e", t, page="offset-2")),
+        ],
+    )
+    land(log, lake, 10, 10)
+    stats = clean(lake, 10)
+    [row] = silver(lake, 10)
+    assert (row["page"], row["kafka_offset"]) == ("offset-0", 0)
+    assert stats["duplicates"] == 2
+
+
+def test_an_invalid_copy_never_wins(log, lake):
+    t = at(10, 1)
+    produce(
+        log,
+        0,
+        [
+            (at(10, 2), value("e", t, device_id=...)),  # first received, but invalid
+            (at(10, 3), value("e", t, event_type="click", page="valid")),
+        ],
+    )
+    produce(log, 1, [(at(10, 1), value("e", t, event_type="purchase"))])  # earliest, invalid
+    land(log, lake, 10, 10)
+    stats = clean(lake, 10)
+    [row] = silver(lake, 10)
+    assert (row["page"], row["kafka_partition"], row["kafka_offset"]) == ("valid", 0, 1)
+    assert (stats["events"], stats["duplicates"], stats["quarantined"]) == (1, 0, 2)
+    assert stats["quarantined_by_reason"] == {
+        "missing_field:device_id": 1,
+        "unknown_event_type": 1,
+    }
+    bad = quarantined(lake, 10)
+    assert [(r["kafka_partition"], r["kafka_offset"], r["reason"]) for r in bad] == [
+        (0, 0, "missing_field:device_id"),
+        (1, 0, "unknown_event_type"),
+    ]
+    assert {r["stage"] for r in bad} == {"cleaning"}
+    assert bad[1]["value"] == value("e", t, event_type="purchase")
+    assert reconciles(stats)
+
+
+def test_duplicates_across_ingest_hours(log, lake):
+    t = at(10, 57)
+    produce(
+        log,
+        0,
+        [
+            (at(10, 58), value("e", t, page="first")),
+            (at(11, 2), value("e", t, page="retry")),
+            (at(11, 3), value("f", at(11, 3))),
+        ],
+    )
+    land(log, lake, 10, 11)
+    stats = clean(lake, 10)
+    [row] = silver(lake, 10)
+    assert (row["page"], row["ingest_hour"]) == ("first", at(10))
+    assert (stats["events"], stats["duplicates"], stats["bronze_rows"]) == (1, 1, 2)
+    assert stats["source_ingest_hours"] == ["2026-11-27T10", "2026-11-27T11"]
+    assert stats["late_events"] == 0
+    assert reconciles(stats)
+    assert [r["event_id"] for r in silver(lake, 10)] == ["e"]  # "f" belongs to hour 11
+    clean(lake, 11)
+    assert winners(silver(lake, 11)) == [("f", 0, 2)]
+
+
+def test_duplicates_across_ingest_hours_and_partitions(log, lake):
+    t = at(10, 50)
+    produce(log, 2, [(at(10, 55), value("e", t, page="p2-first"))])
+    produce(log, 0, [(at(12, 1), value("e", t, page="p0-retry"))])
+    produce(log, 1, [(at(11, 1), value("e", t, page="p1-retry"))])
+    land(log, lake, 10, 12)
+    stats = clean(lake, 10)
+    [row] = silver(lake, 10)
+    assert (row["page"], row["kafka_partition"]) == ("p2-first", 2)
+    assert (stats["events"], stats["duplicates"], stats["bronze_rows"]) == (1, 2, 3)
+    assert reconciles(stats)
+
+
+# --- late data ----------------------------------------------------------------------------------
+
+
+def test_a_late_event_rebuilds_the_earlier_event_hour(log, lake):
+    produce(log, 0, [(at(10, 30), value("on-time", at(10, 29)))])
+    land(log, lake, 10, 10)
+    first = clean(lake, 10)
+    assert winners(silver(lake, 10)) == [("on-time", 0, 0)]
+    assert first["late_events"] == 0
+
+    produce(
+        log,
+        1,
+        [(at(14, 10), value("late", at(10, 15))), (at(14, 11), value("on-time", at(10, 29)))],
+    )
+    land(log, lake, 11, 14)
+    manifests = read_manifests(lake)
+    assert manifests[at(14)]["event_hours"] == {"2026-11-27T10": 2}
+    again = clean(lake, 10)
+    rows = silver(lake, 10)
+    # Sorted by event_time: the late one happened first.
+    assert winners(rows) == [("late", 1, 0), ("on-time", 0, 0)]
+    assert [r["ingest_hour"] for r in rows] == [at(14), at(10)]
+    assert (again["events"], again["duplicates"], again["late_events"]) == (2, 1, 1)
+    assert again["source_ingest_hours"] == ["2026-11-27T10", "2026-11-27T14"]
+    assert reconciles(again)
+
+
+# --- future clock -------------------------------------------------------------------------------
+
+
+def test_future_clock_event_counts_once_across_event_hours(log, lake):
+    device_time = at(12, 0)  # the device clock is far ahead of the first sends
+    produce(
+        log,
+        0,
+        [
+            (at(10, 10), value("ahead", device_time, page="first")),  # corrected -> 10:10
+            (at(11, 20), value("ahead", device_time, page="retry-1")),  # corrected -> 11:20
+            (at(11, 58), value("ahead", device_time, page="retry-2")),  # 2 min ahead: kept, 12
+        ],
+    )
+    produce(log, 1, [(at(11, 30), value("normal", at(11, 30)))])
+    land(log, lake, 10, 11)
+    manifests = read_manifests(lake)
+    assert manifests[at(10)]["event_hours"] == {"2026-11-27T10": 1}
+    assert manifests[at(11)]["event_hours"] == {"2026-11-27T11": 2, "2026-11-27T12": 1}
+
+    s10, s11, s12 = clean(lake, 10), clean(lake, 11), clean(lake, 12)
+    [kept] = silver(lake, 10)
+    assert (kept["page"], kept["event_time"], kept["clock_corrected"]) == (
+        "first",
+        at(10, 10),
+        True,
+    )
+    assert winners(silver(lake, 11)) == [("normal", 1, 0)]
+    assert silver(lake, 12) == []
+    total = sum(1 for h in (10, 11, 12) for r in silver(lake, h) if r["event_id"] == "ahead")
+    assert total == 1
+    assert (s10["events"], s10["duplicates"], s10["clock_corrected"]) == (1, 0, 1)
+    assert (s11["events"], s11["duplicates"]) == (1, 1)
+    assert (s12["events"], s12["duplicates"]) == (0, 1)
+    assert all(reconciles(s) for s in (s10, s11, s12))
+
+
+def test_future_clock_first_copy_wins_even_when_a_retry_lands_in_an_earlier_partition(log, lake):
+    device_time = at(13, 0)
+    produce(log, 1, [(at(10, 40), value("ahead", device_time, page="first"))])  # -> hour 10
+    produce(log, 0, [(at(12, 57), value("ahead", device_time, page="retry"))])  # kept -> hour 13
+    land(log, lake, 10, 12)
+    clean(lake, 10)
+    s13 = clean(lake, 13)
+    assert [r["page"] for r in silver(lake, 10)] == ["first"]
+    assert silver(lake, 13) == []
+    assert (s13["events"], s13["duplicates"]) == (0, 1)
+    assert reconciles(s13)
+
+
+# --- reconciliation, re-runs, empty hours ---------------------------------------------------
+
+
+def test_reconciliation_on_a_mixed_hour(log, lake):
+    t = at(10, 20)
+    produce(
+        log,
+        0,
+        [
+            (at(10, 1), value("a", t)),
+            (at(10, 2), value("a", t)),  # duplicate
+            (at(10, 3), value("b", t, event_type="play")),  # missing_title_id
+            (at(10, 4), None),  # unreadable: quarantined at landing, not here
+            (at(10, 5), b"{"),  # unreadable
+            (at(10, 6), value("c", t, event_type="ad_impression", campaign_id="c1")),
+            (at(10, 7), value("d", at(9, 59))),  # event hour 9
+        ],
+    )
+    produce(log, 1, [(at(10, 8), value("a", t)), (at(10, 9), value("", t))])
+    land(log, lake, 10, 10)
+    stats = clean(lake, 10)
+    assert stats["bronze_rows"] == 6
+    assert stats["expected_bronze_rows"] == 6
+    assert (stats["events"], stats["duplicates"], stats["quarantined"]) == (2, 2, 2)
+    assert stats["quarantined_by_reason"] == {"missing_field:event_id": 1, "missing_title_id": 1}
+    assert sorted(r["event_id"] for r in silver(lake, 10)) == ["a", "c"]
+    assert reconciles(stats)
+    s9 = clean(lake, 9)
+    assert (s9["events"], s9["bronze_rows"], s9["late_events"]) == (1, 1, 1)
+
+
+def test_rerun_produces_identical_silver_bytes(log, lake):
+    t = at(10, 20)
+    produce(log, 0, [(at(10, 1), value("a", t)), (at(10, 2), value("b", t, event_type="x"))])
+    produce(log, 1, [(at(10, 1), value("a", t)), (at(10, 3), value("c", at(10, 3)))])
+    land(log, lake, 10, 10)
+    first = clean(lake, 10)
+    silver_bytes = lake.fs.cat(lake.path(events_file(at(10))))
+    quarantine_bytes = lake.fs.cat(lake.path(cleaning_quarantine_file(at(10))))
+    second = clean(lake, 10)
+    assert second == first
+    assert lake.fs.cat(lake.path(events_file(at(10)))) == silver_bytes
+    assert lake.fs.cat(lake.path(cleaning_quarantine_file(at(10)))) == quarantine_bytes
+
+
+def test_silver_schema_and_order(log, lake):
+    produce(
+        log,
+        0,
+        [
+            (at(10, 50), value("z", at(10, 5))),
+            (at(10, 51), value("b", at(10, 40))),
+            (at(10, 52), value("a", at(10, 40))),
+        ],
+    )
+    land(log, lake, 10, 10)
+    clean(lake, 10)
+    table = pq.read_table(lake.path(events_file(at(10))))
+    assert table.schema.equals(SILVER_SCHEMA)
+    assert table.column("event_id").to_pylist() == ["z", "a", "b"]
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["no-manifests", "nothing-in-hour"])
+def test_an_empty_hour_yields_an_empty_silver_file(log, lake, landed):
+    if landed:
+        produce(log, 0, [(at(10, 5), value("a", at(10, 5)))])
+        land(log, lake, 10, 11)
+    stats = clean(lake, 11)
+    table = pq.read_table(lake.path(events_file(at(11))))
+    assert table.num_rows == 0
+    assert table.schema.equals(SILVER_SCHEMA)
+    assert pq.read_table(lake.path(cleaning_quarantine_file(at(11)))).num_rows == 0
+    assert (stats["events"], stats["duplicates"], stats["quarantined"]) == (0, 0, 0)
+    assert (stats["bronze_rows"], stats["expected_bronze_rows"]) == (0, 0)
+
+
+# --- the pure helpers -----------------------------------------------------------------------
+
+
+def frame(rows: list[tuple[str, datetime, int, int]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "event_id": [r[0] for r in rows],
+            "received_at": [r[1] for r in rows],
+            "kafka_partition": pl.Series([r[2] for r in rows], dtype=pl.Int32),
+            "kafka_offset": pl.Series([r[3] for r in rows], dtype=pl.Int64),
+        }
+    )
+
+
+NO_WINNERS = pl.DataFrame(
+    schema={"event_id": pl.String, "kafka_partition": pl.Int32, "kafka_offset": pl.Int64}
+)
+
+
+def test_deduplicate_by_arrival_order():
+    valid = frame(
+        [
+            ("a", at(10, 5), 1, 9),
+            ("a", at(10, 4), 2, 0),  # earliest: wins
+            ("b", at(10, 5), 1, 3),
+            ("b", at(10, 5), 0, 7),  # tie on time, lower partition: wins
+            ("c", at(10, 5), 0, 8),
+            ("c", at(10, 5), 0, 6),  # tie on time and partition, lower offset: wins
+            ("d", at(10, 9), 2, 2),
+        ]
+    )
+    kept = deduplicate(valid, NO_WINNERS)
+    got = sorted((r["event_id"], r["kafka_partition"], r["kafka_offset"]) for r in kept.to_dicts())
+    assert got == [("a", 2, 0), ("b", 0, 7), ("c", 0, 6), ("d", 2, 2)]
+
+
+def test_deduplicate_keeps_a_corrected_event_only_at_its_global_winner():
+    valid = frame([("x", at(11, 5), 0, 4), ("y", at(11, 6), 0, 5)])
+    global_winners = pl.DataFrame(
+        {
+            "event_id": ["x", "y"],
+            "kafka_partition": pl.Series([1, 0], dtype=pl.Int32),
+            "kafka_offset": pl.Series([0, 5], dtype=pl.Int64),
+        }
+    )
+    kept = deduplicate(valid, global_winners)
+    assert kept["event_id"].to_list() == ["y"]
+
+
+def test_corrected_winners_pick_the_first_received_copy():
+    def copy(event_id, partition, offset, received):
+        return {
+            "event_id": event_id,
+            "kafka_partition": partition,
+            "kafka_offset": offset,
+            "kafka_timestamp_ms": to_ms(received),
+            "event_hour": "2026-11-27T10",
+        }
+
+    manifests = {
+        at(11): {"corrected": [copy("x", 0, 9, at(11, 1)), copy("y", 0, 10, at(11, 2))]},
+        at(10): {"corrected": [copy("x", 1, 3, at(10, 1)), copy("y", 1, 4, at(11, 2))]},
+        at(12): {"corrected": []},
+    }
+    got = sorted(corrected_winners(manifests).iter_rows())
+    # x: earliest timestamp; y: same timestamp, lower partition.
+    assert got == [("x", 1, 3), ("y", 0, 10)]
