@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--hours", type=float, default=24.0, help="span length (default 24)")
     size = generate.add_mutually_exclusive_group()
     size.add_argument("--events", type=int, help="number of distinct events")
-    size.add_argument("--rate", type=float, help="mean events per second (default 20)")
+    size.add_argument("--rate", type=float, help="mean events per second (default 10)")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--duplicate-rate", type=_share, default=0.03)
     generate.add_argument("--late-rate", type=_share, default=0.02)
@@ -116,7 +116,7 @@ def _generate(settings: Settings, args: argparse.Namespace) -> int:
         start=start,
         end=end,
         events=args.events,
-        events_per_second=None if args.events else (args.rate or 20.0),
+        events_per_second=None if args.events else (args.rate or 10.0),
         seed=args.seed,
         duplicate_rate=args.duplicate_rate,
         late_rate=args.late_rate,
@@ -192,9 +192,7 @@ def _summary(counts: dict) -> None:
 def _catch_up(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream_assets.catchup import run_catch_up
 
-    result = run_catch_up(settings, until=args.until or datetime.now(UTC))
-    if result is not None:
-        print(result)
+    run_catch_up(settings, until=args.until or datetime.now(UTC))
     return 0
 
 
