@@ -1,0 +1,151 @@
+"""The landing and cleaning assets through Dagster, with the in-memory Kafka and a tmp lake."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from dagster import instance_for_test, materialize
+
+from clickstream_assets.assets import AS_OF_TAG, events, raw_events
+from clickstream_assets.cleaning import events_file
+from clickstream_assets.landing import read_manifests
+from resources.kafka import InMemoryKafka
+from resources.lake import LakeResource
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+
+def at(hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 11, 27, hour, minute, tzinfo=UTC)
+
+
+def value(event_id: str, event_time: datetime, **fields) -> bytes:
+    body = {
+        "event_id": event_id,
+        "event_type": "click",
+        "event_time": event_time.isoformat(),
+        "device_id": "dev-1",
+        **fields,
+    }
+    return json.dumps(body).encode()
+
+
+def produce(log: InMemoryKafka, partition: int, rows: list[tuple[datetime, bytes | None]]):
+    log.produce(
+        pa.table(
+            {
+                "key": pa.array([b"dev-1"] * len(rows), pa.binary()),
+                "value": pa.array([v for _, v in rows], pa.binary()),
+                "timestamp_ms": pa.array([int(t.timestamp() * 1000) for t, _ in rows], pa.int64()),
+                "partition": pa.array([partition] * len(rows), pa.int32()),
+            }
+        )
+    )
+
+
+@pytest.fixture
+def log() -> InMemoryKafka:
+    log = InMemoryKafka(topic="t", partitions=2)
+    produce(
+        log,
+        0,
+        [
+            (at(10, 5), value("a", at(10, 5))),  # 0: ingest 10
+            (at(10, 6), value("a", at(10, 5))),  # 1: duplicate of a
+            (at(10, 7), None),  # 2: unreadable
+            (at(11, 1), value("b", at(11, 1))),  # 3: ingest 11
+            (at(11, 2), value("c", at(10, 50))),  # 4: late, event hour 10
+            (at(12, 30), value("d", at(12, 30))),  # 5: beyond the range
+        ],
+    )
+    produce(
+        log,
+        1,
+        [
+            (at(10, 20), value("e", at(10, 20), event_type="play")),  # 0: missing title_id
+            (at(11, 40), value("a", at(10, 5))),  # 1: duplicate of a, in another hour
+        ],
+    )
+    return log
+
+
+def metadata_by_partition(result, node: str) -> dict[str, dict]:
+    found = {}
+    for materialization in result.asset_materializations_for_node(node):
+        found[materialization.partition] = {
+            name: entry.value for name, entry in materialization.metadata.items()
+        }
+    return found
+
+
+def test_raw_events_over_a_two_hour_range_then_events(log, tmp_path):
+    lake = LakeResource(url=str(tmp_path / "lake"))
+    resources = {"kafka": log, "lake": lake}
+    with instance_for_test() as instance:
+        landed = materialize(
+            [raw_events],
+            resources=resources,
+            instance=instance,
+            tags={
+                RANGE_START: "2026-11-27-10:00",
+                RANGE_END: "2026-11-27-11:00",
+                AS_OF_TAG: "2026-11-27T12:00:00+00:00",
+            },
+        )
+        assert landed.success
+        meta = metadata_by_partition(landed, "raw_events")
+        assert set(meta) == {"2026-11-27-10:00", "2026-11-27-11:00"}
+
+        h10, h11 = meta["2026-11-27-10:00"], meta["2026-11-27-11:00"]
+        assert h10["offset_ranges"] == {"0": [0, 3], "1": [0, 1]}
+        assert h11["offset_ranges"] == {"0": [3, 5], "1": [1, 2]}
+        assert h10["event_hours"] == {"2026-11-27T10": 3}
+        assert h11["event_hours"] == {"2026-11-27T10": 2, "2026-11-27T11": 1}
+        assert (h10["rows"], h11["rows"]) == (4, 3)
+        assert h10["quarantined"] == {"null_value": 1}
+        assert h11["quarantined"] == {}
+        assert (h10["late_rows"], h11["late_rows"]) == (0, 2)
+        assert (h10["clock_corrected"], h11["clock_corrected"]) == (0, 0)
+        assert set(read_manifests(lake)) == {at(10), at(11)}
+        assert log.committed() == {0: 5, 1: 2}
+
+        cleaned = materialize(
+            [events],
+            resources={"lake": lake},
+            instance=instance,
+            partition_key="2026-11-27-10:00",
+        )
+        assert cleaned.success
+        [(partition, counts)] = metadata_by_partition(cleaned, "events").items()
+        assert partition == "2026-11-27-10:00"
+        # Event hour 10: a (x3 copies), c (late), e (invalid): 5 bronze rows.
+        assert counts["bronze_rows"] == 5
+        assert counts["events"] == 2
+        assert counts["duplicates"] == 2
+        assert counts["quarantined"] == 1
+        assert counts["quarantined_by_reason"] == {"missing_title_id": 1}
+        assert counts["late_events"] == 1
+        assert counts["clock_corrected"] == 0
+        assert counts["source_ingest_hours"] == ["2026-11-27T10", "2026-11-27T11"]
+        ids = pq.read_table(lake.path(events_file(at(10)))).column("event_id").to_pylist()
+        assert ids == ["a", "c"]
+
+
+def test_raw_events_refuses_an_hour_that_has_not_closed(log, tmp_path):
+    lake = LakeResource(url=str(tmp_path / "lake"))
+    with instance_for_test() as instance:
+        result = materialize(
+            [raw_events],
+            resources={"kafka": log, "lake": lake},
+            instance=instance,
+            partition_key="2026-11-27-11:00",
+            tags={AS_OF_TAG: "2026-11-27T11:30:00+00:00"},
+            raise_on_error=False,
+        )
+    assert not result.success
+    assert read_manifests(lake) == {}
