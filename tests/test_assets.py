@@ -149,3 +149,27 @@ def test_raw_events_refuses_an_hour_that_has_not_closed(log, tmp_path):
         )
     assert not result.success
     assert read_manifests(lake) == {}
+
+
+@pytest.mark.parametrize(
+    "as_of",
+    [
+        "2026-11-27T12:00:00+00:00",
+        "2026-11-27T12:00:00Z",
+        "2026-11-27T13:00:00+01:00",
+        # No offset: UTC, as ClockResource and the marts' as_of read the same tag.
+        "2026-11-27T12:00:00",
+    ],
+)
+def test_raw_events_reads_the_as_of_tag_as_an_instant(log, tmp_path, as_of):
+    lake = LakeResource(url=str(tmp_path / "lake"))
+    with instance_for_test() as instance:
+        result = materialize(
+            [raw_events],
+            resources={"kafka": log, "lake": lake},
+            instance=instance,
+            tags={RANGE_START: "2026-11-27-10:00", RANGE_END: "2026-11-27-11:00", AS_OF_TAG: as_of},
+            raise_on_error=False,
+        )
+    assert result.success
+    assert set(read_manifests(lake)) == {at(10), at(11)}

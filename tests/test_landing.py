@@ -260,6 +260,14 @@ def test_rerun_rewrites_identical_bytes_and_keeps_the_manifest(log, lake):
     assert ranges(m12) == {"0": (6, 8), "1": (2, 3), "2": (0, 0)}
 
 
+def test_a_recorded_hour_and_the_next_fresh_one_in_one_call(log, lake):
+    [first] = land_hours(log, lake, [H10], now=H11)
+    again, fresh = land_hours(log, lake, [H10, H11], now=H12)
+    assert again == first
+    assert ranges(fresh) == {"0": (3, 6), "1": (1, 2), "2": (0, 0)}
+    assert log.committed() == {0: 6, 1: 2, 2: 0}
+
+
 def test_rerun_after_bronze_loss_restores_the_same_bytes(log, lake):
     land_hours(log, lake, [H10], now=H11)
     name = bronze_file(H10, 0)
