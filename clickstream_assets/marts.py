@@ -1,0 +1,126 @@
+"""The gold layer: the dbt marts, built one event day (a daily partition) per run from silver.
+
+Each run passes the day, the clock (`as_of`) and the lateness to dbt, so that finality and
+revisions are reproducible: rerunning with the same clock gives the same rows.
+"""
+
+import json
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    Output,
+)
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from clickstream_assets.settings import Settings, load
+from partitions import event_days
+from resources.dbt import dbt_project, ensure_manifest
+
+AS_OF_TAG = "clickstream/as_of"
+"""Run tag with the build clock (ISO timestamp); the headless catch-up sets it."""
+
+MARTS_GROUP = "marts"
+SILVER_EVENTS_KEY = AssetKey("events")
+
+# How to select one day of each table, to report the rows a run wrote.
+_DAY_FILTERS = {
+    "fct_daily_active_users": "event_date = $day",
+    "fct_daily_active_users_by_platform": "event_date = $day",
+    "fct_daily_title_plays": "event_date = $day",
+    "fct_daily_campaign_impressions": "event_date = $day",
+    "fct_hourly_events": "cast(timezone('UTC', event_hour) as date) = $day",
+    "mart_revisions": "event_date = $day and revised_at = cast($as_of as timestamptz)",
+}
+
+
+class MartsConfig(Config):
+    as_of: str | None = Field(
+        default=None,
+        description="Build clock, ISO 8601 (UTC if no offset); default: the run tag "
+        f"{AS_OF_TAG}, else now.",
+    )
+
+
+class MartsTranslator(DagsterDbtTranslator):
+    """Silver events are the Dagster asset `events`; every dbt model is in the `marts` group."""
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> AssetKey:
+        if (
+            dbt_resource_props["resource_type"] == "source"
+            and dbt_resource_props["source_name"] == "silver"
+            and dbt_resource_props["name"] == "events"
+        ):
+            return SILVER_EVENTS_KEY
+        return super().get_asset_key(dbt_resource_props)
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return MARTS_GROUP
+
+
+def resolve_as_of(configured: str | None, tags: Mapping[str, str], now: datetime) -> str:
+    """The build clock as an ISO UTC timestamp: run config, else the run tag, else now."""
+    text = configured or tags.get(AS_OF_TAG)
+    moment = now if not text else datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat()
+
+
+def dbt_vars(event_date: str, as_of: str, settings: Settings, warehouse_path: str) -> dict:
+    """The --vars of one mart run; the dbt project's only inputs."""
+    return {
+        "event_date": event_date,
+        "as_of": as_of,
+        "allowed_lateness_minutes": int(settings.allowed_lateness.total_seconds() // 60),
+        "lake_url": settings.lake_url,
+        "warehouse_path": warehouse_path,
+    }
+
+
+def _rows_written(warehouse: DuckDBResource, event_date: str, as_of: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    with warehouse.get_connection() as connection:
+        for table, condition in _DAY_FILTERS.items():
+            query = f"select count(*) from {table} where {condition}"
+            params = {"day": event_date}
+            if "$as_of" in condition:
+                params["as_of"] = as_of
+            row = connection.execute(query, params).fetchone()
+            counts[table] = int(row[0]) if row else 0
+    return counts
+
+
+@dbt_assets(
+    manifest=ensure_manifest(dbt_project),
+    project=dbt_project,
+    partitions_def=event_days,
+    dagster_dbt_translator=MartsTranslator(),
+)
+def marts(
+    context: AssetExecutionContext,
+    dbt: DbtCliResource,
+    warehouse: DuckDBResource,
+    config: MartsConfig,
+) -> Iterator[Any]:
+    """Daily marts: DAU, by platform, title plays, campaign impressions, hourly events."""
+    settings = load()
+    as_of = resolve_as_of(config.as_of, context.run.tags, datetime.now(UTC))
+    run_vars = dbt_vars(context.partition_key, as_of, settings, warehouse.database)
+    context.log.info(f"dbt vars: {run_vars}")
+    # Buffer the events: the warehouse file is locked by dbt until it exits, and the row counts
+    # attached below are read afterwards.
+    events = list(dbt.cli(["build", "--vars", json.dumps(run_vars)], context=context).stream())
+    counts = _rows_written(warehouse, context.partition_key, as_of)
+    for event in events:
+        if isinstance(event, Output):
+            table = context.asset_key_for_output(event.output_name).path[-1]
+            if table in counts:
+                event = event.with_metadata({**event.metadata, "rows_in_partition": counts[table]})
+        yield event

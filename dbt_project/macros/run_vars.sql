@@ -1,0 +1,48 @@
+{#- The run's inputs (dbt vars set by the Dagster asset), validated and rendered as SQL literals
+    so that a malformed value fails the run instead of reaching the SQL. -#}
+
+{% macro event_date_literal() -%}
+    {%- set value = var('event_date') | string -%}
+    {%- if not modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2}', value) -%}
+        {{ exceptions.raise_compiler_error("var event_date must be YYYY-MM-DD, got " ~ value) }}
+    {%- endif -%}
+    date '{{ value }}'
+{%- endmacro %}
+
+{% macro day_start_literal() -%}
+    cast({{ event_date_literal() }} as timestamp) at time zone 'UTC'
+{%- endmacro %}
+
+{% macro as_of_literal() -%}
+    {%- set value = var('as_of') | string -%}
+    {%- if not modules.re.fullmatch('[0-9T:.+ Z-]+', value) -%}
+        {{ exceptions.raise_compiler_error("var as_of must be an ISO timestamp, got " ~ value) }}
+    {%- endif -%}
+    cast('{{ value }}' as timestamptz)
+{%- endmacro %}
+
+{% macro allowed_lateness() -%}
+    {%- set value = var('allowed_lateness_minutes') | string -%}
+    {%- if not modules.re.fullmatch('[0-9]+', value) -%}
+        {{ exceptions.raise_compiler_error(
+            "var allowed_lateness_minutes must be a whole number, got " ~ value) }}
+    {%- endif -%}
+    to_minutes(cast({{ value }} as bigint))
+{%- endmacro %}
+
+{% macro lake_path(suffix) -%}
+    {%- set root = var('lake_url') | string -%}
+    {%- if "'" in root -%}
+        {{ exceptions.raise_compiler_error("var lake_url must not contain a quote") }}
+    {%- endif -%}
+    {{ root.rstrip('/') }}/{{ suffix }}
+{%- endmacro %}
+
+{% macro lake_has_files(pattern) -%}
+    {#- read_parquet fails on a glob that matches nothing; an empty lake is a normal state. -#}
+    {%- if not execute -%}
+        {{ return(true) }}
+    {%- endif -%}
+    {%- set found = run_query("select count(*) from glob('" ~ pattern ~ "')") -%}
+    {{ return(found.columns[0].values()[0] > 0) }}
+{%- endmacro %}

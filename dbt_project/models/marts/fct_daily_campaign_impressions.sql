@@ -1,0 +1,42 @@
+{%- set day_filter = "event_date = " ~ event_date_literal() -%}
+{{ config(incremental_predicates=[day_filter]) }}
+
+with source as (
+    select * from {{ ref('stg_events') }}
+    where lake_date = {{ event_date_literal() }}
+),
+
+renamed as (
+    select
+        event_date,
+        campaign_id,
+        actor_id,
+        event_id
+    from source
+    where event_type = 'ad_impression'
+),
+
+aggregated as (
+    select
+        event_date,
+        campaign_id,
+        count(event_id) as impressions,
+        count(distinct actor_id) as unique_viewers
+    from renamed
+    group by event_date, campaign_id
+),
+
+{{ with_revisions(
+    'aggregated',
+    period='event_date',
+    period_end="timezone('UTC', cast(event_date as timestamp)) + interval 1 day",
+    keys=['campaign_id'],
+    measures=['impressions', 'unique_viewers'],
+    partition_filter=day_filter,
+) }},
+
+final as (
+    select * from revised
+)
+
+select * from final

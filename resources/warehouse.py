@@ -1,0 +1,42 @@
+"""The DuckDB warehouse: the Dagster resource, and a helper to read a table as Polars."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from clickstream_assets.settings import Settings, load
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+def warehouse_resource(settings: Settings | None = None) -> DuckDBResource:
+    """The DuckDB resource on the settings' warehouse file (its directory is created)."""
+    settings = settings or load()
+    if "://" not in settings.warehouse and not settings.warehouse.startswith(("md:", ":memory:")):
+        Path(settings.warehouse).parent.mkdir(parents=True, exist_ok=True)
+    return DuckDBResource(database=settings.warehouse)
+
+
+def read_table(
+    warehouse: DuckDBResource, table: str, *, order_by: str | None = None
+) -> pl.DataFrame:
+    """All rows of a warehouse table (or view) as a Polars frame, for tests and reports.
+
+    Opens the file only for the read: DuckDB allows one writing process, and dbt is one.
+    """
+    if not _IDENTIFIER.match(table):
+        raise ValueError(f"not a table name: {table!r}")
+    query = f"select * from {table}"
+    if order_by:
+        columns = [column.strip() for column in order_by.split(",")]
+        if not all(_IDENTIFIER.match(column) for column in columns):
+            raise ValueError(f"order_by must list column names: {order_by!r}")
+        query += " order by " + ", ".join(columns)
+    with warehouse.get_connection() as connection:
+        # Days and hours are UTC in the contract, whatever the machine's zone.
+        connection.execute("set TimeZone = 'UTC'")
+        return connection.sql(query).pl()

@@ -1,0 +1,418 @@
+"""The dbt marts end to end: hand-written silver Parquet, the real dbt through the Dagster asset,
+and known answers counted by hand from the fixture rows below.
+
+One module-scoped scenario builds two days, finalizes one, restates it with late events and
+rebuilds it unchanged; the tests read the snapshots it took after each step.
+"""
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from dagster import materialize
+
+from clickstream_assets.marts import AS_OF_TAG, dbt_vars, marts, resolve_as_of
+from clickstream_assets.settings import Settings
+from resources.dbt import DBT_PROJECT_DIR, dbt_executable, dbt_resource
+from resources.warehouse import read_table, warehouse_resource
+
+MARTS = [
+    "fct_daily_active_users",
+    "fct_daily_active_users_by_platform",
+    "fct_daily_title_plays",
+    "fct_daily_campaign_impressions",
+    "fct_hourly_events",
+    "mart_revisions",
+]
+
+SILVER_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("event_type", pa.string()),
+        ("event_time", pa.timestamp("us", tz="UTC")),
+        ("event_hour", pa.timestamp("us", tz="UTC")),
+        ("device_id", pa.string()),
+        ("user_id", pa.string()),
+        ("session_id", pa.string()),
+        ("platform", pa.string()),
+        ("title_id", pa.string()),
+        ("campaign_id", pa.string()),
+        ("ad_id", pa.string()),
+        ("page", pa.string()),
+        ("app_version", pa.string()),
+        ("position_ms", pa.int64()),
+        ("schema_version", pa.int64()),
+        ("properties", pa.string()),
+        ("clock_corrected", pa.bool_()),
+        ("received_at", pa.timestamp("ms", tz="UTC")),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+        ("ingest_hour", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+# (event_id, event_type, event_time, device_id, user_id, platform, title_id, campaign_id)
+DAY1_HOUR05 = [
+    ("e01", "page_view", "2026-03-10 05:01", "d1", "u1", "web", None, None),
+    ("e02", "play", "2026-03-10 05:02", "d1", "u1", "web", "t1", None),
+    ("e03", "play", "2026-03-10 05:03", "d2", "u1", "ios", "t1", None),
+    ("e04", "play", "2026-03-10 05:04", "d3", None, "android", "t1", None),
+    ("e05", "ad_impression", "2026-03-10 05:05", "d3", None, "android", None, "c1"),
+    ("e06", "ad_impression", "2026-03-10 05:06", "d4", "u2", "tv", None, "c1"),
+]
+DAY1_HOUR10 = [
+    ("e07", "play", "2026-03-10 10:07", "d4", "u2", "tv", "t2", None),
+    ("e08", "ad_impression", "2026-03-10 10:08", "d4", "u2", "tv", None, "c1"),
+    ("e09", "heartbeat", "2026-03-10 10:09", "d5", None, "web", None, None),
+    ("e10", "click", "2026-03-10 10:10", "d3", "u3", "android", None, None),
+]
+DAY2_HOUR01 = [
+    ("e11", "page_view", "2026-03-11 01:11", "d1", "u1", "web", None, None),
+    ("e12", "page_view", "2026-03-11 01:12", "d6", None, "stb", None, None),
+]
+# Received at 05:00 on the next day: after day 1's watermark (end of day + 3 h = 03:00).
+LATE_DAY1_HOUR10 = [
+    ("e13", "play", "2026-03-10 10:13", "d9", "u9", "web", "t1", None),
+    ("e14", "page_view", "2026-03-10 10:14", "d9", "u9", "web", None, None),
+]
+LATE_INGEST_HOUR = "2026-03-11 05:00"
+
+
+def write_silver(lake: Path, rows: list[tuple], *, part: int = 0, ingest_hour: str | None = None):
+    """One silver file for the event hour of the rows, as the cleaning stage writes them."""
+    records = []
+    for offset, (event_id, event_type, time, device, user, platform, title, campaign) in enumerate(
+        rows
+    ):
+        event_time = utc(time)
+        event_hour = event_time.replace(minute=0)
+        records.append(
+            {
+                "event_id": event_id,
+                "event_type": event_type,
+                "event_time": event_time,
+                "event_hour": event_hour,
+                "device_id": device,
+                "user_id": user,
+                "session_id": None,
+                "platform": platform,
+                "title_id": title,
+                "campaign_id": campaign,
+                "ad_id": None,
+                "page": None,
+                "app_version": None,
+                "position_ms": None,
+                "schema_version": 1,
+                "properties": None,
+                "clock_corrected": False,
+                "received_at": event_time,
+                "kafka_partition": 0,
+                "kafka_offset": offset,
+                "ingest_hour": utc(ingest_hour) if ingest_hour else event_hour,
+            }
+        )
+    hour = records[0]["event_hour"]
+    directory = lake / "silver" / "events" / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
+    directory.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(records, schema=SILVER_SCHEMA)
+    pq.write_table(table, directory / f"part-{part:04d}.parquet")
+
+
+@dataclass
+class Scenario:
+    snapshots: dict[str, dict[str, pl.DataFrame]] = field(default_factory=dict)
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checks_passed: dict[str, bool] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    root = tmp_path_factory.mktemp("marts")
+    lake = root / "lake"
+    env = {
+        "CLICKSTREAM_LAKE_URL": str(lake),
+        "CLICKSTREAM_WAREHOUSE": str(root / "warehouse.duckdb"),
+        "CLICKSTREAM_ALLOWED_LATENESS": "3h",
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
+    write_silver(lake, DAY1_HOUR05)
+    write_silver(lake, DAY1_HOUR10)
+    write_silver(lake, DAY2_HOUR01)
+    result = Scenario()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        settings = Settings.from_env()
+        warehouse = warehouse_resource(settings)
+        resources = {"dbt": dbt_resource(settings), "warehouse": warehouse}
+
+        def build(step: str, day: str, as_of: str, *, by_config: bool = False) -> None:
+            run = materialize(
+                [marts],
+                partition_key=day,
+                resources=resources,
+                tags={} if by_config else {AS_OF_TAG: as_of},
+                run_config=(
+                    {"ops": {"marts": {"config": {"as_of": as_of}}}} if by_config else None
+                ),
+            )
+            assert run.success
+            result.checks_passed[step] = all(
+                check.passed for check in run.get_asset_check_evaluations()
+            )
+            result.metadata[step] = {
+                event.asset_key.path[-1]: event.materialization.metadata
+                for event in run.get_asset_materialization_events()
+                if event.asset_key
+            }
+            result.snapshots[step] = {table: read_table(warehouse, table) for table in MARTS}
+
+        # Day 1 at noon: hour 05 is past its watermark (09:00), hour 10 and the day are not.
+        build("provisional", "2026-03-10", "2026-03-10T12:00:00Z")
+        # After the day's watermark (2026-03-11 03:00): same numbers, now final.
+        build("final", "2026-03-10", "2026-03-11T04:00:00Z")
+        build("day2", "2026-03-11", "2026-03-12T04:00:00+00:00", by_config=True)
+        write_silver(lake, LATE_DAY1_HOUR10, part=1, ingest_hour=LATE_INGEST_HOUR)
+        build("restated", "2026-03-10", "2026-03-11T06:00:00Z")
+        build("unchanged", "2026-03-10", "2026-03-11T07:00:00Z")
+    return result
+
+
+def rows(frame: pl.DataFrame, columns: list[str]) -> list[tuple]:
+    return sorted(frame.select(columns).iter_rows(), key=repr)
+
+
+def day(frame: pl.DataFrame, date: str) -> pl.DataFrame:
+    return frame.filter(pl.col("event_date") == datetime.fromisoformat(date).date())
+
+
+# -- known answers (counted by hand from the fixture rows) ---------------------------------------
+
+
+def test_daily_active_users_follow_the_actor_rule(scenario: Scenario):
+    frame = scenario.snapshots["final"]["fct_daily_active_users"]
+    # actors u1, device:d3, u2, device:d5, u3; users u1 u2 u3; devices d1..d5; 10 events
+    assert rows(frame, ["active_users", "logged_in_users", "active_devices", "events"]) == [
+        (5, 3, 5, 10)
+    ]
+
+
+def test_active_users_by_platform(scenario: Scenario):
+    frame = scenario.snapshots["final"]["fct_daily_active_users_by_platform"]
+    assert rows(frame, ["platform", "active_users"]) == sorted(
+        [("web", 2), ("ios", 1), ("android", 2), ("tv", 1)], key=repr
+    )
+
+
+def test_title_plays_and_unique_viewers(scenario: Scenario):
+    frame = scenario.snapshots["final"]["fct_daily_title_plays"]
+    # t1: u1 twice on two devices, device:d3 once
+    assert rows(frame, ["title_id", "plays", "unique_viewers"]) == [("t1", 3, 2), ("t2", 1, 1)]
+
+
+def test_campaign_impressions_and_reach(scenario: Scenario):
+    frame = scenario.snapshots["final"]["fct_daily_campaign_impressions"]
+    assert rows(frame, ["campaign_id", "impressions", "unique_viewers"]) == [("c1", 3, 2)]
+
+
+def test_hourly_events(scenario: Scenario):
+    frame = scenario.snapshots["final"]["fct_hourly_events"]
+    hour05, hour10 = utc("2026-03-10 05:00"), utc("2026-03-10 10:00")
+    expected = [
+        (hour05, "page_view", 1, 1),
+        (hour05, "play", 3, 2),
+        (hour05, "ad_impression", 2, 2),
+        (hour10, "play", 1, 1),
+        (hour10, "ad_impression", 1, 1),
+        (hour10, "heartbeat", 1, 1),
+        (hour10, "click", 1, 1),
+    ]
+    assert rows(frame, ["event_hour", "event_type", "events", "active_users"]) == sorted(
+        expected, key=repr
+    )
+
+
+def test_second_day_is_its_own_partition(scenario: Scenario):
+    frame = day(scenario.snapshots["day2"]["fct_daily_active_users"], "2026-03-11")
+    assert rows(frame, ["active_users", "logged_in_users", "active_devices", "events"]) == [
+        (2, 1, 2, 2)
+    ]
+    # as_of came from run config: after the watermark, so final
+    assert rows(frame, ["revision", "is_final"]) == [(1, True)]
+
+
+# -- finalization -----------------------------------------------------------------------------
+
+
+def test_day_is_provisional_before_the_watermark_and_final_after(scenario: Scenario):
+    before = scenario.snapshots["provisional"]["fct_daily_active_users"]
+    after = scenario.snapshots["final"]["fct_daily_active_users"]
+    noon = utc("2026-03-10 12:00")
+    assert rows(before, ["revision", "is_final", "computed_at"]) == [(1, False, noon)]
+    # same numbers: only is_final changes; computed_at stays the first computation
+    assert rows(after, ["revision", "is_final", "computed_at"]) == [(1, True, noon)]
+
+
+def test_hours_are_final_on_their_own(scenario: Scenario):
+    frame = scenario.snapshots["provisional"]["fct_hourly_events"]
+    finality = {row[0].hour: row[1] for row in frame.select("event_hour", "is_final").iter_rows()}
+    assert finality == {5: True, 10: False}
+
+
+# -- revisions --------------------------------------------------------------------------------
+
+
+def test_restatement_raises_the_revision(scenario: Scenario):
+    marts = scenario.snapshots["restated"]
+    dau = day(marts["fct_daily_active_users"], "2026-03-10")
+    assert rows(dau, ["active_users", "logged_in_users", "active_devices", "events"]) == [
+        (6, 4, 6, 12)
+    ]
+    assert rows(dau, ["revision", "is_final", "computed_at"]) == [
+        (2, True, utc("2026-03-11 06:00"))
+    ]
+    plays = marts["fct_daily_title_plays"]
+    assert rows(plays, ["title_id", "plays", "unique_viewers", "revision"]) == [
+        ("t1", 4, 3, 2),
+        ("t2", 1, 1, 2),
+    ]
+    # the campaign's numbers did not change: still revision 1, first computation
+    campaigns = marts["fct_daily_campaign_impressions"]
+    assert rows(campaigns, ["impressions", "revision", "computed_at"]) == [
+        (3, 1, utc("2026-03-10 12:00"))
+    ]
+    # only hour 10 changed
+    hourly = marts["fct_hourly_events"].filter(pl.col("event_hour") < utc("2026-03-11 00:00"))
+    revisions = {row[0].hour: row[1] for row in hourly.select("event_hour", "revision").iter_rows()}
+    assert revisions == {5: 1, 10: 2}
+
+
+def test_untouched_day_keeps_its_revision(scenario: Scenario):
+    dau = day(scenario.snapshots["restated"]["fct_daily_active_users"], "2026-03-11")
+    assert rows(dau, ["events", "revision", "is_final"]) == [(2, 1, True)]
+
+
+def test_restatement_is_recorded_with_its_late_events(scenario: Scenario):
+    revisions = scenario.snapshots["restated"]["mart_revisions"]
+    late_hour = utc(LATE_INGEST_HOUR)
+    assert rows(
+        revisions, ["model", "event_date", "revision", "late_events", "late_ingest_hours"]
+    ) == sorted(
+        [
+            (model, datetime(2026, 3, 10).date(), 2, 2, [late_hour])
+            for model in [
+                "fct_daily_active_users",
+                "fct_daily_active_users_by_platform",
+                "fct_daily_title_plays",
+                "fct_hourly_events",
+            ]
+        ],
+        key=repr,
+    )
+    hourly = revisions.filter(pl.col("model") == "fct_hourly_events")
+    assert hourly["event_hour"].to_list() == [utc("2026-03-10 10:00")]
+    assert revisions["revised_at"].unique().to_list() == [utc("2026-03-11 06:00")]
+    assert scenario.snapshots["final"]["mart_revisions"].height == 0
+
+
+def test_rebuild_with_nothing_new_changes_nothing(scenario: Scenario):
+    restated, unchanged = scenario.snapshots["restated"], scenario.snapshots["unchanged"]
+    for table in MARTS:
+        assert (
+            restated[table]
+            .sort(restated[table].columns)
+            .equals(unchanged[table].sort(unchanged[table].columns))
+        ), table
+
+
+# -- the asset and the dbt project ------------------------------------------------------------
+
+
+def test_dbt_tests_pass_and_rows_are_reported(scenario: Scenario):
+    assert all(scenario.checks_passed.values())
+
+    def rows_in_partition(step: str, table: str) -> int:
+        return scenario.metadata[step][table]["rows_in_partition"].value
+
+    assert rows_in_partition("provisional", "fct_daily_active_users") == 1
+    assert rows_in_partition("restated", "mart_revisions") == 4
+    assert rows_in_partition("unchanged", "mart_revisions") == 0
+
+
+@pytest.mark.parametrize(
+    ("configured", "tags", "expected"),
+    [
+        (
+            "2026-03-10T12:00:00+01:00",
+            {AS_OF_TAG: "2026-01-01T00:00:00Z"},
+            "2026-03-10T11:00:00+00:00",
+        ),
+        (None, {AS_OF_TAG: "2026-03-10T12:00:00Z"}, "2026-03-10T12:00:00+00:00"),
+        (None, {AS_OF_TAG: "2026-03-10T12:00:00"}, "2026-03-10T12:00:00+00:00"),
+        (None, {}, "2026-03-12T00:00:00+00:00"),
+    ],
+)
+def test_resolve_as_of_prefers_config_then_tag_then_now(configured, tags, expected):
+    assert resolve_as_of(configured, tags, utc("2026-03-12 00:00")) == expected
+
+
+def test_dbt_vars_carry_the_settings():
+    settings = Settings.from_env(
+        {"CLICKSTREAM_LAKE_URL": "s3://bucket/lake", "CLICKSTREAM_ALLOWED_LATENESS": "90m"}
+    )
+    assert dbt_vars("2026-03-10", "2026-03-11T00:00:00+00:00", settings, "/w.duckdb") == {
+        "event_date": "2026-03-10",
+        "as_of": "2026-03-11T00:00:00+00:00",
+        "allowed_lateness_minutes": 90,
+        "lake_url": "s3://bucket/lake",
+        "warehouse_path": "/w.duckdb",
+    }
+
+
+def run_dbt(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [dbt_executable(), *args, "--target-path", str(tmp_path / "target")],
+        cwd=DBT_PROJECT_DIR,
+        env={
+            **os.environ,
+            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "DBT_LOG_PATH": str(tmp_path / "logs"),
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_dbt_parse_and_docs_generate_work_offline(tmp_path: Path):
+    parsed = run_dbt("parse", tmp_path=tmp_path)
+    assert parsed.returncode == 0, parsed.stdout
+    manifest = json.loads((tmp_path / "target" / "manifest.json").read_text())
+    models = {node["name"] for node in manifest["nodes"].values()}
+    assert set(MARTS) <= models
+    unit_tests = {test["name"] for test in manifest["unit_tests"].values()}
+    assert len(unit_tests) >= 3
+    docs = run_dbt(
+        "docs",
+        "generate",
+        "--vars",
+        json.dumps(
+            {"lake_url": str(tmp_path / "lake"), "warehouse_path": str(tmp_path / "w.duckdb")}
+        ),
+        tmp_path=tmp_path,
+    )
+    assert docs.returncode == 0, docs.stdout
+    assert (tmp_path / "target" / "catalog.json").exists()
