@@ -4,7 +4,6 @@ A run may cover a range of hours (catch-up after an outage, a backfill): both as
 single-run backfill policy so that one pass over the log or the manifests serves the whole range.
 """
 
-
 from datetime import UTC, datetime
 
 from dagster import (
@@ -19,6 +18,7 @@ from dagster import (
 from clickstream_assets.cleaning import clean_hour
 from clickstream_assets.landing import hour_label, land_hours, read_manifests
 from partitions import event_hours, ingest_hours
+from resources.clock import parse_instant
 from resources.kafka import EventLog
 from resources.lake import LakeResource
 
@@ -37,7 +37,7 @@ kafka_topic = AssetSpec(
 def run_clock(context: AssetExecutionContext) -> datetime:
     """The instant this run treats as now: the `clickstream/as_of` tag, else the wall clock."""
     tag = context.run.tags.get(AS_OF_TAG)
-    return datetime.fromisoformat(tag) if tag else datetime.now(UTC)
+    return parse_instant(tag) if tag else datetime.now(UTC)
 
 
 def hours_of(context: AssetExecutionContext) -> list[datetime]:

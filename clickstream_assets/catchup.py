@@ -51,7 +51,13 @@ def run_catch_up(
 ) -> CatchUpReport:
     """Treat every ingest hour closed before `until` as closed and run the sensors' requests
     (landing, late-data rebuilds, marts) until nothing is left. Idempotent."""
-    from clickstream_assets.definitions import all_assets, all_checks, all_sensors, build_resources
+    from clickstream_assets.definitions import (
+        all_assets,
+        all_checks,
+        all_sensors,
+        build_resources,
+        defs,
+    )
 
     until = (until or datetime.now(UTC)).astimezone(UTC)
     instance = instance or instance_for(settings)
@@ -60,7 +66,7 @@ def run_catch_up(
     for _ in range(MAX_TICKS):
         requests = []
         for sensor_def in all_sensors:
-            requests += _tick(sensor_def, instance, bound)
+            requests += _tick(sensor_def, instance, bound, defs)
         if not requests:
             return report
         for request in requests:
@@ -81,18 +87,22 @@ def run_catch_up(
                 request.tags.get("dagster/asset_partition_range_end"),
             )
             report.runs.append(
-                {"stage": stage, "partitions": partitions, "seconds": seconds,
-                 "success": result.success}
+                {
+                    "stage": stage,
+                    "partitions": partitions,
+                    "seconds": seconds,
+                    "success": result.success,
+                }
             )
             log(f"{stage:<9} {partitions:<37} {seconds:7.1f} s")
     raise RuntimeError(f"catch-up did not settle after {MAX_TICKS} sensor ticks")
 
 
-def _tick(sensor_def: SensorDefinition, instance: DagsterInstance, resources: dict) -> list:
+def _tick(sensor_def: SensorDefinition, instance: DagsterInstance, resources: dict, defs) -> list:
     key = CURSOR_PREFIX + sensor_def.name
     cursor = instance.run_storage.get_cursor_values({key}).get(key)
     with build_sensor_context(
-        instance=instance, cursor=cursor, resources=resources
+        instance=instance, cursor=cursor, resources=resources, definitions=defs
     ) as context:
         result = sensor_def.evaluate_tick(context)
     if result.cursor is not None:

@@ -117,8 +117,10 @@ def clean_hour(lake: LakeResource, event_hour: datetime, manifests: dict[datetim
             files, columns=columns, filters=[("event_hour", "=", event_hour)]
         )
     else:
-        bronze = pa.table({n: pa.array([], RECORD_SCHEMA.field(n).type) for n in RECORD_SCHEMA.names}
-                          | {"ingest_hour": pa.array([], UTC_US)})
+        bronze = pa.table(
+            {n: pa.array([], RECORD_SCHEMA.field(n).type) for n in RECORD_SCHEMA.names}
+            | {"ingest_hour": pa.array([], UTC_US)}
+        )
     parsed = pl.from_arrow(parse_events(bronze))
     assert isinstance(parsed, pl.DataFrame)
     parsed = parsed.with_columns(received_at=pl.col("kafka_timestamp"))

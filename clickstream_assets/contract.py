@@ -161,11 +161,12 @@ def parse_events(records: pa.Table | pa.RecordBatch) -> pa.Table:
     """
     con = duckdb.connect()
     try:
+        con.execute("set TimeZone = 'UTC'")  # casts of offsets must not follow the host's zone
         con.register("records", records)
         parsed = con.sql(PARSE_SQL).to_arrow_table()
     finally:
         con.close()
-    # DuckDB computes in naive UTC (no ICU here); the lake stores explicit UTC.
+    # DuckDB computes in naive UTC; the lake stores explicit UTC.
     utc = pa.timestamp("us", tz="UTC")
     types = {field.name: field.type for field in records.schema}
     types |= {"event_time": utc, "event_hour": utc}

@@ -91,9 +91,7 @@ def chained_starts(
     """Start offsets for the hour after `previous`: its ends, or the log's beginning for a
     partition it does not know (the first hour, or a partition added since)."""
     recorded = previous["partitions"] if previous else {}
-    return {
-        p: recorded[str(p)]["end"] if str(p) in recorded else beginning[p] for p in partitions
-    }
+    return {p: recorded[str(p)]["end"] if str(p) in recorded else beginning[p] for p in partitions}
 
 
 @dataclass
@@ -142,7 +140,9 @@ class _Sink:
                 .select(QUARANTINE_SCHEMA.names)
                 .cast(QUARANTINE_SCHEMA)
             )
-        fixed = parsed.filter(pc.and_(parsed.column("clock_corrected"), pc.is_null(parsed["reason"])))
+        fixed = parsed.filter(
+            pc.and_(parsed.column("clock_corrected"), pc.is_null(parsed["reason"]))
+        )
         if fixed.num_rows:
             self.corrected.extend(
                 fixed.select(["event_id", "kafka_partition", "kafka_offset"])
@@ -328,9 +328,7 @@ def _manifest(topic: str, hour: datetime, parts: dict[int, tuple[dict, _Sink]], 
         "rows": sum(entry["rows"] for entry, _ in parts.values()),
         "event_hours": dict(sorted(event_hours.items())),
         "quarantined": dict(sorted(quarantined.items())),
-        "corrected": sorted(
-            corrected, key=lambda c: (c["kafka_partition"], c["kafka_offset"])
-        ),
+        "corrected": sorted(corrected, key=lambda c: (c["kafka_partition"], c["kafka_offset"])),
         "landed_at": now.isoformat(),
     }
 

@@ -19,12 +19,11 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from clickstream_assets.assets import AS_OF_TAG
 from clickstream_assets.settings import Settings, load
+from resources.clock import parse_instant
 from partitions import event_days
 from resources.dbt import dbt_project, ensure_manifest
-
-AS_OF_TAG = "clickstream/as_of"
-"""Run tag with the build clock (ISO timestamp); the headless catch-up sets it."""
 
 MARTS_GROUP = "marts"
 SILVER_EVENTS_KEY = AssetKey("events")
@@ -67,10 +66,7 @@ class MartsTranslator(DagsterDbtTranslator):
 def resolve_as_of(configured: str | None, tags: Mapping[str, str], now: datetime) -> str:
     """The build clock as an ISO UTC timestamp: run config, else the run tag, else now."""
     text = configured or tags.get(AS_OF_TAG)
-    moment = now if not text else datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat()
+    return (parse_instant(text) if text else now.astimezone(UTC)).isoformat()
 
 
 def dbt_vars(event_date: str, as_of: str, settings: Settings, warehouse_path: str) -> dict:

@@ -11,7 +11,10 @@ class ClockResource(ConfigurableResource):
     """ISO 8601 instant to treat as now; None means the wall clock."""
 
     def now(self) -> datetime:
-        if self.as_of is None:
-            return datetime.now(UTC)
-        instant = datetime.fromisoformat(self.as_of)
-        return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+        return datetime.now(UTC) if self.as_of is None else parse_instant(self.as_of)
+
+
+def parse_instant(text: str) -> datetime:
+    """An ISO 8601 instant; one without an offset is UTC."""
+    instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (instant if instant.tzinfo else instant.replace(tzinfo=UTC)).astimezone(UTC)

@@ -33,9 +33,7 @@ MAX_HOURS_PER_RUN = 24
 def measure_lag(kafka: EventLog, manifests: dict, now) -> dict:
     """Records and seconds between the log's head and what has landed, per partition."""
     last = max(manifests) if manifests else None
-    landed = (
-        {int(p): e["end"] for p, e in manifests[last]["partitions"].items()} if last else {}
-    )
+    landed = {int(p): e["end"] for p, e in manifests[last]["partitions"].items()} if last else {}
     positions = {p: landed.get(p, kafka.beginning_offset(p)) for p in kafka.partitions()}
     heads = kafka.high_watermarks(positions)
     landed_until = last + HOUR if last else None

@@ -43,7 +43,7 @@ def _materializations_since(context: SensorEvaluationContext, key: AssetKey, aft
 
 def build_late_data_sensor(mart_keys: list[AssetKey]) -> SensorDefinition:
     @sensor(
-        asset_selection=[events, *mart_keys],
+        asset_selection=[events.key, *mart_keys],
         minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.RUNNING,
     )
