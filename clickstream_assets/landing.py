@@ -113,22 +113,43 @@ class _Sink:
     _quarantine: list[pa.Table] = field(default_factory=list)
 
     def add(self, batch: pa.RecordBatch) -> None:
+        """Buffer received records; they are parsed and written a whole row group at a time."""
         if batch.num_rows == 0:
             return
-        parsed = parse_events(batch)
-        unreadable = pc.is_in(parsed.column("reason"), pa.array(UNREADABLE_REASONS))
-        unreadable = pc.fill_null(unreadable, False)
-        ingest = pa.array([self.hour] * batch.num_rows, pa.timestamp("us", tz="UTC"))
-        bronze = pa.Table.from_batches([batch]).append_column("ingest_hour", ingest)
-        bronze = bronze.append_column("event_hour", parsed.column("event_hour"))
-        self._buffer(bronze)
+        self._pending.append(pa.Table.from_batches([batch], schema=RECORD_SCHEMA))
+        self._pending_rows += batch.num_rows
         self.rows += batch.num_rows
+        while self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush(ROW_GROUP_ROWS)
+
+    def _flush(self, rows: int) -> None:
+        combined = pa.concat_tables(self._pending)
+        rest = combined.slice(rows)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+        self._write_group(combined.slice(0, rows).combine_chunks())
+
+    def _write_group(self, received: pa.Table) -> None:
+        parsed = parse_events(received)
+        unreadable = pc.fill_null(
+            pc.is_in(parsed.column("reason"), pa.array(UNREADABLE_REASONS)), False
+        )
+        ingest = pa.repeat(
+            pa.scalar(self.hour, BRONZE_SCHEMA.field("ingest_hour").type), len(received)
+        )
+        bronze = received.append_column("ingest_hour", ingest).append_column(
+            "event_hour", parsed.column("event_hour")
+        )
+        if self._writer is None:
+            self._context = self.lake.parquet_writer(
+                bronze_file(self.hour, self.partition), BRONZE_SCHEMA
+            )
+            self._writer = self._context.__enter__()
+        self._writer.write_table(bronze, row_group_size=len(bronze))
 
         readable = parsed.filter(pc.invert(unreadable))
-        for hour, count in zip(
-            *readable.group_by("event_hour").aggregate([("event_hour", "count")]).columns,
-            strict=True,
-        ):
+        histogram = readable.group_by("event_hour").aggregate([("event_hour", "count")])
+        for hour, count in zip(*histogram.columns, strict=True):
             self.event_hours[hour_label(hour.as_py())] += count.as_py()
         bad = bronze.filter(unreadable)
         if bad.num_rows:
@@ -136,7 +157,7 @@ class _Sink:
             self.quarantined.update(reasons.to_pylist())
             self._quarantine.append(
                 bad.append_column("reason", reasons)
-                .append_column("stage", pa.array(["landing"] * bad.num_rows))
+                .append_column("stage", pa.repeat(pa.scalar("landing"), bad.num_rows))
                 .select(QUARANTINE_SCHEMA.names)
                 .cast(QUARANTINE_SCHEMA)
             )
@@ -149,30 +170,9 @@ class _Sink:
                 .append_column(
                     "kafka_timestamp_ms", pc.cast(fixed.column("kafka_timestamp"), pa.int64())
                 )
-                .append_column(
-                    "event_hour",
-                    pa.array([hour_label(h) for h in fixed.column("event_hour").to_pylist()]),
-                )
+                .append_column("event_hour", pc.strftime(fixed.column("event_hour"), "%Y-%m-%dT%H"))
                 .to_pylist()
             )
-
-    def _buffer(self, table: pa.Table) -> None:
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
-        while self._pending_rows >= ROW_GROUP_ROWS:
-            self._flush(ROW_GROUP_ROWS)
-
-    def _flush(self, rows: int) -> None:
-        combined = pa.concat_tables(self._pending).cast(BRONZE_SCHEMA)
-        if self._writer is None:
-            self._context = self.lake.parquet_writer(
-                bronze_file(self.hour, self.partition), BRONZE_SCHEMA
-            )
-            self._writer = self._context.__enter__()
-        self._writer.write_table(combined.slice(0, rows), row_group_size=rows)
-        rest = combined.slice(rows)
-        self._pending = [rest] if rest.num_rows else []
-        self._pending_rows = rest.num_rows
 
     def close(self, end: int) -> dict:
         """Finish the file and return this partition's entry for the hour's manifest."""
