@@ -95,7 +95,7 @@ def raw_events(
     pool="cleaning",
 )
 def events(context: AssetExecutionContext, lake: LakeResource) -> None:
-    """Silver: valid, deduplicated events of each event hour, rebuilt from all bronze that holds it."""
+    """Silver: valid, deduplicated events of an event hour, rebuilt from all bronze holding it."""
     manifests = read_manifests(lake)
     for hour in hours_of(context):
         stats = clean_hour(lake, hour, manifests)

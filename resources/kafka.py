@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import pyarrow as pa
 from dagster import ConfigurableResource
 from kafka.partitioner.default import murmur2
-from pydantic import PrivateAttr
 
 RECORD_SCHEMA = pa.schema(
     [

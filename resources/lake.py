@@ -117,7 +117,7 @@ class LakeResource(ConfigurableResource):
     def read_parquet(
         self, relatives: list[str], *, columns: list[str] | None = None, filters=None
     ) -> pa.Table:
-        """Read files with predicate pushdown (row-group statistics skip what `filters` excludes)."""
+        """Read files; row-group statistics skip what `filters` excludes."""
         return pq.read_table(
             [self.path(r) for r in relatives],
             filesystem=self.fs,
