@@ -1,12 +1,14 @@
 """The one Definitions of the code location, built from explicit lists."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from dagster import Definitions
+from dagster import AssetSpec, Definitions, FreshnessPolicy, apply_freshness_policy
 
+from clickstream_assets import checks
 from clickstream_assets.assets import events, kafka_topic, raw_events
 from clickstream_assets.marts import marts
 from clickstream_assets.settings import Settings, load
+from partitions import allowed_lateness
 from resources.clock import ClockResource
 from resources.dbt import dbt_resource
 from resources.kafka import KafkaResource
@@ -16,8 +18,39 @@ from sensors.landing import landing_sensor
 from sensors.late_data import build_late_data_sensor
 
 all_assets = [kafka_topic, raw_events, events, marts]
-all_checks: list = []
+all_checks = checks.all_checks
 all_sensors = [landing_sensor, build_late_data_sensor(list(marts.keys))]
+
+
+def hourly_freshness(lateness: timedelta) -> FreshnessPolicy:
+    """An hourly asset is rebuilt minutes after each hour closes; warn past 1 h 15 min without a
+    materialization, fail once even the allowed lateness (and 15 min of slack) has passed."""
+    slack = timedelta(minutes=15)
+    return FreshnessPolicy.time_window(
+        fail_window=timedelta(hours=1) + lateness + slack, warn_window=timedelta(hours=1) + slack
+    )
+
+
+def daily_freshness(lateness: timedelta) -> FreshnessPolicy:
+    """A day's marts turn final at midnight UTC + the allowed lateness; give them 2 h more."""
+    minutes = int((lateness + timedelta(hours=2)).total_seconds() // 60)
+    return FreshnessPolicy.cron(
+        deadline_cron=f"{minutes % 60} {minutes // 60 % 24} * * *",
+        lower_bound_delta=timedelta(hours=24),
+        timezone="UTC",
+    )
+
+
+HOURLY_FRESHNESS = hourly_freshness(allowed_lateness)
+DAILY_FRESHNESS = daily_freshness(allowed_lateness)
+
+
+def with_freshness(spec: AssetSpec) -> AssetSpec:
+    if spec.key in (raw_events.key, events.key):
+        return apply_freshness_policy(spec, HOURLY_FRESHNESS)
+    if spec.key in marts.keys:
+        return apply_freshness_policy(spec, DAILY_FRESHNESS)
+    return spec
 
 
 def build_resources(settings: Settings, *, as_of: datetime | None = None) -> dict:
@@ -36,4 +69,4 @@ defs = Definitions(
     asset_checks=all_checks,
     sensors=all_sensors,
     resources=build_resources(load()),
-)
+).map_resolved_asset_specs(func=with_freshness)
