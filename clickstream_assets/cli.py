@@ -71,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     catch_up = commands.add_parser("catch-up", help="land and build every closed hour, headless")
     catch_up.add_argument("--until", type=_moment, help="treat hours before this as closed")
 
-    commands.add_parser("demo", help="broker, a day of traffic, catch-up and a report")
+    demo = commands.add_parser("demo", help="broker, a day of traffic, catch-up and a report")
+    demo.add_argument("--events", type=int, default=1_000_000, help="events (default 1,000,000)")
+    demo.add_argument("--day", type=_moment, help="the UTC day to generate (default: 2 days ago)")
     return parser
 
 
@@ -199,7 +201,7 @@ def _catch_up(settings: Settings, args: argparse.Namespace) -> int:
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream_assets.demo import run_demo
 
-    run_demo(settings)
+    run_demo(settings, events=args.events, day=args.day.date() if args.day else None)
     return 0
 
 

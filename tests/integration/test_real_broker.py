@@ -1,0 +1,82 @@
+"""Catch-up against the real Kafka protocol (the embedded broker), not the in-memory log: the
+marts equal the independent expectation and the consumer group holds the landed ends."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from dagster import instance_for_test
+
+from clickstream_assets.catchup import run_catch_up
+from clickstream_assets.generator import TrafficSpec, generate, produce
+from clickstream_assets.landing import read_manifests
+from clickstream_assets.settings import Settings
+from resources.kafka import KafkaResource
+from resources.lake import LakeResource
+from tests.helpers import assert_marts_match
+
+pytestmark = pytest.mark.integration
+
+START = datetime(2026, 4, 2, 6, tzinfo=UTC)
+END = START + timedelta(hours=8)
+UNTIL = END + timedelta(hours=6)
+TOPIC = "it.catch-up"
+
+
+@pytest.fixture(scope="module")
+def landed(broker, tmp_path_factory):
+    root = tmp_path_factory.mktemp("real-broker")
+    env = {
+        "CLICKSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "CLICKSTREAM_TOPIC": TOPIC,
+        "CLICKSTREAM_LAKE_URL": str(root / "lake"),
+        "CLICKSTREAM_WAREHOUSE": str(root / "warehouse.duckdb"),
+        "DAGSTER_HOME": str(root / "dagster"),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        settings = Settings.from_env()
+        kafka = KafkaResource(bootstrap_servers=broker.bootstrap, topic=TOPIC)
+        kafka.create_topic(4)
+        traffic = generate(
+            TrafficSpec(
+                start=START,
+                end=END,
+                events=12_000,
+                seed=11,
+                duplicate_rate=0.05,
+                late_rate=0.03,
+                malformed_rate=0.01,
+                skew_rate=0.01,
+                max_late=timedelta(hours=4),
+                receive_until=END + timedelta(hours=4),
+            )
+        )
+        produce(kafka, traffic.messages, chunk_rows=5_000)
+        with instance_for_test() as instance:
+            report = run_catch_up(settings, until=UNTIL, instance=instance, log=lambda _: None)
+        yield settings, kafka, traffic, report
+
+
+def test_catch_up_over_the_real_broker_matches_the_expectation(landed):
+    settings, _, traffic, report = landed
+    assert {run["stage"] for run in report.runs} == {"landing", "cleaning", "marts"}
+    assert all(run["success"] for run in report.runs)
+    assert_marts_match(settings.warehouse, traffic.truth)
+
+
+def test_every_message_landed_once(landed):
+    settings, _, traffic, _ = landed
+    manifests = read_manifests(LakeResource(url=settings.lake_url))
+    assert sum(m["rows"] for m in manifests.values()) == traffic.messages.num_rows
+
+
+def test_the_consumer_group_holds_the_landed_ends(landed):
+    settings, kafka, _, _ = landed
+    manifests = read_manifests(LakeResource(url=settings.lake_url))
+    last = manifests[max(manifests)]
+    landed_ends = {int(p): entry["end"] for p, entry in last["partitions"].items()}
+    assert kafka.committed() == landed_ends
+    assert kafka.high_watermarks(dict.fromkeys(landed_ends, 0)) == landed_ends

@@ -1,0 +1,126 @@
+"""The Dagster UI serves this code location: `dagster-webserver` on a free port, the asset catalog
+rendered by a real headless Chromium, and the landing, cleaning and mart assets on the page."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from resources.broker import free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+ASSETS = ("raw_events", "events", "fct_daily_active_users")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=20000",
+    "--window-size=1400,900",
+]
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    # Not a skip: CI installs it, and a UI test that silently skips proves nothing.
+    assert found, "headless Chromium is missing: apt-get install -y chromium"
+    return found
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read()
+
+
+@pytest.fixture(scope="module")
+def webserver(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui")
+    port = free_port()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(root / "dagster"),
+        "CLICKSTREAM_LAKE_URL": str(root / "lake"),
+        "CLICKSTREAM_WAREHOUSE": str(root / "warehouse.duckdb"),
+    }
+    (root / "dagster").mkdir()
+    log = (root / "webserver.log").open("wb")
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("dagster-webserver")),
+            *("-w", "workspace.yaml", "-p", str(port), "-h", "127.0.0.1"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, (root / "webserver.log").read_text()[-2000:]
+            try:
+                _get(f"{url}/server_info")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "dagster-webserver did not serve in 120 s"
+                time.sleep(0.5)
+        yield url, root
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def _browser(root: Path, *args: str) -> subprocess.CompletedProcess:
+    profile = root / f"chromium-{time.monotonic_ns()}"
+    return subprocess.run(
+        [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+
+
+def test_the_code_location_loads_with_its_assets(webserver):
+    url, _ = webserver
+    query = {"query": "{ assetNodes { assetKey { path } } }"}
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps(query).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        nodes = json.load(response)["data"]["assetNodes"]
+    keys = {"/".join(node["assetKey"]["path"]) for node in nodes}
+    assert set(ASSETS) <= keys
+
+
+def test_a_browser_renders_the_assets(webserver):
+    url, root = webserver
+    dom = _browser(root, "--dump-dom", f"{url}/assets").stdout.decode("utf-8", "replace")
+    for name in ASSETS:
+        assert f">{name}<" in dom, f"{name} is not on the rendered asset catalog"
+    screenshot = root / "asset-graph.png"
+    _browser(root, f"--screenshot={screenshot}", f"{url}/asset-groups")
+    assert screenshot.stat().st_size > 10_000
