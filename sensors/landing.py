@@ -36,7 +36,9 @@ def measure_lag(kafka: EventLog, manifests: dict, now) -> dict:
     landed = {int(p): e["end"] for p, e in manifests[last]["partitions"].items()} if last else {}
     positions = {p: landed.get(p, kafka.beginning_offset(p)) for p in kafka.partitions()}
     heads = kafka.high_watermarks(positions)
-    landed_until = last + HOUR if last else None
+    # Seconds count from where landing stands: the end of the last landed hour, or, before the
+    # first landing, the start of the hour of the log's oldest record (a backlog is lag too).
+    landed_until = last + HOUR if last else first_ingest_hour(kafka)
     lag = {}
     for p, head in sorted(heads.items()):
         records = max(head - positions[p], 0)

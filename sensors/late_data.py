@@ -3,6 +3,9 @@
 It reads every landing and cleaning materialization since its cursor (not only the latest), and
 requests the event hours that the landings hold events of, then the days those hours belong to,
 then, once a provisional day's watermark passes, that day once more so that it becomes final.
+A materialization whose run failed one of its blocking asset checks propagates nothing: a
+blocking check stops what is downstream in its own run, and this sensor must not undo that in
+the next one. Re-materializing the partition once fixed makes a new record that propagates.
 """
 
 import json
@@ -11,6 +14,7 @@ from datetime import date
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
+    DagsterEventType,
     DefaultSensorStatus,
     RunRequest,
     SensorDefinition,
@@ -41,6 +45,25 @@ def _materializations_since(context: SensorEvaluationContext, key: AssetKey, aft
         after = page.records[-1].storage_id
 
 
+def _passed_checks(context: SensorEvaluationContext, records: list) -> list:
+    """The records whose run failed none of the blocking asset checks on their asset."""
+    failed: set[tuple[str, AssetKey]] = set()
+    for run_id in {record.run_id for record in records}:
+        for entry in context.instance.all_logs(
+            run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+        ):
+            evaluation = entry.dagster_event.event_specific_data if entry.dagster_event else None
+            if evaluation is not None and evaluation.blocking and not evaluation.passed:
+                failed.add((run_id, evaluation.asset_key))
+    held = [r for r in records if (r.run_id, r.asset_key) in failed]
+    if held:
+        context.log.warning(
+            f"holding back {len(held)} materialization(s) whose blocking checks failed, "
+            f"runs {sorted({r.run_id for r in held})}"
+        )
+    return [r for r in records if (r.run_id, r.asset_key) not in failed]
+
+
 def build_late_data_sensor(mart_keys: list[AssetKey]) -> SensorDefinition:
     @sensor(
         asset_selection=[events.key, *mart_keys],
@@ -56,14 +79,14 @@ def build_late_data_sensor(mart_keys: list[AssetKey]) -> SensorDefinition:
         plan = propagate(
             [
                 label
-                for record in landed
+                for record in _passed_checks(context, landed)
                 for label in record.asset_materialization.metadata["event_hours"].value
             ],
             [
                 events.partitions_def.time_window_for_partition_key(
                     record.asset_materialization.partition
                 ).start
-                for record in cleaned
+                for record in _passed_checks(context, cleaned)
             ],
             [date.fromisoformat(d) for d in state.get("pending_final", [])],
             now=now,
