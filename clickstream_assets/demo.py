@@ -374,7 +374,7 @@ def line_chart(title: str, labels: list[str], series: dict[str, list[float]]) ->
         )
         color = PALETTE[s % len(PALETTE)]
         body.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{points}"/>')
-    step = max(1, len(labels) // 8)
+    step = max(1, len(labels) // 6)
     for i, label in enumerate(labels):
         if i % step == 0:
             body.append(_text(LEFT + i * plot_w / n, HEIGHT - BOTTOM + 14, label, size=10))
@@ -430,7 +430,7 @@ def report_charts(settings: Settings, lake: LakeResource) -> dict[str, str]:
 
     hourly = _warehouse(
         settings,
-        "select strftime(event_hour, '%m-%d %H:00') as hour, event_type, events "
+        "select strftime(event_hour, '%d %H:00') as hour, event_type, events "
         "from fct_hourly_events order by all",
     ).pivot(on="event_type", index="hour", values="events", sort_columns=True)
     title = "Hourly events by type"
