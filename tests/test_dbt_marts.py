@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import materialize
 
+from clickstream_assets.cleaning import SILVER_SCHEMA
 from clickstream_assets.marts import AS_OF_TAG, dbt_vars, marts, resolve_as_of
 from clickstream_assets.settings import Settings
 from resources.dbt import DBT_PROJECT_DIR, dbt_executable, dbt_resource
@@ -32,32 +33,6 @@ MARTS = [
     "fct_hourly_events",
     "mart_revisions",
 ]
-
-SILVER_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("event_type", pa.string()),
-        ("event_time", pa.timestamp("us", tz="UTC")),
-        ("event_hour", pa.timestamp("us", tz="UTC")),
-        ("device_id", pa.string()),
-        ("user_id", pa.string()),
-        ("session_id", pa.string()),
-        ("platform", pa.string()),
-        ("title_id", pa.string()),
-        ("campaign_id", pa.string()),
-        ("ad_id", pa.string()),
-        ("page", pa.string()),
-        ("app_version", pa.string()),
-        ("position_ms", pa.int64()),
-        ("schema_version", pa.int64()),
-        ("properties", pa.string()),
-        ("clock_corrected", pa.bool_()),
-        ("received_at", pa.timestamp("ms", tz="UTC")),
-        ("kafka_partition", pa.int32()),
-        ("kafka_offset", pa.int64()),
-        ("ingest_hour", pa.timestamp("us", tz="UTC")),
-    ]
-)
 
 
 def utc(text: str) -> datetime:
