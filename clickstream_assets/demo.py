@@ -10,6 +10,7 @@ import os
 import shutil
 import time
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import duckdb
@@ -56,9 +57,10 @@ def run_demo(
     seed: int = 0,
     fresh: bool = True,
     report_dir: str | Path | None = None,
-    log=print,
+    log=None,
 ) -> dict:
     """Run the demo end to end and return its summary (also printed through `log`)."""
+    log = log or partial(print, flush=True)  # progress must show while it runs, even when piped
     day = day or default_day()
     if day < settings.start_date:
         raise ValueError(f"--day {day} is before CLICKSTREAM_START_DATE={settings.start_date}")
