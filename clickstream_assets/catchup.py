@@ -79,6 +79,7 @@ def run_catch_up(
                 tags=dict(request.tags),
                 resources=bound,
                 instance=instance,
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
             )
             seconds = time.perf_counter() - started
             stage = _stage(selection)
