@@ -17,6 +17,7 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetKey,
+    AssetRecordsFilter,
     MetadataValue,
     asset_check,
 )
@@ -24,7 +25,14 @@ from dagster_duckdb import DuckDBResource
 
 from clickstream_assets.assets import events, raw_events
 from clickstream_assets.cleaning import cleaning_quarantine_file, events_file
-from clickstream_assets.landing import HOUR, hour_label, read_manifests
+from clickstream_assets.landing import (
+    HOUR,
+    MANIFESTS,
+    hour_label,
+    manifest_path,
+    parse_hour_label,
+    read_manifests,
+)
 from partitions import event_days, event_hours, ingest_hours
 from resources.lake import LakeResource
 
@@ -34,7 +42,9 @@ DAILY_ACTIVE_USERS = AssetKey("fct_daily_active_users")
 # --- pure functions -------------------------------------------------------------------------
 
 
-def offset_range_problems(hour: datetime, manifests: Mapping[datetime, dict]) -> list[str]:
+def offset_range_problems(
+    hour: datetime, manifests: Mapping[datetime, dict], *, first_recorded: datetime | None = None
+) -> list[str]:
     """Why `hour`'s recorded ranges do not chain onto the previous hour's, if they do not.
 
     Each Kafka partition's range must start where the previous hour's ended (no gap, no
@@ -47,7 +57,8 @@ def offset_range_problems(hour: datetime, manifests: Mapping[datetime, dict]) ->
         return [f"{hour_label(hour)}: no manifest"]
     problems = []
     previous = manifests.get(hour - HOUR)
-    if previous is None and any(h < hour for h in manifests):
+    first = first_recorded or min(manifests)
+    if previous is None and first < hour:
         problems.append(f"{hour_label(hour)}: the ledger has no manifest for the hour before")
     before = (previous or {}).get("partitions", {})
     current = manifest["partitions"]
@@ -151,6 +162,21 @@ def _hours(context: AssetCheckExecutionContext) -> list[datetime]:
     ]
 
 
+def _ledger(lake: LakeResource, hours: list[datetime]) -> tuple[dict, datetime | None]:
+    """The manifests of `hours` and of the hour before each, and the ledger's first hour: all
+    that the landing checks need, without reading the whole history."""
+    recorded = sorted(
+        parse_hour_label(n.removesuffix(".json"))
+        for n in lake.list(MANIFESTS)
+        if n.endswith(".json") and not n.startswith(".")
+    )
+    wanted = set(recorded) & ({h for h in hours} | {h - HOUR for h in hours})
+    return (
+        {h: lake.read_json(manifest_path(h)) for h in sorted(wanted)},
+        recorded[0] if recorded else None,
+    )
+
+
 def _result(problems: list[str], checked: list[str]) -> AssetCheckResult:
     return AssetCheckResult(
         passed=not problems,
@@ -165,8 +191,6 @@ def _result(problems: list[str], checked: list[str]) -> AssetCheckResult:
 
 def _reported_duplicates(context: AssetCheckExecutionContext, partition: str) -> int | None:
     """The `duplicates` that the latest materialization of an event hour reported."""
-    from dagster import AssetRecordsFilter
-
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=events.key, asset_partitions=[partition]), limit=1
     ).records
@@ -182,17 +206,19 @@ def _reported_duplicates(context: AssetCheckExecutionContext, partition: str) ->
 @asset_check(asset=raw_events, partitions_def=ingest_hours, blocking=True)
 def offset_ranges_chain(context: AssetCheckExecutionContext, lake: LakeResource):
     """Each ingest hour's offset ranges start where the hour before ended: no gap, no overlap."""
-    manifests = read_manifests(lake)
     hours = _hours(context)
-    problems = [p for hour in hours for p in offset_range_problems(hour, manifests)]
+    manifests, first = _ledger(lake, hours)
+    problems = [
+        p for hour in hours for p in offset_range_problems(hour, manifests, first_recorded=first)
+    ]
     return _result(problems, [hour_label(h) for h in hours])
 
 
 @asset_check(asset=raw_events, partitions_def=ingest_hours, blocking=True)
 def bronze_rows_match_ranges(context: AssetCheckExecutionContext, lake: LakeResource):
     """The hour's bronze files hold exactly end - start rows per Kafka partition."""
-    manifests = read_manifests(lake)
     hours = _hours(context)
+    manifests, _ = _ledger(lake, hours)
     problems = []
     for hour in hours:
         manifest = manifests.get(hour)

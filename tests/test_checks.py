@@ -248,3 +248,28 @@ def test_checks_target_the_right_assets():
     assert bronze_rows_match_ranges.check_key.asset_key == raw_events.key
     assert reconciles_with_bronze.check_key.asset_key == events.key
     assert all_checks[-1].check_key.asset_key == AssetKey("fct_daily_active_users")
+
+
+def test_a_hole_is_found_from_the_ledger_start_alone():
+    only = {H + 2 * HOUR: manifest(H + 2 * HOUR, {"0": (5, 6)})}
+    assert offset_range_problems(H + 2 * HOUR, only) == []
+    assert (
+        "no manifest for the hour before"
+        in (offset_range_problems(H + 2 * HOUR, only, first_recorded=H)[0])
+    )
+
+
+def test_freshness_policies_follow_the_allowed_lateness():
+    from clickstream_assets.definitions import daily_freshness, defs, hourly_freshness
+
+    hourly = hourly_freshness(timedelta(hours=3))
+    assert hourly.fail_window.to_timedelta() == timedelta(hours=4, minutes=15)
+    assert hourly.warn_window is not None
+    assert hourly.warn_window.to_timedelta() == timedelta(hours=1, minutes=15)
+    assert daily_freshness(timedelta(hours=3)).deadline_cron == "0 5 * * *"
+    assert daily_freshness(timedelta(minutes=90)).deadline_cron == "30 3 * * *"
+    graph = defs.resolve_asset_graph()
+    assert graph.get(raw_events.key).freshness_policy == hourly
+    assert graph.get(AssetKey("fct_daily_active_users")).freshness_policy == daily_freshness(
+        timedelta(hours=3)
+    )
