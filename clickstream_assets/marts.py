@@ -21,8 +21,8 @@ from pydantic import Field
 
 from clickstream_assets.assets import AS_OF_TAG
 from clickstream_assets.settings import Settings, load
-from resources.clock import parse_instant
 from partitions import event_days
+from resources.clock import parse_instant
 from resources.dbt import dbt_project, ensure_manifest
 
 MARTS_GROUP = "marts"
