@@ -130,22 +130,36 @@ class _Sink:
         self._write_group(combined.slice(0, rows).combine_chunks())
 
     def _write_group(self, received: pa.Table) -> None:
+        # One row group per event hour (offset order within it): row-group statistics then let
+        # cleaning read only the rows of the hour it rebuilds, late rows included.
         parsed = parse_events(received)
+        parsed = parsed.take(
+            pc.sort_indices(
+                parsed,
+                [("event_hour", "ascending", "at_start"), ("kafka_offset", "ascending")],
+            )
+        )
         unreadable = pc.fill_null(
             pc.is_in(parsed.column("reason"), pa.array(UNREADABLE_REASONS)), False
         )
         ingest = pa.repeat(
-            pa.scalar(self.hour, BRONZE_SCHEMA.field("ingest_hour").type), len(received)
+            pa.scalar(self.hour, BRONZE_SCHEMA.field("ingest_hour").type), len(parsed)
         )
-        bronze = received.append_column("ingest_hour", ingest).append_column(
-            "event_hour", parsed.column("event_hour")
+        bronze = (
+            parsed.select(RECORD_SCHEMA.names)
+            .append_column("ingest_hour", ingest)
+            .append_column("event_hour", parsed.column("event_hour"))
         )
         if self._writer is None:
             self._context = self.lake.parquet_writer(
                 bronze_file(self.hour, self.partition), BRONZE_SCHEMA
             )
             self._writer = self._context.__enter__()
-        self._writer.write_table(bronze, row_group_size=len(bronze))
+        runs = pc.run_end_encode(bronze.column("event_hour").combine_chunks())
+        start = 0
+        for end in runs.run_ends.to_pylist():
+            self._writer.write_table(bronze.slice(start, end - start), row_group_size=end - start)
+            start = end
 
         readable = parsed.filter(pc.invert(unreadable))
         histogram = readable.group_by("event_hour").aggregate([("event_hour", "count")])
