@@ -7,12 +7,14 @@ set of corrected copies that landing recorded in its manifests.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.dataset as ds
 
-from clickstream_assets.contract import parse_events
+from clickstream_assets.contract import DEDUP_BUCKETS, parse_events
 from clickstream_assets.landing import QUARANTINE_SCHEMA, hour_dir, hour_label
 from resources.kafka import RECORD_SCHEMA
 from resources.lake import LakeResource
@@ -108,48 +110,83 @@ def deduplicate(valid: pl.DataFrame, winners: pl.DataFrame) -> pl.DataFrame:
     return joined.filter(keep).drop("kafka_partition_winner", "kafka_offset_winner")
 
 
-def clean_hour(lake: LakeResource, event_hour: datetime, manifests: dict[datetime, dict]) -> dict:
-    """Rebuild silver and quarantine for `event_hour`; return its reconciliation counts."""
+BUCKET_ROWS = 4_000_000
+"""Rows deduplicated at once: bounds cleaning's memory whatever an event hour's size."""
+
+
+def bucket_count(rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
+    """Dedup buckets for an hour of `rows`: a power of two, so buckets nest in DEDUP_BUCKETS."""
+    count = 1
+    while count * bucket_rows < rows and count < DEDUP_BUCKETS:
+        count *= 2
+    return count
+
+
+def _bucket_filter(event_hour: datetime, bucket: int, count: int) -> ds.Expression:
+    hour = ds.field("event_hour") == pa.scalar(event_hour, UTC_US)
+    if count == 1:
+        return hour
+    members = ds.field("dedup_bucket").isin(list(range(bucket, DEDUP_BUCKETS, count)))
+    if bucket == 0:  # rows without an event_id (quarantined) go with the first bucket
+        members = members | ds.field("dedup_bucket").is_null()
+    return hour & members
+
+
+def clean_hour(
+    lake: LakeResource,
+    event_hour: datetime,
+    manifests: dict[datetime, dict],
+    *,
+    bucket_rows: int = BUCKET_ROWS,
+) -> dict:
+    """Rebuild silver and quarantine for `event_hour`, one dedup bucket at a time, each file
+    written whole or not at all; return the hour's reconciliation counts."""
     files = source_files(manifests, event_hour)
+    expected = bronze_rows(manifests, event_hour)
+    buckets = bucket_count(expected, bucket_rows)
+    winners = corrected_winners(manifests)
     columns = [*RECORD_SCHEMA.names, "ingest_hour"]
-    if files:
-        bronze = lake.read_parquet(
-            files, columns=columns, filters=[("event_hour", "=", event_hour)]
-        )
-    else:
-        bronze = pa.table(
-            {n: pa.array([], RECORD_SCHEMA.field(n).type) for n in RECORD_SCHEMA.names}
-            | {"ingest_hour": pa.array([], UTC_US)}
-        )
-    parsed = pl.from_arrow(parse_events(bronze))
-    assert isinstance(parsed, pl.DataFrame)
-    parsed = parsed.with_columns(received_at=pl.col("kafka_timestamp"))
-
-    invalid = parsed.filter(pl.col("reason").is_not_null())
-    quarantine = (
-        invalid.with_columns(stage=pl.lit("cleaning"))
-        .sort("kafka_partition", "kafka_offset", "ingest_hour")
-        .select(QUARANTINE_SCHEMA.names)
-        .to_arrow()
-        .cast(QUARANTINE_SCHEMA)
-    )
-    valid = parsed.filter(pl.col("reason").is_null())
-    clean = deduplicate(valid, corrected_winners(manifests)).sort("event_time", "event_id")
-    silver = clean.select(SILVER_SCHEMA.names).to_arrow().cast(SILVER_SCHEMA)
-
-    lake.write_parquet(cleaning_quarantine_file(event_hour), quarantine)
-    lake.write_parquet(events_file(event_hour), silver)
-    reasons = invalid.group_by("reason").len().sort("reason")
-    return {
-        "bronze_rows": parsed.height,
-        "expected_bronze_rows": bronze_rows(manifests, event_hour),
-        "events": clean.height,
-        "duplicates": valid.height - clean.height,
-        "quarantined": invalid.height,
-        "quarantined_by_reason": dict(reasons.iter_rows()),
-        "clock_corrected": int(clean["clock_corrected"].sum()),
-        "late_events": int((clean["ingest_hour"] > event_hour).sum()),
-        "source_ingest_hours": sorted(
-            hour_label(h) for h in parsed["ingest_hour"].unique().to_list()
-        ),
+    counts = {"bronze_rows": 0, "events": 0, "duplicates": 0, "quarantined": 0}
+    counts |= {"clock_corrected": 0, "late_events": 0}
+    reasons: Counter = Counter()
+    sources: set[datetime] = set()
+    with (
+        lake.parquet_writer(events_file(event_hour), SILVER_SCHEMA) as silver_writer,
+        lake.parquet_writer(
+            cleaning_quarantine_file(event_hour), QUARANTINE_SCHEMA
+        ) as quarantine_writer,
+    ):
+        for bucket in range(buckets if files else 0):
+            bronze = lake.read_parquet(
+                files, columns=columns, filters=_bucket_filter(event_hour, bucket, buckets)
+            )
+            parsed = pl.from_arrow(parse_events(bronze))
+            assert isinstance(parsed, pl.DataFrame)
+            parsed = parsed.with_columns(received_at=pl.col("kafka_timestamp"))
+            invalid = parsed.filter(pl.col("reason").is_not_null())
+            valid = parsed.filter(pl.col("reason").is_null())
+            clean = deduplicate(valid, winners).sort("event_time", "event_id")
+            quarantine_writer.write_table(
+                invalid.with_columns(stage=pl.lit("cleaning"))
+                .sort("kafka_partition", "kafka_offset", "ingest_hour")
+                .select(QUARANTINE_SCHEMA.names)
+                .to_arrow()
+                .cast(QUARANTINE_SCHEMA)
+            )
+            silver_writer.write_table(
+                clean.select(SILVER_SCHEMA.names).to_arrow().cast(SILVER_SCHEMA)
+            )
+            counts["bronze_rows"] += parsed.height
+            counts["events"] += clean.height
+            counts["duplicates"] += valid.height - clean.height
+            counts["quarantined"] += invalid.height
+            counts["clock_corrected"] += int(clean["clock_corrected"].sum())
+            counts["late_events"] += int((clean["ingest_hour"] > event_hour).sum())
+            reasons.update(dict(invalid.group_by("reason").len().iter_rows()))
+            sources.update(parsed["ingest_hour"].unique().to_list())
+    return counts | {
+        "expected_bronze_rows": expected,
+        "dedup_buckets": buckets,
+        "quarantined_by_reason": dict(sorted(reasons.items())),
+        "source_ingest_hours": sorted(hour_label(h) for h in sources),
     }

@@ -13,6 +13,7 @@ EVENT_TYPES = ("page_view", "click", "play", "pause", "seek", "ad_impression", "
 PLATFORMS = ("web", "ios", "android", "tv", "stb")
 TITLE_EVENTS = ("play", "pause", "seek")
 FUTURE_CLOCK_TOLERANCE = "5 minutes"
+DEDUP_BUCKETS = 256
 
 UNREADABLE_REASONS = (
     "null_value",
@@ -127,6 +128,9 @@ select
     * exclude (text, json_kind, f, device_time, received_at, event_time, clock_corrected, reason),
     reason,
     {_field("event_id")} ->> '$' as event_id,
+    -- A stable hash (md5, not DuckDB's version-dependent hash): copies of an event always share
+    -- a bucket, so cleaning can deduplicate a huge hour one bucket at a time.
+    (md5_number_lower({_field("event_id")} ->> '$') % {DEDUP_BUCKETS})::utinyint as dedup_bucket,
     {_field("event_type")} ->> '$' as event_type,
     event_time,
     date_trunc('hour', event_time) as event_hour,
@@ -157,7 +161,7 @@ def parse_events(records: pa.Table | pa.RecordBatch) -> pa.Table:
 
     Input columns: at least `kafka_timestamp` and `value` (binary); all input columns are kept.
     Output adds `reason` (null when valid), the typed event fields, `event_time` (UTC, after the
-    future-clock rule), `event_hour` and `clock_corrected`.
+    future-clock rule), `event_hour`, `clock_corrected` and `dedup_bucket` (of the event_id).
     """
     con = duckdb.connect()
     try:

@@ -26,9 +26,15 @@ ROW_GROUP_ROWS = 100_000
 
 MANIFESTS = "bronze/_manifests"
 
-BRONZE_SCHEMA = RECORD_SCHEMA.append(pa.field("ingest_hour", pa.timestamp("us", tz="UTC"))).append(
-    pa.field("event_hour", pa.timestamp("us", tz="UTC"))
+BRONZE_SCHEMA = pa.schema(
+    [
+        *RECORD_SCHEMA,
+        ("ingest_hour", pa.timestamp("us", tz="UTC")),
+        ("event_hour", pa.timestamp("us", tz="UTC")),
+        ("dedup_bucket", pa.uint8()),
+    ]
 )
+"""As received, plus where cleaning will look for it: the event hour and the dedup bucket."""
 QUARANTINE_SCHEMA = pa.schema(
     [
         ("stage", pa.string()),
@@ -149,6 +155,7 @@ class _Sink:
             parsed.select(RECORD_SCHEMA.names)
             .append_column("ingest_hour", ingest)
             .append_column("event_hour", parsed.column("event_hour"))
+            .append_column("dedup_bucket", parsed.column("dedup_bucket"))
         )
         if self._writer is None:
             self._context = self.lake.parquet_writer(

@@ -16,6 +16,7 @@ import pytest
 
 from clickstream_assets.cleaning import (
     SILVER_SCHEMA,
+    bucket_count,
     clean_hour,
     cleaning_quarantine_file,
     corrected_winners,
@@ -453,3 +454,31 @@ def test_corrected_winners_pick_the_first_received_copy():
     got = sorted(corrected_winners(manifests).iter_rows())
     # x: earliest timestamp; y: same timestamp, lower partition.
     assert got == [("x", 1, 3), ("y", 0, 10)]
+
+
+@pytest.mark.parametrize(
+    ("rows", "bucket_rows", "expected"),
+    [(0, 10, 1), (10, 10, 1), (11, 10, 2), (95, 10, 16), (10**9, 1, 256)],
+)
+def test_bucket_count_is_a_bounded_power_of_two(rows, bucket_rows, expected):
+    assert bucket_count(rows, bucket_rows) == expected
+
+
+def test_a_huge_hour_cleaned_in_buckets_gives_the_same_events(log, lake, tmp_path):
+    # 60 events, each sent twice (second copy an hour later), 4 invalid: cleaning it in 16
+    # bounded buckets must keep exactly the events that one bucket keeps.
+    rows = [(at(10, m), value(f"e{m}", at(10, m))) for m in range(60)]
+    rows += [(at(11, m), value(f"e{m}", at(10, m))) for m in range(60)]
+    rows += [(at(10, 30), value(f"bad{i}", at(10, 30), event_type="nope")) for i in range(4)]
+    produce(log, 0, sorted(rows, key=lambda r: r[0]))
+    land(log, lake, 10, 11)
+    manifests = read_manifests(lake)
+    bucketed = clean_hour(lake, at(10), manifests, bucket_rows=8)
+    bucketed_ids = sorted(r["event_id"] for r in silver(lake, 10))
+    whole = clean_hour(lake, at(10), manifests)
+    assert bucketed["dedup_buckets"] == 16 and whole["dedup_buckets"] == 1
+    assert bucketed_ids == sorted(r["event_id"] for r in silver(lake, 10))
+    assert bucketed_ids == sorted(f"e{m}" for m in range(60))
+    for key in ("bronze_rows", "events", "duplicates", "quarantined"):
+        assert bucketed[key] == whole[key]
+    assert (bucketed["events"], bucketed["duplicates"], bucketed["quarantined"]) == (60, 60, 4)

@@ -158,6 +158,7 @@ def test_bronze_keeps_what_was_received(log, lake):
         "value",
         "ingest_hour",
         "event_hour",
+        "dedup_bucket",
     ]
     rows = table.to_pylist()
     assert [r["kafka_partition"] for r in rows] == [0, 0, 0]
