@@ -25,6 +25,7 @@ test: venv
 lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	cd dbt_project && ../$(BIN)/sqlfluff lint models
 
 demo: venv $(DAGSTER_HOME)/dagster.yaml
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/clickstream demo

@@ -15,7 +15,7 @@ renamed as (
     from source
 ),
 
-{#- A day always gets its row, even with no events, so that its finality is on record. #}
+-- A day always gets its row, even with no events, so that its finality is on record.
 aggregated as (
     select
         {{ event_date_literal() }} as event_date,

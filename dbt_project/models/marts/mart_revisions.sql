@@ -55,7 +55,7 @@ renamed as (
 ),
 
 restatements as (
-    select * from renamed as r
+    select * from renamed as r  -- noqa: AL05
     {% if is_incremental() %}
         where not exists (
             select 1 from {{ this }} as t
