@@ -16,7 +16,12 @@ from dagster import (
 )
 
 from clickstream_assets.cleaning import clean_hour
-from clickstream_assets.landing import hour_label, land_hours, read_manifests
+from clickstream_assets.landing import (
+    hour_label,
+    hours_to_rebuild,
+    land_hours,
+    read_manifests,
+)
 from partitions import event_hours, ingest_hours
 from resources.clock import parse_instant
 from resources.kafka import EventLog
@@ -70,6 +75,7 @@ def raw_events(
                 "rows": MetadataValue.int(manifest["rows"]),
                 "offset_ranges": MetadataValue.json(ranges),
                 "event_hours": MetadataValue.json(manifest["event_hours"]),
+                "hours_to_rebuild": MetadataValue.json(hours_to_rebuild(manifest)),
                 "quarantined": MetadataValue.json(manifest["quarantined"]),
                 "clock_corrected": MetadataValue.int(len(manifest["corrected"])),
                 "late_rows": MetadataValue.int(

@@ -151,7 +151,10 @@ select
     coalesce(try_cast({_field("schema_version")} ->> '$' as bigint), 1) as schema_version,
     case when json_type({_field("properties")}) = 'OBJECT'
         then {_field("properties")}::varchar end as properties,
-    clock_corrected and reason is null as clock_corrected
+    clock_corrected and reason is null as clock_corrected,
+    -- Where an uncorrected retry of a corrected event would fall: that hour must be rebuilt too.
+    case when clock_corrected and reason is null then date_trunc('hour', device_time) end
+        as device_hour
 from classified
 """
 
@@ -161,7 +164,8 @@ def parse_events(records: pa.Table | pa.RecordBatch) -> pa.Table:
 
     Input columns: at least `kafka_timestamp` and `value` (binary); all input columns are kept.
     Output adds `reason` (null when valid), the typed event fields, `event_time` (UTC, after the
-    future-clock rule), `event_hour`, `clock_corrected` and `dedup_bucket` (of the event_id).
+    future-clock rule), `event_hour`, `clock_corrected`, `device_hour` (the hour the device
+    claimed, for corrected events) and `dedup_bucket` (of the event_id).
     """
     con = duckdb.connect()
     try:
@@ -173,7 +177,7 @@ def parse_events(records: pa.Table | pa.RecordBatch) -> pa.Table:
     # DuckDB computes in naive UTC; the lake stores explicit UTC.
     utc = pa.timestamp("us", tz="UTC")
     types = {field.name: field.type for field in records.schema}
-    types |= {"event_time": utc, "event_hour": utc}
+    types |= {"event_time": utc, "event_hour": utc, "device_hour": utc}
     for name, type_ in types.items():
         index = parsed.schema.get_field_index(name)
         parsed = parsed.set_column(index, name, parsed.column(name).cast(type_))

@@ -192,6 +192,9 @@ class _Sink:
                     "kafka_timestamp_ms", pc.cast(fixed.column("kafka_timestamp"), pa.int64())
                 )
                 .append_column("event_hour", pc.strftime(fixed.column("event_hour"), "%Y-%m-%dT%H"))
+                .append_column(
+                    "device_hour", pc.strftime(fixed.column("device_hour"), "%Y-%m-%dT%H")
+                )
                 .to_pylist()
             )
 
@@ -352,6 +355,13 @@ def _manifest(topic: str, hour: datetime, parts: dict[int, tuple[dict, _Sink]], 
         "corrected": sorted(corrected, key=lambda c: (c["kafka_partition"], c["kafka_offset"])),
         "landed_at": now.isoformat(),
     }
+
+
+def hours_to_rebuild(manifest: dict) -> list[str]:
+    """The event hours a landing affects: those it holds events of, and the hours the devices
+    claimed for its clock-corrected events, where uncorrected retries may already be counted."""
+    claimed = {c["device_hour"] for c in manifest["corrected"]}
+    return sorted(set(manifest["event_hours"]) | claimed)
 
 
 def first_ingest_hour(log: EventLog) -> datetime | None:

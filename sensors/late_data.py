@@ -80,7 +80,7 @@ def build_late_data_sensor(mart_keys: list[AssetKey]) -> SensorDefinition:
             [
                 label
                 for record in _passed_checks(context, landed)
-                for label in record.asset_materialization.metadata["event_hours"].value
+                for label in record.asset_materialization.metadata["hours_to_rebuild"].value
             ],
             [
                 events.partitions_def.time_window_for_partition_key(

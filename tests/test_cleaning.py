@@ -23,7 +23,7 @@ from clickstream_assets.cleaning import (
     deduplicate,
     events_file,
 )
-from clickstream_assets.landing import land_hours, read_manifests
+from clickstream_assets.landing import hours_to_rebuild, land_hours, read_manifests
 from resources.kafka import InMemoryKafka
 from resources.lake import LakeResource
 
@@ -482,3 +482,23 @@ def test_a_huge_hour_cleaned_in_buckets_gives_the_same_events(log, lake, tmp_pat
     for key in ("bronze_rows", "events", "duplicates", "quarantined"):
         assert bucketed[key] == whole[key]
     assert (bucketed["events"], bucketed["duplicates"], bucketed["quarantined"]) == (60, 60, 4)
+
+
+def test_a_corrected_first_copy_landing_late_restates_the_hour_its_retry_was_counted_in(log, lake):
+    # Retry B (12:40, clock fine: event hour 12) lands in ingest hour 12 and is counted there.
+    # The first copy A was received earlier (10:00) with a clock 2.5 h ahead, but sits after an
+    # hour boundary in the log, so it lands only with ingest hour 13, corrected to event hour 10.
+    claimed = at(12, 30)
+    produce(log, 0, [(at(12, 40), value("ev", claimed))])
+    land(log, lake, 10, 12)
+    clean(lake, 12)
+    assert winners(silver(lake, 12)) == [("ev", 0, 0)]
+
+    produce(log, 0, [(at(13, 1), value("other", at(13, 1))), (at(10), value("ev", claimed))])
+    [manifest] = land_hours(log, lake, [at(13)], now=at(14))
+    assert hours_to_rebuild(manifest) == ["2026-11-27T10", "2026-11-27T12", "2026-11-27T13"]
+    for hour in (10, 12, 13):
+        clean(lake, hour)
+    # Only the first received copy counts, once, at its receive time.
+    assert winners(silver(lake, 10)) == [("ev", 0, 2)]
+    assert winners(silver(lake, 12)) == []

@@ -451,6 +451,7 @@ def test_corrected_future_clock_events_are_recorded_in_the_manifest(lake):
             "kafka_offset": 1,
             "kafka_timestamp_ms": to_ms(at(10, 20)),
             "event_hour": "2026-11-27T10",
+            "device_hour": "2026-11-27T15",
         }
     ]
 
