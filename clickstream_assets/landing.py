@@ -359,8 +359,15 @@ def _manifest(topic: str, hour: datetime, parts: dict[int, tuple[dict, _Sink]], 
 
 def hours_to_rebuild(manifest: dict) -> list[str]:
     """The event hours a landing affects: those it holds events of, and the hours the devices
-    claimed for its clock-corrected events, where uncorrected retries may already be counted."""
-    claimed = {c["device_hour"] for c in manifest["corrected"]}
+    claimed for its clock-corrected events, where uncorrected retries may already be counted.
+
+    A retry sits in the claimed hour only if it was received within 5 minutes of it, so claimed
+    hours after this ingest hour hold none yet; the retry's own landing will name them."""
+    claimed = {
+        c["device_hour"]
+        for c in manifest["corrected"]
+        if c["device_hour"] <= manifest["ingest_hour"]
+    }
     return sorted(set(manifest["event_hours"]) | claimed)
 
 

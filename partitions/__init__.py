@@ -13,7 +13,10 @@ _START = _settings.start_datetime.strftime("%Y-%m-%d-%H:%M")
 
 ingest_hours = HourlyPartitionsDefinition(start_date=_START, timezone="UTC")
 event_hours = HourlyPartitionsDefinition(start_date=_START, timezone="UTC")
-event_days = DailyPartitionsDefinition(start_date=_settings.start_date.isoformat(), timezone="UTC")
+event_days = DailyPartitionsDefinition(
+    start_date=_settings.start_date.isoformat(), timezone="UTC", end_offset=1
+)
+"""Today is a partition too (end_offset=1): its marts are built, provisional, as hours close."""
 
 allowed_lateness = _settings.allowed_lateness
 """An hour or a day is provisional until its end plus this, then final."""
