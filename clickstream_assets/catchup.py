@@ -64,9 +64,11 @@ def run_catch_up(
     bound = build_resources(settings, as_of=until) | (resources or {})
     report = CatchUpReport()
     for _ in range(MAX_TICKS):
-        requests = []
-        for sensor_def in all_sensors:
-            requests += _tick(sensor_def, instance, bound, defs)
+        # Upstream first: landing catches up fully before the late-data sensor looks, so each
+        # hour is cleaned and each day built once, from everything that has landed.
+        requests = next(
+            (found for s in all_sensors if (found := _tick(s, instance, bound, defs))), []
+        )
         if not requests:
             return report
         for request in requests:
