@@ -8,10 +8,15 @@ changes; a re-run reads the recorded range and rewrites the same bytes.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -199,7 +204,8 @@ class _Sink:
             )
 
     def close(self, end: int) -> dict:
-        """Finish the file and return this partition's entry for the hour's manifest."""
+        """Finish the file; return this partition's manifest entry and counts (plain data, so
+        that a worker process can hand it back)."""
         if self._pending_rows:
             self._flush(self._pending_rows)
         if self._context is not None:
@@ -209,11 +215,17 @@ class _Sink:
                 landing_quarantine_file(self.hour, self.partition),
                 pa.concat_tables(self._quarantine),
             )
-        return {
+        entry = {
             "start": self.start,
             "end": end,
             "rows": self.rows,
             "file": bronze_file(self.hour, self.partition) if self.rows else None,
+        }
+        return {
+            "entry": entry,
+            "event_hours": dict(self.event_hours),
+            "quarantined": dict(self.quarantined),
+            "corrected": self.corrected,
         }
 
     def abort(self) -> None:
@@ -222,21 +234,22 @@ class _Sink:
 
 
 def _land_partition(
-    log: EventLog,
-    lake: LakeResource,
+    open_log: Callable[[], EventLog],
+    open_lake: Callable[[], LakeResource],
     partition: int,
     start: int,
     hours: list[datetime],
     recorded_ends: list[int] | None,
-) -> list[tuple[dict, _Sink]]:
+) -> list[dict]:
     """Stream one partition from `start`, cutting it into `hours` by Kafka timestamp (or at the
     recorded ends when re-landing); return each hour's manifest entry and counts."""
-    done: list[tuple[dict, _Sink]] = []
+    log, lake = open_log(), open_lake()
+    done: list[dict] = []
     position = start
     sink = _Sink(lake, hours[0], partition, start)
 
     def finish_hour() -> _Sink:
-        done.append((sink.close(position), sink))
+        done.append(sink.close(position))
         return _Sink(lake, hours[min(len(done), len(hours) - 1)], partition, position)
 
     reader = log.read(partition, start, recorded_ends[-1] if recorded_ends else None)
@@ -303,53 +316,76 @@ def land_hours(
         known = (previous or {}).get("partitions", {})
         beginning = {p: log.beginning_offset(p) for p in partitions if str(p) not in known}
         starts = chained_starts(previous, partitions, beginning)
-        with ThreadPoolExecutor(max_workers=min(len(partitions), 8)) as pool:
-            results = dict(
-                zip(
-                    partitions,
-                    pool.map(
-                        lambda p: _land_partition(log, lake, p, starts[p], fresh, None),
-                        partitions,
-                    ),
-                    strict=True,
-                )
-            )
+        with _pool(log, len(partitions), lake) as (pool, open_log, open_lake):
+            futures = {
+                p: pool.submit(_land_partition, open_log, open_lake, p, starts[p], fresh, None)
+                for p in partitions
+            }
+            results = {p: future.result() for p, future in futures.items()}
         for index, hour in enumerate(fresh):
             manifest = _manifest(log.topic, hour, {p: results[p][index] for p in partitions}, now)
             lake.write_json(manifest_path(hour), manifest)  # last: the hour now exists
             manifests.append(manifest)
-        log.commit({p: results[p][-1][0]["end"] for p in partitions})
+        log.commit({p: results[p][-1]["entry"]["end"] for p in partitions})
     return manifests
+
+
+@contextmanager
+def _pool(
+    log: EventLog, partitions: int, lake: LakeResource
+) -> Iterator[tuple[Executor, Callable[[], EventLog], Callable[[], LakeResource]]]:
+    """Kafka partitions land in parallel: in worker processes when the log can be reopened there
+    (the Kafka client is CPU-bound Python), else in threads. Yields the executor and how a
+    worker opens the log and the lake."""
+    workers = max(1, min(partitions, os.cpu_count() or 1, 16))
+    if log.process_safe and workers > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            yield pool, log.opener(), partial(LakeResource, url=lake.url)
+    else:
+        with ThreadPoolExecutor(max(1, min(partitions, 8))) as pool:
+            yield pool, log.opener(), lambda: lake
 
 
 def _replay(
     log: EventLog, lake: LakeResource, hours: list[datetime], recorded: dict[datetime, dict]
 ) -> None:
     partitions = sorted({int(p) for h in hours for p in recorded[h]["partitions"]})
+    ranges = {
+        p: [(hour, recorded[hour]["partitions"].get(str(p))) for hour in hours] for p in partitions
+    }
+    with _pool(log, len(partitions), lake) as (pool, open_log, open_lake):
+        futures = [
+            pool.submit(_replay_partition, open_log, open_lake, p, ranges[p]) for p in partitions
+        ]
+        for future in futures:
+            future.result()
 
-    def one(partition: int) -> None:
-        ranges = [recorded[h]["partitions"].get(str(partition)) for h in hours]
-        for hour, entry in zip(hours, ranges, strict=True):
-            if entry and entry["end"] > entry["start"]:
-                _land_partition(log, lake, partition, entry["start"], [hour], [entry["end"]])
 
-    with ThreadPoolExecutor(max_workers=min(len(partitions) or 1, 8)) as pool:
-        list(pool.map(one, partitions))
+def _replay_partition(
+    open_log: Callable[[], EventLog],
+    open_lake: Callable[[], LakeResource],
+    partition: int,
+    ranges: list[tuple[datetime, dict | None]],
+) -> None:
+    for hour, entry in ranges:
+        if entry and entry["end"] > entry["start"]:
+            _land_partition(open_log, open_lake, partition, entry["start"], [hour], [entry["end"]])
 
 
-def _manifest(topic: str, hour: datetime, parts: dict[int, tuple[dict, _Sink]], now: datetime):
+def _manifest(topic: str, hour: datetime, parts: dict[int, dict], now: datetime):
     event_hours: Counter = Counter()
     quarantined: Counter = Counter()
     corrected: list[dict] = []
-    for _, sink in parts.values():
-        event_hours.update(sink.event_hours)
-        quarantined.update(sink.quarantined)
-        corrected.extend(sink.corrected)
+    for part in parts.values():
+        event_hours.update(part["event_hours"])
+        quarantined.update(part["quarantined"])
+        corrected.extend(part["corrected"])
     return {
         "ingest_hour": hour_label(hour),
         "topic": topic,
-        "partitions": {str(p): entry for p, (entry, _) in sorted(parts.items())},
-        "rows": sum(entry["rows"] for entry, _ in parts.values()),
+        "partitions": {str(p): part["entry"] for p, part in sorted(parts.items())},
+        "rows": sum(part["entry"]["rows"] for part in parts.values()),
         "event_hours": dict(sorted(event_hours.items())),
         "quarantined": dict(sorted(quarantined.items())),
         "corrected": sorted(corrected, key=lambda c: (c["kafka_partition"], c["kafka_offset"])),

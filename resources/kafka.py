@@ -10,7 +10,9 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import ClassVar
 
 import pyarrow as pa
 from dagster import ConfigurableResource
@@ -36,6 +38,13 @@ class EventLog(ABC):
     """A partitioned, append-only log of (key, value, timestamp) records."""
 
     topic: str
+    process_safe: ClassVar[bool] = False
+    """Whether a copy of this log in another process reads the same records."""
+
+    def opener(self) -> Callable[[], EventLog]:
+        """A picklable callable that opens this log again in a worker process (when
+        process_safe); the default hands the same object to threads."""
+        return lambda: self
 
     @abstractmethod
     def partitions(self) -> list[int]:
@@ -100,7 +109,12 @@ class KafkaResource(ConfigurableResource, EventLog):
     topic: str
     group_id: str = "clickstream-landing"
     poll_max_records: int = 20_000
+    process_safe: ClassVar[bool] = True
     request_timeout_ms: int = 10_000
+
+    def opener(self) -> Callable[[], EventLog]:
+        # Dagster's resource objects do not survive pickling; their settings do.
+        return partial(KafkaResource, **self.model_dump())
 
     def _consumer(self, *, group: bool = False):
         from kafka import KafkaConsumer
