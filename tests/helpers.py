@@ -1,12 +1,20 @@
-"""Helpers shared by test modules: compare the warehouse's marts with an independent truth."""
+"""Helpers shared by test modules: a pipeline's environment, messy traffic, and the comparison
+of the warehouse's marts with the generator's independent truth."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+
 import duckdb
 import polars as pl
+import pytest
 from polars.testing import assert_frame_equal
 
-from clickstream_assets.generator import expected_marts
+from clickstream_assets.generator import Traffic, TrafficSpec, expected_marts, generate
+from clickstream_assets.settings import Settings
 
 MARTS = (
     "fct_daily_active_users",
@@ -46,3 +54,43 @@ def assert_marts_match(warehouse: str, truth: pl.DataFrame) -> None:
     """Every contract mart in the warehouse equals the independent computation from `truth`."""
     for mart in MARTS:
         assert_mart_matches(warehouse, mart, truth)
+
+
+def local_env(root: Path, **extra: str) -> dict[str, str]:
+    """Environment for a pipeline whose lake, warehouse and Dagster home live under `root`."""
+    return {
+        "CLICKSTREAM_LAKE_URL": str(root / "lake"),
+        "CLICKSTREAM_WAREHOUSE": str(root / "warehouse.duckdb"),
+        "DAGSTER_HOME": str(root / "dagster"),
+    } | extra
+
+
+@contextmanager
+def configured(env: dict[str, str]) -> Iterator[Settings]:
+    """The settings of `env`, with `env` in place for code that reads it at run time (dbt)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        yield Settings.from_env()
+
+
+def messy_traffic(
+    start: datetime, end: datetime, *, events: int, seed: int, max_late: timedelta | None = None
+) -> Traffic:
+    """Traffic with every anomaly at a visible rate; everything is received within 6 h of `end`,
+    or `max_late` when given (then also received within it)."""
+    late = {"max_late": max_late} if max_late else {}
+    return generate(
+        TrafficSpec(
+            start=start,
+            end=end,
+            events=events,
+            seed=seed,
+            duplicate_rate=0.05,
+            late_rate=0.03,
+            malformed_rate=0.01,
+            skew_rate=0.01,
+            receive_until=end + (max_late or timedelta(hours=6)),
+            **late,
+        )
+    )

@@ -10,10 +10,15 @@ import pytest
 from dagster import instance_for_test
 
 from clickstream_assets.catchup import run_catch_up
-from clickstream_assets.generator import TrafficSpec, generate
-from clickstream_assets.settings import Settings
 from resources.kafka import InMemoryKafka
-from tests.helpers import MARTS, assert_mart_matches, read_mart
+from tests.helpers import (
+    MARTS,
+    assert_mart_matches,
+    configured,
+    local_env,
+    messy_traffic,
+    read_mart,
+)
 
 DAY = datetime(2026, 11, 20, tzinfo=UTC)
 UNTIL = DAY + timedelta(days=1, hours=8)
@@ -22,28 +27,8 @@ UNTIL = DAY + timedelta(days=1, hours=8)
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    env = {
-        "CLICKSTREAM_LAKE_URL": str(root / "lake"),
-        "CLICKSTREAM_WAREHOUSE": str(root / "warehouse.duckdb"),
-        "DAGSTER_HOME": str(root / "dagster"),
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        settings = Settings.from_env()
-        traffic = generate(
-            TrafficSpec(
-                start=DAY,
-                end=DAY + timedelta(days=1),
-                events=15_000,
-                seed=7,
-                duplicate_rate=0.05,
-                late_rate=0.03,
-                malformed_rate=0.01,
-                skew_rate=0.01,
-                receive_until=DAY + timedelta(days=1, hours=6),
-            )
-        )
+    with configured(local_env(root)) as settings:
+        traffic = messy_traffic(DAY, DAY + timedelta(days=1), events=15_000, seed=7)
         kafka = InMemoryKafka(partitions=3)
         kafka.produce(traffic.messages)
         with instance_for_test() as instance:

@@ -9,12 +9,11 @@ import pytest
 from dagster import instance_for_test
 
 from clickstream_assets.catchup import run_catch_up
-from clickstream_assets.generator import TrafficSpec, generate, produce
+from clickstream_assets.generator import produce
 from clickstream_assets.landing import read_manifests
-from clickstream_assets.settings import Settings
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
-from tests.helpers import assert_marts_match
+from tests.helpers import assert_marts_match, configured, local_env, messy_traffic
 
 pytestmark = pytest.mark.integration
 
@@ -27,33 +26,11 @@ TOPIC = "it.catch-up"
 @pytest.fixture(scope="module")
 def landed(broker, tmp_path_factory):
     root = tmp_path_factory.mktemp("real-broker")
-    env = {
-        "CLICKSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "CLICKSTREAM_TOPIC": TOPIC,
-        "CLICKSTREAM_LAKE_URL": str(root / "lake"),
-        "CLICKSTREAM_WAREHOUSE": str(root / "warehouse.duckdb"),
-        "DAGSTER_HOME": str(root / "dagster"),
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        settings = Settings.from_env()
+    env = local_env(root, CLICKSTREAM_KAFKA_BOOTSTRAP=broker.bootstrap, CLICKSTREAM_TOPIC=TOPIC)
+    with configured(env) as settings:
         kafka = KafkaResource(bootstrap_servers=broker.bootstrap, topic=TOPIC)
         kafka.create_topic(4)
-        traffic = generate(
-            TrafficSpec(
-                start=START,
-                end=END,
-                events=12_000,
-                seed=11,
-                duplicate_rate=0.05,
-                late_rate=0.03,
-                malformed_rate=0.01,
-                skew_rate=0.01,
-                max_late=timedelta(hours=4),
-                receive_until=END + timedelta(hours=4),
-            )
-        )
+        traffic = messy_traffic(START, END, events=12_000, seed=11, max_late=timedelta(hours=4))
         produce(kafka, traffic.messages, chunk_rows=5_000)
         with instance_for_test() as instance:
             report = run_catch_up(settings, until=UNTIL, instance=instance, log=lambda _: None)

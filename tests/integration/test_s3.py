@@ -10,10 +10,8 @@ import pytest
 from dagster import instance_for_test
 
 from clickstream_assets.catchup import run_catch_up
-from clickstream_assets.generator import TrafficSpec, generate
-from clickstream_assets.settings import Settings
 from resources.kafka import InMemoryKafka
-from tests.helpers import assert_marts_match
+from tests.helpers import assert_marts_match, configured, local_env, messy_traffic
 
 pytestmark = pytest.mark.integration
 
@@ -31,36 +29,19 @@ def s3_lake(tmp_path_factory):
     server.start()
     host, port = server.get_host_and_port()
     root = tmp_path_factory.mktemp("s3")
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "CLICKSTREAM_LAKE_URL": f"s3://{BUCKET}/lake",
-        "CLICKSTREAM_WAREHOUSE": str(root / "warehouse.duckdb"),
-        "DAGSTER_HOME": str(root / "dagster"),
-    }
+    env = local_env(
+        root,
+        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        CLICKSTREAM_LAKE_URL=f"s3://{BUCKET}/lake",
+    )
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in env.items():
-                patch.setenv(name, value)
+        with configured(env) as settings:
             s3 = boto3.client("s3")
             s3.create_bucket(Bucket=BUCKET)
-            settings = Settings.from_env()
-            traffic = generate(
-                TrafficSpec(
-                    start=START,
-                    end=END,
-                    events=6_000,
-                    seed=3,
-                    duplicate_rate=0.05,
-                    late_rate=0.03,
-                    malformed_rate=0.01,
-                    skew_rate=0.01,
-                    max_late=timedelta(hours=4),
-                    receive_until=END + timedelta(hours=4),
-                )
-            )
+            traffic = messy_traffic(START, END, events=6_000, seed=3, max_late=timedelta(hours=4))
             kafka = InMemoryKafka(partitions=3)
             kafka.produce(traffic.messages)
             with instance_for_test() as instance:
