@@ -4,9 +4,11 @@ until nothing is left. It drives the one `Definitions`; there is no second copy 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from dagster import DagsterInstance, SensorDefinition, build_sensor_context, materialize
 
@@ -34,9 +36,16 @@ def _stage(asset_keys) -> str:
     return "marts"
 
 
+REPO_INSTANCE_SETTINGS = Path(__file__).resolve().parent.parent / "dagster.yaml"
+
+
 def instance_for(settings) -> DagsterInstance:
-    """The persistent Dagster instance under DAGSTER_HOME, created if absent."""
+    """The persistent Dagster instance under DAGSTER_HOME, created with the repository's
+    instance settings (run queue, pools) if absent."""
     os.makedirs(settings.dagster_home, exist_ok=True)
+    configured = Path(settings.dagster_home) / "dagster.yaml"
+    if not configured.exists() and REPO_INSTANCE_SETTINGS.exists():
+        shutil.copyfile(REPO_INSTANCE_SETTINGS, configured)
     os.environ["DAGSTER_HOME"] = settings.dagster_home
     return DagsterInstance.get()
 

@@ -10,10 +10,12 @@ import argparse
 import signal
 import sys
 import time
+import warnings
 from datetime import UTC, datetime, timedelta
 
 from clickstream_assets.settings import ConfigError, Settings, load
 from resources.kafka import KafkaUnavailable
+from resources.lake import LakeUnavailable
 
 
 def _moment(text: str) -> datetime:
@@ -210,10 +212,12 @@ _COMMANDS = {"broker": _broker, "generate": _generate, "catch-up": _catch_up, "d
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Dagster flags the APIs we chose knowingly (single-run backfills, partitioned checks).
+    warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
     try:
         settings = load()
         return _COMMANDS[args.command](settings, args)
-    except (ConfigError, KafkaUnavailable) as error:
+    except (ConfigError, KafkaUnavailable, LakeUnavailable) as error:
         print(f"clickstream {args.command}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

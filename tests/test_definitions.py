@@ -84,3 +84,13 @@ def test_an_unwritable_lake_fails_before_any_output(tmp_path):
     with pytest.raises(LakeUnavailable, match="set CLICKSTREAM_LAKE_URL"):
         land_hours(InMemoryKafka(), lake, [hour], now=hour + timedelta(hours=1))
     assert not (tmp_path / "lake" / MANIFESTS).exists()
+
+
+def test_the_instance_settings_load(tmp_path):
+    from dagster import DagsterInstance
+
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        limits = instance.get_concurrency_config().run_queue_config
+        assert limits is not None and limits.max_concurrent_runs == 4
+        assert limits.tag_concurrency_limits == [{"key": "dagster/backfill", "limit": 1}]
