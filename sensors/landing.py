@@ -93,6 +93,8 @@ def landing_sensor(
                     "dagster/asset_partition_range_start": start,
                     "dagster/asset_partition_range_end": end,
                     AS_OF_TAG: now.isoformat(),
+                    # Live landing jumps the run queue ahead of backfills and reprocessing.
+                    "dagster/priority": "10",
                 },
             )
         ],
