@@ -84,11 +84,6 @@ def read_manifests(lake: LakeResource) -> dict[datetime, dict]:
     }
 
 
-def last_landed_hour(lake: LakeResource) -> datetime | None:
-    names = [n for n in lake.list(MANIFESTS) if n.endswith(".json") and not n.startswith(".")]
-    return parse_hour_label(names[-1].removesuffix(".json")) if names else None
-
-
 def first_at_or_after(timestamps: pa.Array, instant: datetime) -> int:
     """Index of the first timestamp at or after `instant`, or len(timestamps) if none is."""
     mask = pc.greater_equal(timestamps, pa.scalar(instant, timestamps.type))

@@ -20,6 +20,3 @@ event_days = DailyPartitionsDefinition(
 
 allowed_lateness = _settings.allowed_lateness
 """An hour or a day is provisional until its end plus this, then final."""
-
-HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"
-DAY_KEY_FORMAT = "%Y-%m-%d"
