@@ -7,6 +7,7 @@ single-run backfill policy so that one pass over the log or the manifests serves
 from datetime import UTC, datetime
 
 from dagster import (
+    AssetCheckExecutionContext,
     AssetExecutionContext,
     AssetSpec,
     BackfillPolicy,
@@ -15,11 +16,12 @@ from dagster import (
     asset,
 )
 
-from clickstream_assets.cleaning import clean_hour
+from clickstream_assets.cleaning import clean_hour, corrected_winners
 from clickstream_assets.landing import (
     hour_label,
     hours_to_rebuild,
     land_hours,
+    parse_hour_label,
     read_manifests,
 )
 from partitions import event_hours, ingest_hours
@@ -45,15 +47,21 @@ def run_clock(context: AssetExecutionContext) -> datetime:
     return parse_instant(tag) if tag else datetime.now(UTC)
 
 
-def hours_of(context: AssetExecutionContext) -> list[datetime]:
-    return [
-        datetime.strptime(key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
-        for key in context.partition_keys
-    ]
+HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"
+"""How Dagster names an hourly partition."""
 
 
 def partition_key(hour: datetime) -> str:
-    return hour.strftime("%Y-%m-%d-%H:%M")
+    return hour.strftime(HOUR_KEY_FORMAT)
+
+
+def hour_of_key(key: str) -> datetime:
+    return datetime.strptime(key, HOUR_KEY_FORMAT).replace(tzinfo=UTC)
+
+
+def hours_of(context: AssetExecutionContext | AssetCheckExecutionContext) -> list[datetime]:
+    """The hours a run covers (one, or a range under the single-run backfill policy)."""
+    return [hour_of_key(key) for key in context.partition_keys]
 
 
 @asset(
@@ -86,9 +94,7 @@ def raw_events(
                     )
                 ),
             },
-            partition_key=partition_key(
-                datetime.strptime(manifest["ingest_hour"], "%Y-%m-%dT%H").replace(tzinfo=UTC)
-            ),
+            partition_key=partition_key(parse_hour_label(manifest["ingest_hour"])),
         )
 
 
@@ -103,8 +109,9 @@ def raw_events(
 def events(context: AssetExecutionContext, lake: LakeResource) -> None:
     """Silver: valid, deduplicated events of an event hour, rebuilt from all bronze holding it."""
     manifests = read_manifests(lake)
+    winners = corrected_winners(manifests)  # once per run, whatever the number of hours
     for hour in hours_of(context):
-        stats = clean_hour(lake, hour, manifests)
+        stats = clean_hour(lake, hour, manifests, winners=winners)
         context.log.info("cleaned %s: %s", hour_label(hour), stats)
         context.add_asset_metadata(
             {

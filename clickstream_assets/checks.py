@@ -23,16 +23,9 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
-from clickstream_assets.assets import events, raw_events
-from clickstream_assets.cleaning import cleaning_quarantine_file, events_file
-from clickstream_assets.landing import (
-    HOUR,
-    MANIFESTS,
-    hour_label,
-    manifest_path,
-    parse_hour_label,
-    read_manifests,
-)
+from clickstream_assets.assets import events, hours_of, raw_events
+from clickstream_assets.cleaning import bronze_rows, cleaning_quarantine_file, events_file
+from clickstream_assets.landing import HOUR, hour_label, read_manifests, recorded_hours
 from partitions import event_days, event_hours, ingest_hours
 from resources.lake import LakeResource
 
@@ -155,26 +148,12 @@ def parquet_rows(lake: LakeResource, relative: str) -> int | None:
         return pq.ParquetFile(handle).metadata.num_rows
 
 
-def _hours(context: AssetCheckExecutionContext) -> list[datetime]:
-    return [
-        datetime.strptime(key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
-        for key in context.partition_keys
-    ]
-
-
 def _ledger(lake: LakeResource, hours: list[datetime]) -> tuple[dict, datetime | None]:
     """The manifests of `hours` and of the hour before each, and the ledger's first hour: all
     that the landing checks need, without reading the whole history."""
-    recorded = sorted(
-        parse_hour_label(n.removesuffix(".json"))
-        for n in lake.list(MANIFESTS)
-        if n.endswith(".json") and not n.startswith(".")
-    )
+    recorded = recorded_hours(lake)
     wanted = set(recorded) & ({h for h in hours} | {h - HOUR for h in hours})
-    return (
-        {h: lake.read_json(manifest_path(h)) for h in sorted(wanted)},
-        recorded[0] if recorded else None,
-    )
+    return read_manifests(lake, sorted(wanted)), recorded[0] if recorded else None
 
 
 def _result(problems: list[str], checked: list[str]) -> AssetCheckResult:
@@ -206,7 +185,7 @@ def _reported_duplicates(context: AssetCheckExecutionContext, partition: str) ->
 @asset_check(asset=raw_events, partitions_def=ingest_hours, blocking=True)
 def offset_ranges_chain(context: AssetCheckExecutionContext, lake: LakeResource):
     """Each ingest hour's offset ranges start where the hour before ended: no gap, no overlap."""
-    hours = _hours(context)
+    hours = hours_of(context)
     manifests, first = _ledger(lake, hours)
     problems = [
         p for hour in hours for p in offset_range_problems(hour, manifests, first_recorded=first)
@@ -217,7 +196,7 @@ def offset_ranges_chain(context: AssetCheckExecutionContext, lake: LakeResource)
 @asset_check(asset=raw_events, partitions_def=ingest_hours, blocking=True)
 def bronze_rows_match_ranges(context: AssetCheckExecutionContext, lake: LakeResource):
     """The hour's bronze files hold exactly end - start rows per Kafka partition."""
-    hours = _hours(context)
+    hours = hours_of(context)
     manifests, _ = _ledger(lake, hours)
     problems = []
     for hour in hours:
@@ -237,7 +216,7 @@ def bronze_rows_match_ranges(context: AssetCheckExecutionContext, lake: LakeReso
 def reconciles_with_bronze(context: AssetCheckExecutionContext, lake: LakeResource):
     """Silver + quarantined + duplicates of the event hour == its bronze rows in the manifests."""
     manifests = read_manifests(lake)
-    hours = _hours(context)
+    hours = hours_of(context)
     problems = []
     for hour, key in zip(hours, context.partition_keys, strict=True):
         label = hour_label(hour)
@@ -248,7 +227,7 @@ def reconciles_with_bronze(context: AssetCheckExecutionContext, lake: LakeResour
             unique = pc.count_distinct(ids).as_py() == len(ids)
         problems += event_hour_problems(
             label,
-            histogram_rows=sum(m["event_hours"].get(label, 0) for m in manifests.values()),
+            histogram_rows=bronze_rows(manifests, hour),
             silver_rows=silver_rows,
             quarantined_rows=parquet_rows(lake, cleaning_quarantine_file(hour)),
             duplicates=_reported_duplicates(context, key),

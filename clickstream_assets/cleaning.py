@@ -137,14 +137,16 @@ def clean_hour(
     event_hour: datetime,
     manifests: dict[datetime, dict],
     *,
+    winners: pl.DataFrame | None = None,
     bucket_rows: int = BUCKET_ROWS,
 ) -> dict:
     """Rebuild silver and quarantine for `event_hour`, one dedup bucket at a time, each file
-    written whole or not at all; return the hour's reconciliation counts."""
+    written whole or not at all; return the hour's reconciliation counts. `winners` is
+    `corrected_winners(manifests)`, passed in when several hours share it."""
     files = source_files(manifests, event_hour)
     expected = bronze_rows(manifests, event_hour)
     buckets = bucket_count(expected, bucket_rows)
-    winners = corrected_winners(manifests)
+    winners = corrected_winners(manifests) if winners is None else winners
     columns = [*RECORD_SCHEMA.names, "ingest_hour"]
     counts = {"bronze_rows": 0, "events": 0, "duplicates": 0, "quarantined": 0}
     counts |= {"clock_corrected": 0, "late_events": 0}

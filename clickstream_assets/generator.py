@@ -16,11 +16,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from clickstream_assets.contract import PLATFORMS, TITLE_EVENTS
 from resources.kafka import EventLog
 
-EVENT_TYPES = ("page_view", "click", "play", "pause", "seek", "ad_impression", "heartbeat")
-PLATFORMS = ("web", "ios", "android", "tv", "stb")
-TITLE_TYPES = ("play", "pause", "seek")
 UNKNOWN_PLATFORM_TEXTS = ("ps5", "roku", "kaios", "smartwatch")
 
 MALFORMED_KINDS = (
@@ -209,7 +207,7 @@ def generate(spec: TrafficSpec) -> Traffic:
     type_names, type_p = _weights(spec.event_type_mix)
     event_type_idx = rng.choice(len(type_names), n, p=type_p)
     event_type = np.array(type_names)[event_type_idx]
-    needs_title = np.isin(event_type, TITLE_TYPES)
+    needs_title = np.isin(event_type, TITLE_EVENTS)
     has_title = needs_title | (
         np.isin(event_type, ("page_view", "click", "heartbeat")) & (rng.random(n) < 0.4)
     )
@@ -479,7 +477,7 @@ def _json_value(*, broken: bool) -> pl.Expr:
             required("event_type", _pick(_UNKNOWN_TYPES, variant % len(_UNKNOWN_TYPES))),
         ),
         (
-            is_kind["missing_title_id"] & ~event_type.is_in(TITLE_TYPES),
+            is_kind["missing_title_id"] & ~event_type.is_in(TITLE_EVENTS),
             pl.lit(',"event_type":"play"'),
         ),
         (is_kind["missing_campaign_id"], pl.lit(',"event_type":"ad_impression"')),

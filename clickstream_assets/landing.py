@@ -51,12 +51,16 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
+HOUR_LABEL_FORMAT = "%Y-%m-%dT%H"
+"""How the lake names an hour (manifest files, histograms)."""
+
+
 def hour_label(hour: datetime) -> str:
-    return hour.strftime("%Y-%m-%dT%H")
+    return hour.strftime(HOUR_LABEL_FORMAT)
 
 
 def parse_hour_label(label: str) -> datetime:
-    return datetime.strptime(label, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+    return datetime.strptime(label, HOUR_LABEL_FORMAT).replace(tzinfo=UTC)
 
 
 def hour_dir(hour: datetime) -> str:
@@ -75,13 +79,19 @@ def manifest_path(hour: datetime) -> str:
     return f"{MANIFESTS}/{hour_label(hour)}.json"
 
 
-def read_manifests(lake: LakeResource) -> dict[datetime, dict]:
-    """Every recorded ingest hour's manifest, keyed by hour: the ledger of landed ranges."""
-    return {
-        parse_hour_label(name.removesuffix(".json")): lake.read_json(f"{MANIFESTS}/{name}")
+def recorded_hours(lake: LakeResource) -> list[datetime]:
+    """The ingest hours that have a manifest, oldest first: one listing, no manifest read."""
+    return [
+        parse_hour_label(name.removesuffix(".json"))
         for name in lake.list(MANIFESTS)
-        if name.endswith(".json") and not name.startswith(".")
-    }
+        if name.endswith(".json") and not name.startswith(".")  # skip in-flight temporaries
+    ]
+
+
+def read_manifests(lake: LakeResource, hours: list[datetime] | None = None) -> dict[datetime, dict]:
+    """The recorded manifests of `hours` (default: every one), keyed by hour: the ledger."""
+    wanted = recorded_hours(lake) if hours is None else hours
+    return {hour: lake.read_json(manifest_path(hour)) for hour in wanted}
 
 
 def first_at_or_after(timestamps: pa.Array, instant: datetime) -> int:
@@ -191,9 +201,11 @@ class _Sink:
                 .append_column(
                     "kafka_timestamp_ms", pc.cast(fixed.column("kafka_timestamp"), pa.int64())
                 )
-                .append_column("event_hour", pc.strftime(fixed.column("event_hour"), "%Y-%m-%dT%H"))
                 .append_column(
-                    "device_hour", pc.strftime(fixed.column("device_hour"), "%Y-%m-%dT%H")
+                    "event_hour", pc.strftime(fixed.column("event_hour"), HOUR_LABEL_FORMAT)
+                )
+                .append_column(
+                    "device_hour", pc.strftime(fixed.column("device_hour"), HOUR_LABEL_FORMAT)
                 )
                 .to_pylist()
             )
@@ -285,16 +297,19 @@ def land_hours(
     hours = sorted(hours)
     if any(b - a != HOUR for a, b in zip(hours, hours[1:], strict=False)):
         raise ValueError(f"ingest hours must be consecutive, got {[hour_label(h) for h in hours]}")
-    if hours[-1] + HOUR > now and hours[-1] not in read_manifests(lake):
+    known_hours = set(recorded_hours(lake))
+    if hours[-1] + HOUR > now and hours[-1] not in known_hours:
         raise ValueError(
             f"ingest hour {hour_label(hours[-1])} has not closed yet (now {now.isoformat()})"
         )
-    recorded = read_manifests(lake)
-    replay = [h for h in hours if h in recorded]
-    fresh = [h for h in hours if h not in recorded]
+    replay = [h for h in hours if h in known_hours]
+    fresh = [h for h in hours if h not in known_hours]
     if replay and fresh and max(replay) > min(fresh):
         raise ValueError("cannot land new hours before hours that are already recorded")
-    last = max(recorded) if recorded else None
+    last = max(known_hours) if known_hours else None
+    # Only the manifests this landing chains onto or replays are read.
+    needed = replay + ([fresh[0] - HOUR] if fresh and fresh[0] - HOUR in known_hours else [])
+    recorded = read_manifests(lake, needed)
     if fresh and last is not None and fresh[0] != last + HOUR:
         raise ValueError(
             f"ingest hour {hour_label(fresh[0])} cannot land before "

@@ -78,7 +78,7 @@ def _port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _answers_metadata(bootstrap: str) -> bool:
+def answers_metadata(bootstrap: str) -> bool:
     """True once the broker answers a Kafka metadata request (not just a TCP connect)."""
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
@@ -160,7 +160,7 @@ class EmbeddedBroker:
                     f"the embedded broker exited at start on port {self.port} "
                     f"(port in use?): {detail}"
                 )
-            if _answers_metadata(self.bootstrap):
+            if answers_metadata(self.bootstrap):
                 return self
             time.sleep(0.2)
         self.stop()

@@ -85,7 +85,7 @@ class EventLog(ABC):
 def _batch(partition: int, offsets, timestamps, keys, values) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
         [
-            pa.array([partition] * len(offsets), pa.int32()),
+            pa.repeat(pa.scalar(partition, pa.int32()), len(offsets)),
             pa.array(offsets, pa.int64()),
             pa.array(timestamps, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
             pa.array(keys, pa.binary()),

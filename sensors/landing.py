@@ -20,7 +20,7 @@ from dagster import (
 )
 
 from clickstream_assets.assets import AS_OF_TAG, kafka_topic, partition_key, raw_events
-from clickstream_assets.landing import HOUR, first_ingest_hour, read_manifests
+from clickstream_assets.landing import HOUR, first_ingest_hour, read_manifests, recorded_hours
 from resources.clock import ClockResource
 from resources.kafka import EventLog
 from resources.lake import LakeResource
@@ -60,7 +60,8 @@ def landing_sensor(
 ):
     """Lands every ingest hour that has closed, oldest first, and records the lag."""
     now = clock.now()
-    manifests = read_manifests(lake)
+    landed = recorded_hours(lake)
+    manifests = read_manifests(lake, landed[-1:])  # the head of the ledger is all lag needs
     lag = measure_lag(kafka, manifests, now)
     total = sum(v["records"] for v in lag.values())
     worst = max((v["seconds"] for v in lag.values()), default=0.0)

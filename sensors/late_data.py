@@ -24,7 +24,7 @@ from dagster import (
     sensor,
 )
 
-from clickstream_assets.assets import AS_OF_TAG, events, partition_key, raw_events
+from clickstream_assets.assets import AS_OF_TAG, events, hour_of_key, partition_key, raw_events
 from partitions import allowed_lateness
 from resources.clock import ClockResource
 from sensors.plan import contiguous_runs, propagate
@@ -83,9 +83,7 @@ def build_late_data_sensor(mart_keys: list[AssetKey]) -> SensorDefinition:
                 for label in record.asset_materialization.metadata["hours_to_rebuild"].value
             ],
             [
-                events.partitions_def.time_window_for_partition_key(
-                    record.asset_materialization.partition
-                ).start
+                hour_of_key(record.asset_materialization.partition)
                 for record in _passed_checks(context, cleaned)
             ],
             [date.fromisoformat(d) for d in state.get("pending_final", [])],

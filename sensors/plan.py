@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from clickstream_assets.landing import parse_hour_label
+
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
@@ -65,9 +67,7 @@ def propagate(
     - a day rebuilt while provisional is rebuilt once more when its watermark passes, to become
       final; days that receive nothing new are left alone.
     """
-    hours = sorted(
-        {datetime.strptime(h, "%Y-%m-%dT%H").replace(tzinfo=UTC) for h in landed_event_hours}
-    )
+    hours = sorted({parse_hour_label(h) for h in landed_event_hours})
     touched = {h.date() for h in cleaned_hours}
     due = {d for d in pending_final if day_final_at(d, lateness) <= now}
     days = sorted(touched | due)

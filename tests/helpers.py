@@ -8,13 +8,13 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
 from clickstream_assets.generator import Traffic, TrafficSpec, expected_marts, generate
 from clickstream_assets.settings import Settings
+from resources.warehouse import read_mart
 
 MARTS = (
     "fct_daily_active_users",
@@ -23,18 +23,6 @@ MARTS = (
     "fct_daily_campaign_impressions",
     "fct_hourly_events",
 )
-
-
-def read_mart(warehouse: str, name: str, columns: list[str]) -> pl.DataFrame:
-    """`columns` of mart `name`, ordered by all of them; hours in UTC."""
-    with duckdb.connect(warehouse, read_only=True) as con:
-        frame = pl.from_arrow(
-            con.sql(f"select {', '.join(columns)} from {name} order by all").to_arrow_table()
-        )
-    assert isinstance(frame, pl.DataFrame)
-    if "event_hour" in columns:
-        frame = frame.with_columns(pl.col("event_hour").dt.convert_time_zone("UTC"))
-    return frame
 
 
 def assert_mart_matches(warehouse: str, mart: str, truth: pl.DataFrame) -> None:

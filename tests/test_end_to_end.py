@@ -11,13 +11,13 @@ from dagster import instance_for_test
 
 from clickstream_assets.catchup import run_catch_up
 from resources.kafka import InMemoryKafka
+from resources.warehouse import read_mart
 from tests.helpers import (
     MARTS,
     assert_mart_matches,
     configured,
     local_env,
     messy_traffic,
-    read_mart,
 )
 
 DAY = datetime(2026, 11, 20, tzinfo=UTC)

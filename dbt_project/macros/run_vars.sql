@@ -9,6 +9,11 @@
     date '{{ value }}'
 {%- endmacro %}
 
+{% macro event_date_filter() -%}
+    {#- The rows of the day being built, in a daily mart: its incremental predicate. -#}
+    event_date = {{ event_date_literal() }}
+{%- endmacro %}
+
 {% macro day_start_literal() -%}
     cast({{ event_date_literal() }} as timestamp) at time zone 'UTC'
 {%- endmacro %}

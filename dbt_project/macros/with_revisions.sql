@@ -5,13 +5,22 @@
     period: the column that is finalized and revised as a whole (event_date or event_hour).
     period_end: SQL over new_rows' columns for the end of the period, as a timestamptz.
     partition_filter: SQL that selects the stored rows of the day being rebuilt.
+    The defaults are a daily mart's: the period is event_date, the partition its day.
 
     A period is final when as_of >= its end + allowed lateness. Compared with the stored rows of
     the same period: identical numbers keep the stored revision and computed_at (is_final may
     only turn true); different numbers after the stored rows were final are a restatement
     (revision + 1); different numbers while provisional keep the revision; a new period starts
     at revision 1. -#}
-{% macro with_revisions(new_rows, period, period_end, keys, measures, partition_filter) -%}
+{% macro with_revisions(
+    new_rows,
+    keys,
+    measures,
+    period='event_date',
+    period_end="timezone('UTC', cast(event_date as timestamp)) + interval 1 day",
+    partition_filter=none
+) -%}
+    {%- set partition_filter = partition_filter or event_date_filter() -%}
     {%- set compared = ([period] + keys + measures) | join(', ') -%}
 stored as (
     {%- if is_incremental() %}

@@ -1,5 +1,4 @@
-{%- set day_filter = "event_date = " ~ event_date_literal() -%}
-{{ config(incremental_predicates=[day_filter]) }}
+{{ config(incremental_predicates=[event_date_filter()]) }}
 
 with source as (
     select * from {{ ref('stg_events') }}
@@ -28,11 +27,8 @@ aggregated as (
 
 {{ with_revisions(
     'aggregated',
-    period='event_date',
-    period_end="timezone('UTC', cast(event_date as timestamp)) + interval 1 day",
     keys=[],
     measures=['active_users', 'logged_in_users', 'active_devices', 'events'],
-    partition_filter=day_filter,
 ) }},
 
 final as (

@@ -1,5 +1,4 @@
-{%- set day_filter = "event_date = " ~ event_date_literal() -%}
-{{ config(incremental_predicates=[day_filter]) }}
+{{ config(incremental_predicates=[event_date_filter()]) }}
 
 with source as (
     select * from {{ ref('stg_events') }}
@@ -25,11 +24,8 @@ aggregated as (
 
 {{ with_revisions(
     'aggregated',
-    period='event_date',
-    period_end="timezone('UTC', cast(event_date as timestamp)) + interval 1 day",
     keys=['platform'],
     measures=['active_users'],
-    partition_filter=day_filter,
 ) }},
 
 final as (
