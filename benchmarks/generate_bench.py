@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clickstream_assets.generator import TrafficSpec, expected_marts, generate, produce  # noqa: E402
+from clickstream_tools.generator import TrafficSpec, expected_marts, generate, produce  # noqa: E402
 from resources.broker import EmbeddedBroker  # noqa: E402
 from resources.kafka import KafkaResource  # noqa: E402
 

@@ -13,8 +13,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from clickstream_assets.cleaning import clean_hour
-from clickstream_assets.generator import TrafficSpec, generate
 from clickstream_assets.landing import land_hours, read_manifests
+from clickstream_tools.generator import TrafficSpec, generate
 from resources.kafka import InMemoryKafka, KafkaResource
 from resources.lake import LakeResource
 from sensors.plan import closed_hours

@@ -14,8 +14,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from clickstream_assets.contract import DEDUP_BUCKETS, parse_events
 from clickstream_assets.landing import QUARANTINE_SCHEMA, hour_dir, hour_label
+from core.contract import DEDUP_BUCKETS, parse_events
 from resources.kafka import RECORD_SCHEMA
 from resources.lake import LakeResource
 

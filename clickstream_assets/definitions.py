@@ -7,7 +7,7 @@ from dagster import AssetSpec, Definitions, FreshnessPolicy, apply_freshness_pol
 from clickstream_assets import checks
 from clickstream_assets.assets import events, kafka_topic, raw_events
 from clickstream_assets.marts import marts
-from clickstream_assets.settings import Settings, load
+from core.settings import Settings, load
 from partitions import allowed_lateness
 from resources.clock import ClockResource
 from resources.dbt import dbt_resource

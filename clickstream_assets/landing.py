@@ -21,7 +21,7 @@ from functools import partial
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from clickstream_assets.contract import UNREADABLE_REASONS, parse_events
+from core.contract import UNREADABLE_REASONS, parse_events
 from resources.kafka import RECORD_SCHEMA, EventLog
 from resources.lake import LakeResource
 

@@ -20,7 +20,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from clickstream_assets.assets import AS_OF_TAG
-from clickstream_assets.settings import Settings, load
+from core.settings import Settings, load
 from partitions import event_days
 from resources.clock import parse_instant
 from resources.dbt import dbt_project, ensure_manifest

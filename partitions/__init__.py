@@ -6,7 +6,7 @@ holds what Kafka received during H; event hour E holds what happened during E, w
 
 from dagster import DailyPartitionsDefinition, HourlyPartitionsDefinition
 
-from clickstream_assets.settings import load
+from core.settings import load
 
 _settings = load()
 _START = _settings.start_datetime.strftime("%Y-%m-%d-%H:%M")

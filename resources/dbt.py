@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
 
-from clickstream_assets.settings import Settings, load
+from core.settings import Settings, load
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 

@@ -9,7 +9,7 @@ import duckdb
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from clickstream_assets.settings import Settings, load
+from core.settings import Settings, load
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from clickstream_assets.generator import Traffic, TrafficSpec, expected_marts, generate
-from clickstream_assets.settings import Settings
+from clickstream_tools.generator import Traffic, TrafficSpec, expected_marts, generate
+from core.settings import Settings
 from resources.warehouse import read_mart
 
 MARTS = (

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from clickstream_assets.contract import parse_events
+from core.contract import parse_events
 
 # The collector's receive time used unless a test needs another one: later than every device
 # time below, so that no test trips the future-clock rule by accident.

@@ -21,7 +21,7 @@ from dagster import materialize
 
 from clickstream_assets.cleaning import SILVER_SCHEMA
 from clickstream_assets.marts import AS_OF_TAG, dbt_vars, marts, resolve_as_of
-from clickstream_assets.settings import Settings
+from core.settings import Settings
 from resources.dbt import DBT_PROJECT_DIR, dbt_executable, dbt_resource
 from resources.warehouse import read_table, warehouse_resource
 

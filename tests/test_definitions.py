@@ -12,7 +12,7 @@ from dagster import AssetKey
 
 from clickstream_assets.definitions import defs
 from clickstream_assets.landing import MANIFESTS, land_hours
-from clickstream_assets.settings import ConfigError, Settings, parse_duration
+from core.settings import ConfigError, Settings, parse_duration
 from resources.kafka import InMemoryKafka, KafkaResource, KafkaUnavailable
 from resources.lake import LakeResource, LakeUnavailable
 

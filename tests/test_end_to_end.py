@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from dagster import instance_for_test
 
-from clickstream_assets.catchup import run_catch_up
+from clickstream_tools.catchup import run_catch_up
 from resources.kafka import InMemoryKafka
 from resources.warehouse import read_mart
 from tests.helpers import (

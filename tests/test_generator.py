@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from clickstream_assets.generator import (
+from clickstream_tools.generator import (
     MALFORMED_KINDS,
     PLATFORMS,
     TrafficSpec,

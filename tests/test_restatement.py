@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 from dagster import instance_for_test
 
-from clickstream_assets.catchup import run_catch_up
 from clickstream_assets.checks import daily_events_reconcile
-from clickstream_assets.settings import Settings
+from clickstream_tools.catchup import run_catch_up
+from core.settings import Settings
 from resources.kafka import InMemoryKafka
 
 DAY = datetime(2026, 11, 20, tzinfo=UTC)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from clickstream_assets.generator import TrafficSpec, generate, produce
+from clickstream_tools.generator import TrafficSpec, generate, produce
 from resources.broker import EmbeddedBroker
 from resources.kafka import KafkaResource, KafkaUnavailable, partition_for_key
 

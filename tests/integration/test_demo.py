@@ -10,8 +10,8 @@ from datetime import date
 import polars as pl
 import pytest
 
-from clickstream_assets.demo import run_demo
-from clickstream_assets.settings import Settings
+from clickstream_tools.demo import run_demo
+from core.settings import Settings
 from resources.broker import free_port
 from tests.helpers import assert_marts_match
 

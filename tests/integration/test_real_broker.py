@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dagster import instance_for_test
 
-from clickstream_assets.catchup import run_catch_up
-from clickstream_assets.generator import produce
 from clickstream_assets.landing import read_manifests
+from clickstream_tools.catchup import run_catch_up
+from clickstream_tools.generator import produce
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from tests.helpers import assert_marts_match, configured, local_env, messy_traffic

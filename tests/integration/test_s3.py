@@ -9,7 +9,7 @@ import boto3
 import pytest
 from dagster import instance_for_test
 
-from clickstream_assets.catchup import run_catch_up
+from clickstream_tools.catchup import run_catch_up
 from resources.kafka import InMemoryKafka
 from tests.helpers import assert_marts_match, configured, local_env, messy_traffic
 

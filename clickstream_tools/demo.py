@@ -18,16 +18,16 @@ import polars as pl
 import pyarrow.parquet as pq
 from dagster import AssetKey, DagsterInstance
 
-from clickstream_assets.catchup import CatchUpReport, instance_for, run_catch_up
-from clickstream_assets.generator import (
+from clickstream_assets.landing import read_manifests
+from clickstream_tools.catchup import CatchUpReport, instance_for, run_catch_up
+from clickstream_tools.generator import (
     TrafficSpec,
     expected_marts,
     generate,
     produce,
     write_expected_marts,
 )
-from clickstream_assets.landing import read_manifests
-from clickstream_assets.settings import Settings
+from core.settings import Settings
 from resources.broker import EmbeddedBroker, answers_metadata
 from resources.kafka import KafkaResource, KafkaUnavailable
 from resources.lake import LakeResource

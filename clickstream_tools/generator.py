@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from clickstream_assets.contract import PLATFORMS, TITLE_EVENTS
+from core.contract import PLATFORMS, TITLE_EVENTS
 from resources.kafka import EventLog
 
 UNKNOWN_PLATFORM_TEXTS = ("ps5", "roku", "kaios", "smartwatch")

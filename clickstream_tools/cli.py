@@ -13,7 +13,7 @@ import time
 import warnings
 from datetime import UTC, datetime, timedelta
 
-from clickstream_assets.settings import ConfigError, Settings, load
+from core.settings import ConfigError, Settings, load
 from resources.kafka import KafkaUnavailable
 from resources.lake import LakeUnavailable
 
@@ -110,7 +110,7 @@ def _span(args: argparse.Namespace) -> tuple[datetime, datetime]:
 
 
 def _generate(settings: Settings, args: argparse.Namespace) -> int:
-    from clickstream_assets.generator import TrafficSpec, generate, produce, write_expected_marts
+    from clickstream_tools.generator import TrafficSpec, generate, produce, write_expected_marts
     from resources.kafka import KafkaResource
 
     start, end = _span(args)
@@ -194,14 +194,14 @@ def _summary(counts: dict) -> None:
 
 
 def _catch_up(settings: Settings, args: argparse.Namespace) -> int:
-    from clickstream_assets.catchup import run_catch_up
+    from clickstream_tools.catchup import run_catch_up
 
     run_catch_up(settings, until=args.until or datetime.now(UTC))
     return 0
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from clickstream_assets.demo import run_demo
+    from clickstream_tools.demo import run_demo
 
     run_demo(settings, events=args.events, day=args.day.date() if args.day else None)
     return 0
