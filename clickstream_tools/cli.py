@@ -1,4 +1,5 @@
-"""The `clickstream` console script: the embedded broker, synthetic traffic, catch-up and the demo.
+"""The `clickstream` console script: the embedded broker, synthetic traffic, the collector, catch-up
+and the demo.
 
 Catch-up and the demo live in their own modules and are imported only when asked for, so that
 `clickstream broker` starts without loading Dagster.
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--no-produce", action="store_true", help="generate (and write --expected) only"
     )
+
+    collector = commands.add_parser(
+        "collector", help="run the HTTP edge collector on CLICKSTREAM_COLLECTOR_ADDR"
+    )
+    collector.add_argument("--access-log", action="store_true", help="log every request")
 
     catch_up = commands.add_parser("catch-up", help="land and build every closed hour, headless")
     catch_up.add_argument("--until", type=_moment, help="treat hours before this as closed")
@@ -193,6 +199,13 @@ def _summary(counts: dict) -> None:
         print(f"  {name:<14} {text}")
 
 
+def _collector(settings: Settings, args: argparse.Namespace) -> int:
+    from collector.server import serve
+
+    serve(settings, access_log=args.access_log)
+    return 0
+
+
 def _catch_up(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream_tools.catchup import run_catch_up
 
@@ -207,7 +220,13 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"broker": _broker, "generate": _generate, "catch-up": _catch_up, "demo": _demo}
+_COMMANDS = {
+    "broker": _broker,
+    "generate": _generate,
+    "catch-up": _catch_up,
+    "demo": _demo,
+    "collector": _collector,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

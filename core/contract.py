@@ -13,6 +13,8 @@ EVENT_TYPES = ("page_view", "click", "play", "pause", "seek", "ad_impression", "
 PLATFORMS = ("web", "ios", "android", "tv", "stb")
 TITLE_EVENTS = ("play", "pause", "seek")
 FUTURE_CLOCK_TOLERANCE = "5 minutes"
+SENT_AT_DEADBAND_US = 60_000_000
+"""A device offset (receive time minus `sent_at`) up to this is transit delay, never corrected."""
 DEDUP_BUCKETS = 256
 
 UNREADABLE_REASONS = (
@@ -39,7 +41,7 @@ _STRING_FIELDS = (
     "page",
     "app_version",
 )
-_FIELDS = (*_STRING_FIELDS, "position_ms", "schema_version", "properties")
+_FIELDS = (*_STRING_FIELDS, "position_ms", "schema_version", "properties", "sent_at")
 _RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 
 
@@ -90,13 +92,33 @@ timed as (
         end as device_time
     from fields
 ),
-corrected as (
+sent as (
     select *,
         kafka_timestamp::timestamp as received_at,
-        coalesce(
-            device_time > kafka_timestamp::timestamp + interval {FUTURE_CLOCK_TOLERANCE}, false
-        ) as clock_corrected
+        case
+            when json_type({_field("sent_at")}) = 'VARCHAR'
+                and regexp_matches({_field("sent_at")} ->> '$', '{_RFC3339}')
+            then try_cast(upper({_field("sent_at")} ->> '$') as timestamptz)::timestamp
+        end as device_sent_at,
+        coalesce(json_type({_field("sent_at")}), 'NULL') <> 'NULL' as has_sent_at
     from timed
+),
+corrected as (
+    -- The device clock rule: with sent_at, the device's offset measured when it sent is removed
+    -- once it exceeds the deadband (below it, it is transit delay); without, only a clock in
+    -- the future is caught, and the receive time is the best estimate left.
+    select *,
+        case
+            when device_sent_at is not null then abs(
+                epoch_us(received_at) - epoch_us(device_sent_at)
+            ) > {SENT_AT_DEADBAND_US}
+            else coalesce(device_time > received_at + interval {FUTURE_CLOCK_TOLERANCE}, false)
+        end as clock_corrected,
+        case
+            when device_sent_at is not null then device_time + (received_at - device_sent_at)
+            else received_at
+        end as corrected_time
+    from sent
 ),
 classified as (
     select *,
@@ -119,13 +141,17 @@ classified as (
                 and (json_type({_field("campaign_id")}) is distinct from 'VARCHAR'
                      or {_field("campaign_id")} ->> '$' = '')
                 then 'missing_campaign_id'
+            when has_sent_at and device_sent_at is null then 'wrong_type:sent_at'
         end as reason,
-        case when clock_corrected then received_at else device_time end
+        case when clock_corrected then corrected_time else device_time end
             as event_time
     from corrected
 )
 select
-    * exclude (text, json_kind, f, device_time, received_at, event_time, clock_corrected, reason),
+    * exclude (
+        text, json_kind, f, device_time, received_at, device_sent_at, has_sent_at,
+        corrected_time, event_time, clock_corrected, reason
+    ),
     reason,
     {_field("event_id")} ->> '$' as event_id,
     -- A stable hash (md5, not DuckDB's version-dependent hash): copies of an event always share
@@ -164,7 +190,7 @@ def parse_events(records: pa.Table | pa.RecordBatch) -> pa.Table:
 
     Input columns: at least `kafka_timestamp` and `value` (binary); all input columns are kept.
     Output adds `reason` (null when valid), the typed event fields, `event_time` (UTC, after the
-    future-clock rule), `event_hour`, `clock_corrected`, `device_hour` (the hour the device
+    device-clock rule), `event_hour`, `clock_corrected`, `device_hour` (the hour the device
     claimed, for corrected events) and `dedup_bucket` (of the event_id).
     """
     con = duckdb.connect()

@@ -19,6 +19,7 @@ DEFAULTS = {
     "CLICKSTREAM_START_DATE": "2026-01-01",
     "CLICKSTREAM_ALLOWED_LATENESS": "3h",
     "DAGSTER_HOME": ".dagster_home",
+    "CLICKSTREAM_COLLECTOR_ADDR": "127.0.0.1:8088",
 }
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -55,6 +56,7 @@ class Settings:
     start_date: date
     allowed_lateness: timedelta
     dagster_home: str
+    collector_addr: str = DEFAULTS["CLICKSTREAM_COLLECTOR_ADDR"]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -85,6 +87,7 @@ class Settings:
             start_date=start_date,
             allowed_lateness=lateness,
             dagster_home=os.path.abspath(value["DAGSTER_HOME"]),
+            collector_addr=value["CLICKSTREAM_COLLECTOR_ADDR"],
         )
 
     @property
