@@ -194,6 +194,7 @@ class CollectorApp:
         else:
             response = _json(404, {"error": f"no route {scope['method']} {scope['path']}"})
         status, body, headers = response
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

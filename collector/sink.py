@@ -30,6 +30,20 @@ class SinkConfig:
     probe_interval_s: float = 1.0
 
 
+def make_producer(config: SinkConfig) -> KafkaProducer:
+    """The collector's producer: acks from every in-sync replica, idempotent (the default), so
+    that the producer's own retries add no copies."""
+    return KafkaProducer(
+        bootstrap_servers=config.bootstrap.split(","),
+        acks="all",
+        compression_type=config.compression_type,
+        linger_ms=config.linger_ms,
+        batch_size=256 * 1024,
+        max_request_size=16 * 1024 * 1024,  # one element may be up to the 10 MiB body
+        max_block_ms=2_000,
+    )
+
+
 class Unavailable(Exception):
     """The broker cannot take this batch now; the client should retry later."""
 
@@ -69,20 +83,13 @@ class KafkaSink:
 
     def __init__(self, config: SinkConfig) -> None:
         self.config = config
-        servers = config.bootstrap.split(",")
-        self._producer = KafkaProducer(
-            bootstrap_servers=servers,
-            acks="all",
-            compression_type=config.compression_type,
-            linger_ms=config.linger_ms,
-            batch_size=256 * 1024,
-            max_request_size=16 * 1024 * 1024,  # one element may be up to the 10 MiB body
-            max_block_ms=2_000,
-        )
+        self._producer = make_producer(config)
         # Fetch the topic's metadata now, so that no request waits for it (and a missing topic
         # is found at start).
         self.partitions = self._producer.partitions_for(config.topic)
-        self._admin = KafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=1_000)
+        self._admin = KafkaAdminClient(
+            bootstrap_servers=config.bootstrap.split(","), request_timeout_ms=1_000
+        )
         self._lock = threading.Lock()
         self.in_flight = 0
         self._probe_ok = True
