@@ -144,6 +144,8 @@ class Tracker:
             if self._stopping:
                 raise RuntimeError("the tracker is closed")
             self._buffer.append(body)
+            if len(self._buffer) == 1:
+                self._changed.notify_all()  # the writer sleeps only while the buffer is empty
             overflow = len(self._buffer) > self.max_queue_events
             if overflow:
                 self._buffer.popleft()
