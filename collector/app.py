@@ -166,8 +166,9 @@ async def _read_body(scope: dict, receive: Receive) -> bytes | None:
 class CollectorApp:
     """The ASGI application over a sink (the Kafka producer, or a fake in unit tests)."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, *, clock: Callable[[], float] = time.time) -> None:
         self.sink = sink
+        self.clock = clock  # the receive time's source
         self.metrics = Metrics()
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
@@ -199,7 +200,7 @@ class CollectorApp:
         await send({"type": "http.response.body", "body": body})
 
     async def _events(self, scope: dict, receive: Receive) -> tuple | None:
-        received_ms = int(time.time() * 1000)
+        received_ms = int(self.clock() * 1000)
         status, response = 200, None
         try:
             raw = await _read_body(scope, receive)

@@ -81,9 +81,16 @@ class CollectorProcess:
     """`clickstream collector` in a child process on a free port, for tests, benchmarks and the
     demo; start() waits until /healthz answers. `kill()` is SIGKILL: nothing is flushed."""
 
-    def __init__(self, env: dict[str, str], *, startup_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        argv: list[str] | None = None,
+        startup_timeout_s: float = 30.0,
+    ) -> None:
         from resources.broker import free_port
 
+        self.argv = argv or [sys.executable, "-m", "clickstream_tools.cli", "collector"]
         self.port = free_port()
         self.env = {**os.environ, **env, "CLICKSTREAM_COLLECTOR_ADDR": f"127.0.0.1:{self.port}"}
         self.startup_timeout_s = startup_timeout_s
@@ -95,7 +102,7 @@ class CollectorProcess:
 
     def start(self) -> CollectorProcess:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "clickstream_tools.cli", "collector"],
+            self.argv,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

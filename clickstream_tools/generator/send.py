@@ -45,6 +45,7 @@ def send_via_collector(
     queue_dir: str | Path | None = None,
     timeout_s: float = 600.0,
     progress: Callable[[int, int], None] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> pl.DataFrame:
     """Replay the traffic as devices would: every message that is a JSON object with the four
     keys the SDK always writes goes through `clickstream_sdk.Tracker.track` (its own event_id,
@@ -52,7 +53,8 @@ def send_via_collector(
     this machine's clock and the collector the receive time, so the generated receive times and
     sent_at values do not apply: returns the ground truth of what was sent, with
     `kafka_timestamp` and `sent_at` set to the moment each message was tracked (within the
-    transit delay of what the collector stamps: never a correction)."""
+    transit delay of what the collector stamps: never a correction). `clock` is the devices'
+    clock, the same as the collector's."""
     from clickstream_sdk import Tracker
 
     values = traffic.messages.column("value").to_pylist()
@@ -66,6 +68,7 @@ def send_via_collector(
             queue_path=Path(tmp) / "queue.sqlite3",
             max_queue_events=len(values) + 1,
             batch_size=500,
+            clock=clock,
         )
         sent_rows: list[int] = []
         tracked_ms: list[int] = []
@@ -78,7 +81,7 @@ def send_via_collector(
                 event.pop("sent_at", None)
             tracker.track(event.pop("event_type"), **event)
             sent_rows.append(index)
-            tracked_ms.append(time.time_ns() // 1_000_000)
+            tracked_ms.append(int(clock() * 1000))
             if progress is not None and len(sent_rows) % 10_000 == 0:
                 progress(tracker.sent, len(values))
         delivered = tracker.flush(timeout_s)
