@@ -28,12 +28,21 @@ def listen_address(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+TOPIC_PARTITIONS = 4
+"""Partitions of the topic when the collector has to create it (as `clickstream generate` does)."""
+
+
 def open_sink(settings: Settings, **options) -> KafkaSink:
-    """The producer on the configured topic; fails at start, saying what to fix, when the broker
-    does not answer or the topic is missing."""
+    """The producer on the configured topic (created if missing); fails at start, saying what to
+    fix, when the broker does not answer."""
     from kafka.errors import KafkaError
 
+    from resources.kafka import KafkaResource
+
     try:
+        KafkaResource(
+            bootstrap_servers=settings.kafka_bootstrap, topic=settings.topic
+        ).create_topic(TOPIC_PARTITIONS)
         sink = KafkaSink(
             SinkConfig(bootstrap=settings.kafka_bootstrap, topic=settings.topic, **options)
         )
@@ -42,12 +51,6 @@ def open_sink(settings: Settings, **options) -> KafkaSink:
             f"no Kafka broker answers at {settings.kafka_bootstrap} ({error!r}): start one "
             "(`clickstream broker`) or set CLICKSTREAM_KAFKA_BOOTSTRAP"
         ) from None
-    if not sink.partitions:
-        sink.close()
-        raise KafkaUnavailable(
-            f"topic {settings.topic!r} does not exist on {settings.kafka_bootstrap}: create it "
-            "(`clickstream generate` does) or set CLICKSTREAM_TOPIC"
-        )
     return sink
 
 

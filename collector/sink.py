@@ -86,7 +86,7 @@ class KafkaSink:
         self._producer = make_producer(config)
         # Fetch the topic's metadata now, so that no request waits for it (and a missing topic
         # is found at start).
-        self.partitions = self._producer.partitions_for(config.topic)
+        self._producer.partitions_for(config.topic)
         self._admin = KafkaAdminClient(
             bootstrap_servers=config.bootstrap.split(","), request_timeout_ms=1_000
         )
