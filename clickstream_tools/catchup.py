@@ -102,7 +102,7 @@ def run_catch_up(
     log=print,
 ) -> CatchUpReport:
     """Treat every ingest hour closed before `until` as closed and run the sensors' requests
-    (landing, late-data rebuilds, marts) until nothing is left. Idempotent."""
+    (landing, the rebuilds the ledger owes, marts) until nothing is left. Idempotent."""
     from clickstream_assets.definitions import (
         all_assets,
         all_checks,
@@ -119,7 +119,7 @@ def run_catch_up(
     report = CatchUpReport()
     previous: list = []
     for _ in range(MAX_TICKS):
-        # Upstream first: landing catches up fully before the late-data sensor looks, so each
+        # Upstream first: landing catches up fully before the reconcile sensor looks, so each
         # hour is cleaned and each day built once, from everything that has landed.
         requests = next(
             (found for s in all_sensors if (found := _tick(s, instance, bound, defs))), []
