@@ -29,7 +29,7 @@ from collector.server import CollectorProcess
 from core.contract import parse_events
 from resources.kafka import KafkaResource
 from resources.warehouse import read_mart
-from tests.helpers import assert_marts_match, configured, local_env, messy_traffic
+from tests.helpers import START, assert_marts_match, configured, local_env, messy_traffic
 
 pytestmark = pytest.mark.integration
 
@@ -326,7 +326,7 @@ def test_invalid_elements_reach_the_topic_and_quarantine(broker, collection):
     assert records.num_rows == 6
     keys = sorted(k for k in records.column("kafka_key").to_pylist() if k is not None)
     assert keys == [b"dev-1", b"dev-1"]  # a device_id that is not a string gives no key
-    reasons = parse_events(records).column("reason").to_pylist()
+    reasons = parse_events(records, start=START).column("reason").to_pylist()
     assert sorted(reasons, key=str) == sorted(
         [None, "not_object", "not_object", "not_object", "missing_field:event_time",
          "unknown_event_type"], key=str,
@@ -354,7 +354,7 @@ def test_device_clocks_are_corrected_to_within_the_transit(collection, broker, t
     assert tracker.flush(30)
     tracker.close()
     records = topic_records(broker.bootstrap, topic)
-    row = parse_events(records).to_pylist()[0]
+    row = parse_events(records, start=START).to_pylist()[0]
     sent = json.loads(records.column("value")[0].as_py())
     assert row["reason"] is None
     claimed = datetime.fromisoformat(sent["event_time"])
