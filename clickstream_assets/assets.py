@@ -24,6 +24,7 @@ from clickstream_assets.landing import (
     parse_hour_label,
     read_manifests,
 )
+from clickstream_assets.pods import CLEANING_POD, LANDING_POD
 from partitions import event_hours, ingest_hours
 from resources.clock import parse_instant
 from resources.kafka import EventLog
@@ -71,6 +72,7 @@ def hours_of(context: AssetExecutionContext | AssetCheckExecutionContext) -> lis
     kinds={"kafka", "parquet"},
     deps=[kafka_topic],
     pool="landing",
+    op_tags=LANDING_POD,
 )
 def raw_events(
     context: AssetExecutionContext, kafka: ResourceParam[EventLog], lake: LakeResource
@@ -105,6 +107,7 @@ def raw_events(
     kinds={"polars", "parquet"},
     deps=[raw_events],
     pool="cleaning",
+    op_tags=CLEANING_POD,
 )
 def events(context: AssetExecutionContext, lake: LakeResource) -> None:
     """Silver: valid, deduplicated events of an event hour, rebuilt from all bronze holding it."""

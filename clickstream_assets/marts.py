@@ -20,6 +20,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from clickstream_assets.assets import AS_OF_TAG
+from clickstream_assets.pods import MARTS_POD
 from core.settings import Settings, load
 from partitions import event_days
 from resources.clock import parse_instant
@@ -98,6 +99,7 @@ def _rows_written(warehouse: DuckDBResource, event_date: str, as_of: str) -> dic
     project=dbt_project,
     partitions_def=event_days,
     dagster_dbt_translator=MartsTranslator(),
+    op_tags=MARTS_POD,
 )
 def marts(
     context: AssetExecutionContext,
