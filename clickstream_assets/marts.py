@@ -12,6 +12,7 @@ from typing import Any
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    BackfillPolicy,
     Config,
     Output,
 )
@@ -100,6 +101,8 @@ def _rows_written(warehouse: DuckDBResource, event_date: str, as_of: str) -> dic
     partitions_def=event_days,
     dagster_dbt_translator=MartsTranslator(),
     op_tags=MARTS_POD,
+    # One day per run: the dbt vars name a single day (dagster-dbt defaults to one run per range).
+    backfill_policy=BackfillPolicy.multi_run(1),
 )
 def marts(
     context: AssetExecutionContext,
