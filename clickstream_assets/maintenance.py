@@ -32,19 +32,11 @@ from dagster import (
     op,
 )
 
-from clickstream_assets.landing import (
-    HOUR,
-    hour_dir,
-    hours_to_rebuild,
-    parse_hour_label,
-    read_manifests,
-    recorded_hours,
-)
+from core.ledger import DAY, HOUR, Ledger, Manifest, hour_dir
 from core.settings import Retention, load
 from resources.clock import ClockResource
 from resources.lake import LakeResource
 
-DAY = timedelta(days=1)
 FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
 
 TIERS = {
@@ -77,7 +69,7 @@ def plan_retention(
     retention: Retention,
     *,
     now: datetime,
-    ledger: dict[datetime, dict],
+    ledger: dict[datetime, Manifest],
     present: dict[str, list[datetime]],
 ) -> RetentionPlan:
     """Which partitions `present` on the lake (hours by tier) have expired under `retention`.
@@ -89,8 +81,7 @@ def plan_retention(
         manifest = ledger.get(hour)
         if manifest is None or not _expired(hour + HOUR, retention.bronze, now):
             return False
-        needed_by = {parse_hour_label(label) for label in hours_to_rebuild(manifest)}
-        return all(_expired(e + HOUR, retention.bronze, now) for e in needed_by)
+        return all(_expired(e + HOUR, retention.bronze, now) for e in manifest.hours_to_rebuild())
 
     def silver_expired(hour: datetime) -> bool:
         day_start = hour.replace(hour=0)
@@ -162,9 +153,10 @@ def expire_lake_partitions(
     retention = load().retention
     now = clock.now()
     present = partitions_present(lake, retention, now)
-    recorded = set(recorded_hours(lake))
-    ledger = read_manifests(lake, [h for h in present.get("bronze", []) if h in recorded])
-    plan = plan_retention(retention, now=now, ledger=ledger, present=present)
+    ledger = Ledger(lake)
+    recorded = set(ledger.recorded_hours())
+    manifests = ledger.manifests(h for h in present.get("bronze", []) if h in recorded)
+    plan = plan_retention(retention, now=now, ledger=manifests, present=present)
     deleted = apply_retention(lake, plan)
     context.log.info(f"retention at {now.isoformat()}: deleted partitions {deleted}")
 

@@ -40,13 +40,21 @@ CHART_TO_DAGSTER = {
 """How the chart renders `runK8sConfig` into the instance's `run_k8s_config`."""
 
 
-def test_the_helm_run_queue_and_pools_are_dagster_yamls():
+def test_the_helm_run_queue_pools_and_monitoring_are_dagster_yamls():
     runs, pools = INSTANCE["concurrency"]["runs"], INSTANCE["concurrency"]["pools"]
     helm = VALUES["concurrency"]
     assert helm["enabled"] is True
     assert helm["runs"]["maxConcurrentRuns"] == runs["max_concurrent_runs"]
     assert helm["runs"]["tagConcurrencyLimits"] == runs["tag_concurrency_limits"]
     assert helm["pools"]["defaultLimit"] == pools["default_limit"]
+    monitoring, helm_monitoring = (
+        INSTANCE["run_monitoring"],
+        VALUES["dagsterDaemon"]["runMonitoring"],
+    )
+    assert helm_monitoring["enabled"] is monitoring["enabled"] is True
+    assert helm_monitoring["startTimeoutSeconds"] == monitoring["start_timeout_seconds"]
+    assert helm_monitoring["maxRuntimeSeconds"] == monitoring["max_runtime_seconds"]
+    assert helm_monitoring["pollIntervalSeconds"] == monitoring["poll_interval_seconds"]
     assert VALUES["runLauncher"]["type"] == "K8sRunLauncher"
     assert VALUES["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
 

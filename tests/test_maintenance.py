@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dagster import DagsterInstance, asset, instance_for_test, materialize
 
-from clickstream_assets.landing import hour_dir, hour_label, manifest_path
 from clickstream_assets.maintenance import (
     TIERS,
     lake_retention_job,
@@ -17,6 +16,7 @@ from clickstream_assets.maintenance import (
     plan_retention,
     purge_run_history_job,
 )
+from core.ledger import Manifest, hour_dir, manifest_path
 from core.settings import ConfigError, Retention, Settings
 from resources.clock import ClockResource
 from resources.lake import LakeResource
@@ -29,13 +29,10 @@ def h(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def manifest(ingest: str, *event_hours: str) -> dict:
-    return {
-        "ingest_hour": hour_label(h(ingest)),
-        "event_hours": {hour_label(h(e)): 1 for e in event_hours},
-        "corrected": [],
-        "partitions": {},
-    }
+def manifest(ingest: str, *event_hours: str) -> Manifest:
+    return Manifest(
+        ingest_hour=h(ingest), topic="t", partitions={}, event_hours={h(e): 1 for e in event_hours}
+    )
 
 
 LEDGER = {
@@ -78,7 +75,7 @@ def _lay_out(lake: LakeResource) -> None:
         for hour in hours:
             lake.write_bytes(f"{TIERS[tier]}/{hour_dir(hour)}/part-0000.parquet", b"x")
     for hour, entry in LEDGER.items():
-        lake.write_json(manifest_path(hour), entry)
+        lake.write_json(manifest_path(hour), entry.to_json())
 
 
 def _hours_left(lake: LakeResource, tier: str) -> list[str]:

@@ -28,12 +28,11 @@ from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
 from clickstream_assets.definitions import all_sensors
-from clickstream_assets.landing import read_manifests
 from clickstream_tools.generator import produce
+from core.ledger import Ledger, floor_hour
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from sensors.landing import landing_sensor
-from sensors.plan import floor_hour
 from tests.helpers import assert_marts_match, configured, local_env, messy_traffic
 
 pytestmark = pytest.mark.postgres
@@ -352,6 +351,7 @@ def test_a_fresh_hour_lands_first_while_a_week_is_backfilled(broker, pg_database
     in_progress = [sum(step for _, step in edges[: i + 1]) for i in range(len(edges))]
     assert max(in_progress) <= 4
     # And the fresh hour holds what was produced in it.
-    manifests = read_manifests(LakeResource(url=str(tmp_path / "lake")))
-    assert sum(m["rows"] for m in manifests.values()) == fresh.messages.num_rows
+    ledger = Ledger(LakeResource(url=str(tmp_path / "lake")))
+    manifests = ledger.manifests(ledger.recorded_hours())
+    assert sum(m.rows for m in manifests.values()) == fresh.messages.num_rows
     assert AssetKey("raw_events") in {k for r in landing for k in r.dagster_run.asset_selection}
