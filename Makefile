@@ -42,6 +42,7 @@ docs: venv
 
 bench: venv
 	$(BIN)/python benchmarks/pipeline_bench.py
+	$(BIN)/python benchmarks/collector_bench.py
 
 clean:
 	rm -rf data .dagster_home dbt_project/target

@@ -22,6 +22,7 @@ DEFAULTS = {
     "CLICKSTREAM_RETENTION_BRONZE": "forever",
     "CLICKSTREAM_RETENTION_SILVER": "forever",
     "CLICKSTREAM_RETENTION_QUARANTINE": "forever",
+    "CLICKSTREAM_COLLECTOR_ADDR": "127.0.0.1:8088",
 }
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -105,6 +106,7 @@ class Settings:
     allowed_lateness: timedelta
     dagster_home: str
     retention: Retention
+    collector_addr: str = DEFAULTS["CLICKSTREAM_COLLECTOR_ADDR"]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -136,6 +138,7 @@ class Settings:
             allowed_lateness=lateness,
             dagster_home=os.path.abspath(value["DAGSTER_HOME"]),
             retention=Retention.from_values(value),
+            collector_addr=value["CLICKSTREAM_COLLECTOR_ADDR"],
         )
 
     @property
