@@ -11,7 +11,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -254,11 +253,11 @@ def _stop_on_term(signum, frame):
 
 
 def _terminate(signum, frame):
-    """Stop catch-up at once: interrupt it, and if the run in progress swallows the interrupt,
-    exit 5 s later anyway. Every file is written then renamed and every stage is level-
-    triggered, so an exit at any line leaves only work the next catch-up finds owed."""
-    threading.Timer(5.0, os._exit, args=(128 + signum,)).start()
-    raise KeyboardInterrupt
+    """Stop catch-up at once. Every file is written then renamed and every stage is level-
+    triggered, so an exit at any line leaves only work that the next catch-up finds owed (and
+    the run it interrupted, which the next catch-up fails)."""
+    print("catch-up stopped; the next catch-up completes the work", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
 
 def _catch_up(settings: Settings, args: argparse.Namespace) -> int:
