@@ -57,9 +57,13 @@ def run_catch_up(
     instance: DagsterInstance | None = None,
     resources: dict | None = None,
     log=print,
+    verbose: bool = False,
 ) -> CatchUpReport:
     """Treat every ingest hour closed before `until` as closed and run the sensors' requests
-    (landing, late-data rebuilds, marts) until nothing is left. Idempotent."""
+    (landing, late-data rebuilds, marts) until nothing is left. Idempotent.
+
+    `log` gets one line per run; `verbose` also shows the runs' own log (Dagster's and dbt's
+    lines), which is otherwise kept for the Dagster run logs."""
     from clickstream_assets.definitions import (
         all_assets,
         all_checks,
@@ -72,6 +76,7 @@ def run_catch_up(
     instance = instance or instance_for(settings)
     bound = build_resources(settings, as_of=until) | (resources or {})
     report = CatchUpReport()
+    console_level = "DEBUG" if verbose else "WARNING"
     for _ in range(MAX_TICKS):
         # Upstream first: landing catches up fully before the late-data sensor looks, so each
         # hour is cleaned and each day built once, from everything that has landed.
@@ -90,7 +95,7 @@ def run_catch_up(
                 tags=dict(request.tags),
                 resources=bound,
                 instance=instance,
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                run_config={"loggers": {"console": {"config": {"log_level": console_level}}}},
             )
             seconds = time.perf_counter() - started
             stage = _stage(selection)

@@ -1,17 +1,9 @@
 {#- One row per restatement: a mart period rebuilt with different numbers after it was final. -#}
 {{ config(incremental_strategy='append') }}
 
-{%- set marts = [
-    'fct_daily_active_users',
-    'fct_daily_active_users_by_platform',
-    'fct_daily_title_plays',
-    'fct_daily_campaign_impressions',
-    'fct_hourly_events',
-] -%}
-
 with source as (
-    {% for mart in marts %}
-        {% if mart == 'fct_hourly_events' %}
+    {% for mart, period in var('marts').items() %}
+        {% if period == 'event_hour' %}
             select distinct
                 '{{ mart }}' as model,
                 cast(timezone('UTC', event_hour) as date) as event_date,
