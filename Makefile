@@ -33,15 +33,22 @@ browser:
 		exit 1; \
 	fi
 
+# The dbt manifest the marts are defined from, parsed once here so that test workers never
+# parse (and write it) at the same time.
+DBT_SOURCES := dbt_project/dbt_project.yml $(shell find dbt_project/models dbt_project/macros dbt_project/tests -type f)
+dbt_project/target/manifest.json: $(BIN)/clickstream $(DBT_SOURCES)
+	cd dbt_project && ../$(BIN)/dbt parse --quiet --profiles-dir .
+	touch $@
+
 # Two workers; a test file stays on one worker, so its module fixtures start once.
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 # Everything: unit, Dagster, dbt, real broker, S3 API, browser.
-test: venv browser
+test: venv browser dbt_project/target/manifest.json
 	$(PYTEST)
 
 # Unit, Dagster and dbt tests only (no broker, S3 server or browser): for iterating.
-test-fast: venv
+test-fast: venv dbt_project/target/manifest.json
 	$(PYTEST) -m "not integration"
 
 lint: venv

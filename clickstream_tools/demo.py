@@ -54,7 +54,7 @@ def _status(text: str) -> None:
 def _stage(log, name: str, what: str, seconds: float) -> None:
     if sys.stderr.isatty():
         print("\r\x1b[K", end="", file=sys.stderr, flush=True)
-    log(f"{name:<9} {what:<62} {seconds:6.1f} s")
+    log(f"{name:<9} {seconds:6.1f} s  {what}")
 
 
 def run_demo(
@@ -171,8 +171,11 @@ def _catch_up_lines(pipe: dict, report: CatchUpReport) -> dict[str, str]:
     for run in report.runs:
         runs[run["stage"]] = runs.get(run["stage"], 0) + 1
 
+    def plural(count: int, noun: str) -> str:
+        return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
     def counted(stage: str) -> str:
-        return f"{runs[stage]} run{'s' if runs[stage] != 1 else ''}"
+        return plural(runs[stage], "run")
 
     quarantined = sum(pipe["quarantined"].values())
     return {
@@ -181,7 +184,7 @@ def _catch_up_lines(pipe: dict, report: CatchUpReport) -> dict[str, str]:
         "cleaning": f"{pipe['clean_events']:,} events in {pipe['event_hours_cleaned']} event "
         f"hours ({pipe['duplicates_removed']:,} duplicates, {quarantined:,} quarantined)"
         f", {counted('cleaning')}",
-        "marts": f"{pipe['mart_days']} days of marts, {counted('marts')}",
+        "marts": f"{plural(pipe['mart_days'], 'day')} of marts, {counted('marts')}",
     }
 
 

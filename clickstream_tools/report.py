@@ -232,7 +232,7 @@ def write_report(settings: Settings, lake: LakeResource, summary: dict, path: Pa
 <html lang="en"><head><meta charset="utf-8"><title>Clickstream demo {summary["day"]}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
-main {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(660px, 1fr)); gap: 1rem; }}
+main {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(600px, 1fr)); gap: 1rem; }}
 figure {{ margin: 0; border: 1px solid #ddd; border-radius: 6px; padding: .5rem; }}
 figcaption {{ font-weight: 600; margin-bottom: .3rem; }}
 figure svg {{ width: 100%; height: auto; }}
