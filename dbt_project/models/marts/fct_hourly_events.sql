@@ -1,6 +1,5 @@
-{%- set day_filter = "event_hour >= " ~ day_start_literal()
-    ~ " and event_hour < " ~ day_start_literal() ~ " + interval 1 day" -%}
-{{ mart_head(predicate=day_filter) }},
+{%- set day_filter = day_partition_filter('event_hour') -%}
+{{ mart_head() }},
 
 aggregated as (
     select

@@ -3,34 +3,24 @@
 
 with source as (
     {% for mart, period in var('marts').items() %}
-        {% if period == 'event_hour' %}
-            select distinct
-                '{{ mart }}' as model,
+        select distinct
+            '{{ mart }}' as model,
+            {% if period == 'event_hour' %}
                 cast(timezone('UTC', event_hour) as date) as event_date,
                 event_hour,
                 event_hour + interval 1 hour as period_end,
-                revision,
-                computed_at as revised_at
-            from {{ ref(mart) }}
-            where
-                event_hour >= {{ day_start_literal() }}
-                and event_hour < {{ day_start_literal() }} + interval 1 day
-                and revision >= 2
-                and computed_at = {{ as_of_literal() }}
-        {% else %}
-            select distinct
-                '{{ mart }}' as model,
+            {% else %}
                 event_date,
                 cast(null as timestamptz) as event_hour,
                 timezone('UTC', cast(event_date as timestamp)) + interval 1 day as period_end,
-                revision,
-                computed_at as revised_at
-            from {{ ref(mart) }}
-            where
-                event_date = {{ event_date_literal() }}
-                and revision >= 2
-                and computed_at = {{ as_of_literal() }}
-        {% endif %}
+            {% endif %}
+            revision,
+            computed_at as revised_at
+        from {{ ref(mart) }}
+        where
+            {{ day_partition_filter(period) }}
+            and revision >= 2
+            and computed_at = {{ as_of_literal() }}
         {% if not loop.last %}union all{% endif %}
     {% endfor %}
 ),
