@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: venv browser test test-fast lint demo ui docs bench clean
+.PHONY: venv browser postgres test test-fast lint demo ui docs bench clean
 
 $(BIN)/clickstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,13 +43,17 @@ dbt_project/target/manifest.json: $(BIN)/clickstream $(DBT_SOURCES)
 # Two workers; a test file stays on one worker, so its module fixtures start once.
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
-# Everything: unit, Dagster, dbt, real broker, S3 API, browser.
-test: venv browser dbt_project/target/manifest.json
+# Everything: unit, Dagster, dbt, real broker, S3 API, Postgres, browser.
+test: venv browser postgres dbt_project/target/manifest.json
 	$(PYTEST)
 
 # Unit, Dagster and dbt tests only (no broker, S3 server or browser): for iterating.
 test-fast: venv dbt_project/target/manifest.json
 	$(PYTEST) -m "not integration"
+
+# PostgreSQL 15 for the `postgres` tests (Dagster's instance storage); idempotent, needs root.
+postgres:
+	bash deploy/postgres-setup.sh
 
 lint: venv
 	$(BIN)/ruff format --check .
@@ -68,6 +72,7 @@ docs: venv
 
 bench: venv
 	$(BIN)/python benchmarks/pipeline_bench.py
+	$(BIN)/python benchmarks/collector_bench.py
 
 clean:
 	rm -rf data .dagster_home dbt_project/target

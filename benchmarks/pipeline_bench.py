@@ -13,8 +13,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from clickstream_assets.cleaning import clean_hour
-from clickstream_assets.landing import land_hours, read_manifests
+from clickstream_assets.landing import land_hours
 from clickstream_tools.generator import TrafficSpec, generate
+from core.ledger import Ledger
 from resources.kafka import InMemoryKafka, KafkaResource
 from resources.lake import LakeResource
 from sensors.plan import closed_hours
@@ -84,24 +85,24 @@ def main() -> None:
     hours = closed_hours(DAY, until, limit=1000)
     with PeakMemory() as memory:
         started = time.perf_counter()
-        land_hours(log, lake, hours, now=until)
+        land_hours(log, lake, hours, now=until, first_instant=DAY)
         seconds = time.perf_counter() - started
     print(
         f"landing:  {messages / seconds:10,.0f} events/s  ({seconds:.1f} s for {len(hours)} "
         f"ingest hours, peak +{memory.above_start_mib:,.0f} MiB)"
     )
 
-    manifests = read_manifests(lake)
-    event_hours = sorted(
-        {
-            datetime.strptime(h, "%Y-%m-%dT%H").replace(tzinfo=UTC)
-            for m in manifests.values()
-            for h in m["event_hours"]
-        }
-    )
+    ledger = Ledger(lake)
+    recorded = set(ledger.recorded_hours())  # one listing for every hour, as the asset does
+    event_hours = sorted({h for m in ledger.manifests(recorded).values() for h in m.event_hours})
     with PeakMemory() as memory:
         started = time.perf_counter()
-        cleaned = sum(clean_hour(lake, hour, manifests)["bronze_rows"] for hour in event_hours)
+        cleaned = sum(
+            clean_hour(
+                lake, hour, first_instant=DAY, now=until, recorded=recorded
+            ).stamp.bronze_rows
+            for hour in event_hours
+        )
         seconds = time.perf_counter() - started
     print(
         f"cleaning: {cleaned / seconds:10,.0f} events/s  ({seconds:.1f} s for {len(event_hours)} "

@@ -6,6 +6,7 @@ from dagster import AssetSpec, Definitions, FreshnessPolicy, apply_freshness_pol
 
 from clickstream_assets import checks
 from clickstream_assets.assets import events, kafka_topic, raw_events
+from clickstream_assets.maintenance import maintenance_schedules
 from clickstream_assets.marts import marts
 from core.settings import Settings, load
 from partitions import allowed_lateness
@@ -15,11 +16,11 @@ from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.warehouse import warehouse_resource
 from sensors.landing import landing_sensor
-from sensors.late_data import build_late_data_sensor
+from sensors.reconcile import build_reconcile_sensor
 
 all_assets = [kafka_topic, raw_events, events, marts]
 all_checks = checks.all_checks
-all_sensors = [landing_sensor, build_late_data_sensor(list(marts.keys))]
+all_sensors = [landing_sensor, build_reconcile_sensor(list(marts.keys))]
 
 
 def hourly_freshness(lateness: timedelta) -> FreshnessPolicy:
@@ -68,5 +69,6 @@ defs = Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     sensors=all_sensors,
+    schedules=maintenance_schedules,
     resources=build_resources(load()),
 ).map_resolved_asset_specs(func=with_freshness)

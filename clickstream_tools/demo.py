@@ -15,7 +15,6 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetKey, DagsterInstance
 
-from clickstream_assets.landing import read_manifests
 from clickstream_tools.catchup import CatchUpReport, instance_for, run_catch_up
 from clickstream_tools.generator import (
     TrafficSpec,
@@ -25,6 +24,7 @@ from clickstream_tools.generator import (
     write_expected_marts,
 )
 from clickstream_tools.report import lake_frame, warehouse_frame, write_report
+from core.ledger import Ledger
 from core.settings import Settings
 from resources.broker import EmbeddedBroker, answers_metadata
 from resources.kafka import KafkaResource, KafkaUnavailable
@@ -238,7 +238,8 @@ def summarize(
     day: date,
 ) -> dict:
     """What the marts say and what the pipeline did, read from what it wrote."""
-    manifests = read_manifests(lake)
+    ledger = Ledger(lake)
+    manifests = ledger.manifests(ledger.recorded_hours())
     cleaned = _latest_metadata(instance, "events")
     quarantined = warehouse_frame(
         settings,
@@ -267,7 +268,7 @@ def summarize(
         "top_campaigns": campaigns.to_dicts(),
         "pipeline": {
             "ingest_hours_landed": len(manifests),
-            "landed_rows": sum(m["rows"] for m in manifests.values()),
+            "landed_rows": sum(m.rows for m in manifests.values()),
             "event_hours_cleaned": len(cleaned),
             "clean_events": sum(int(m.get("events", 0)) for m in cleaned.values()),
             "duplicates_removed": sum(int(m.get("duplicates", 0)) for m in cleaned.values()),

@@ -15,6 +15,11 @@ import pyarrow as pa
 import pytest
 
 from core.contract import parse_events
+from tests.helpers import to_ms
+
+# The first partition (CLICKSTREAM_START_DATE's first instant): before every event time below,
+# so that no test trips the start-date rule by accident.
+START = datetime(2024, 1, 1, tzinfo=UTC)
 
 # The collector's receive time used unless a test needs another one: later than every device
 # time below, so that no test trips the future-clock rule by accident.
@@ -29,15 +34,11 @@ VALID = {
 }
 
 
-def ms(instant: datetime) -> int:
-    return int(instant.timestamp() * 1000)
-
-
 def records(values: list[bytes | None], received: datetime | list[datetime] = RECEIVED):
     stamps = received if isinstance(received, list) else [received] * len(values)
     return pa.table(
         {
-            "kafka_timestamp": pa.array([ms(s) for s in stamps], pa.int64()).cast(
+            "kafka_timestamp": pa.array([to_ms(s) for s in stamps], pa.int64()).cast(
                 pa.timestamp("ms", tz="UTC")
             ),
             "value": pa.array(values, pa.binary()),
@@ -50,7 +51,7 @@ def encode(event: dict) -> bytes:
 
 
 def parse_one(value: bytes | None, received: datetime = RECEIVED) -> dict:
-    rows = parse_events(records([value], received)).to_pylist()
+    rows = parse_events(records([value], received), start=START).to_pylist()
     assert len(rows) == 1
     return rows[0]
 
@@ -190,9 +191,8 @@ def test_ad_impression_with_a_campaign_id_is_valid():
     [
         ("user_id", 5),
         ("user_id", {"id": 5}),
+        ("user_id", False),
         ("session_id", ["s"]),
-        ("platform", 7),
-        ("platform", None),
         ("ad_id", True),
         ("page", 3.5),
         ("app_version", 12),
@@ -206,13 +206,20 @@ def test_ad_impression_with_a_campaign_id_is_valid():
         ("campaign_id", False),  # optional for a click
     ],
 )
-def test_optional_fields_with_wrong_types_do_not_invalidate(name, value):
-    assert parse_one(encode(event(**{name: value})))["reason"] is None
+def test_optional_fields_with_wrong_types_are_invalid(name, value):
+    # `user_id: false` is not a user. (A wrong-typed platform is `other`, still valid: see
+    # test_platform_normalisation.)
+    assert parse_one(encode(event(**{name: value})))["reason"] == f"wrong_type:{name}"
+
+
+@pytest.mark.parametrize("name", ["user_id", "session_id", "position_ms", "properties"])
+def test_optional_fields_may_be_null(name):
+    assert parse_one(encode(event(**{name: None})))["reason"] is None
 
 
 def test_optional_wrong_types_are_not_taken_as_values():
     row = parse_one(encode(event(position_ms="abc", schema_version="two", properties=[1])))
-    assert row["reason"] is None
+    assert row["reason"] == "wrong_type:position_ms"
     assert row["position_ms"] is None
     assert row["schema_version"] == 1
     assert row["properties"] is None
@@ -241,7 +248,7 @@ def test_each_row_keeps_its_own_reason_and_order():
         encode(event(event_type="play")),
         encode(event(event_id="evt-2")),
     ]
-    reasons = parse_events(records(values)).column("reason").to_pylist()
+    reasons = parse_events(records(values), start=START).column("reason").to_pylist()
     assert reasons == [None, "null_value", "not_json", "missing_title_id", None]
 
 
@@ -356,6 +363,19 @@ def test_future_clock_rule(text, corrected, event_time):
     assert row["event_hour"] == event_time.replace(minute=0, second=0, microsecond=0)
 
 
+@pytest.mark.parametrize(
+    ("event_time", "received", "reason"),
+    [
+        ("2023-12-31T23:59:59.999999Z", RECEIVED, "before_start_date"),
+        ("2024-01-01T01:00:00+01:00", RECEIVED, None),  # exactly the start
+        # A device clock in the future takes the receive time, and that decides.
+        ("2030-01-01T00:00:00Z", utc(2023, 12, 31, 23), "before_start_date"),
+    ],
+)
+def test_events_before_the_start_date_are_invalid(event_time, received, reason):
+    assert parse_one(encode(event(event_time=event_time)), received)["reason"] == reason
+
+
 def test_future_clock_one_microsecond_over_is_corrected():
     row = parse_one(encode(event(event_time="2026-11-27T12:03:00.000001Z")), received=K)
     assert row["clock_corrected"] is True
@@ -364,7 +384,7 @@ def test_future_clock_one_microsecond_over_is_corrected():
 
 def test_future_clock_uses_each_rows_own_receive_time():
     values = [encode(event(event_time="2026-11-27T12:10:00Z"))] * 2
-    table = parse_events(records(values, [K, utc(2026, 11, 27, 12, 6)]))
+    table = parse_events(records(values, [K, utc(2026, 11, 27, 12, 6)]), start=START)
     assert table.column("clock_corrected").to_pylist() == [True, False]
     assert table.column("event_time").to_pylist() == [K, utc(2026, 11, 27, 12, 10)]
     assert table.column("event_hour").to_pylist() == [utc(2026, 11, 27, 11), utc(2026, 11, 27, 12)]
@@ -405,3 +425,105 @@ def test_platform_normalisation(platform, expected):
     row = parse_one(encode(event(platform=platform)))
     assert row["reason"] is None
     assert row["platform"] == expected
+
+
+# --- device clocks with sent_at -------------------------------------------------------------
+# K is the receive time (11:58:00). With sent_at, the device's offset K - sent_at is removed once
+# it exceeds 60 s: event_time + (K - sent_at). Each expectation below is that sum done by hand.
+
+
+@pytest.mark.parametrize(
+    ("event_time", "sent_at", "corrected", "expected"),
+    [
+        # A clock 1 h ahead: offset -59:58, so 12:50:00 - 59:58 = 11:50:02.
+        ("2026-11-27T12:50:00Z", "2026-11-27T12:57:58Z", True, utc(2026, 11, 27, 11, 50, 2)),
+        # The same instants with an offset: 13:57:58+01:00 is 12:57:58Z.
+        (
+            "2026-11-27T13:50:00+01:00",
+            "2026-11-27T13:57:58+01:00",
+            True,
+            utc(2026, 11, 27, 11, 50, 2),
+        ),
+        # A clock 1 h behind: offset +1:00:00.5, so 10:55:00 + 1:00:00.5 = 11:55:00.5.
+        (
+            "2026-11-27T10:55:00Z",
+            "2026-11-27T10:57:59.500Z",
+            True,
+            utc(2026, 11, 27, 11, 55, 0, 500_000),
+        ),
+        # Exactly 60 s: the deadband, the event time is kept to the microsecond.
+        (
+            "2026-11-27T11:56:30.123456Z",
+            "2026-11-27T11:57:00Z",
+            False,
+            utc(2026, 11, 27, 11, 56, 30, 123_456),
+        ),
+        ("2026-11-27T11:59:10Z", "2026-11-27T11:59:00Z", False, utc(2026, 11, 27, 11, 59, 10)),
+        # 60.001 s: corrected, 11:56:00 + 60.001 s = 11:57:00.001.
+        (
+            "2026-11-27T11:56:00Z",
+            "2026-11-27T11:56:59.999Z",
+            True,
+            utc(2026, 11, 27, 11, 57, 0, 1_000),
+        ),
+        # sent_at within the deadband overrides the future-clock rule: 32 min ahead is kept.
+        ("2026-11-27T12:30:00Z", "2026-11-27T11:58:10Z", False, utc(2026, 11, 27, 12, 30)),
+        # An old event sent now by a correct clock (an offline queue): kept.
+        ("2026-11-20T08:00:00Z", "2026-11-27T11:57:59Z", False, utc(2026, 11, 20, 8)),
+    ],
+)
+def test_sent_at_removes_the_device_offset(event_time, sent_at, corrected, expected):
+    row = parse_one(encode(event(event_time=event_time, sent_at=sent_at)), received=K)
+    assert row["reason"] is None
+    assert row["clock_corrected"] is corrected
+    assert row["event_time"] == expected
+    assert row["event_hour"] == expected.replace(minute=0, second=0, microsecond=0)
+
+
+def test_sent_at_correction_records_the_hour_the_device_claimed():
+    row = parse_one(
+        encode(event(event_time="2026-11-27T12:50:00Z", sent_at="2026-11-27T12:57:58Z")), K
+    )
+    assert row["event_hour"] == utc(2026, 11, 27, 11)
+    assert row["device_hour"] == utc(2026, 11, 27, 12)
+
+
+def test_sent_at_uses_each_rows_own_receive_time_and_sent_at():
+    # Two tries of one event from a clock 1 h ahead, 10 min apart, each stamped when sent:
+    # 12:50 - (12:57:58 - 11:58:00) = 11:50:02 and 12:50 - (13:08:01 - 12:08:00.25) = 11:49:59.25.
+    values = [
+        encode(event(event_time="2026-11-27T12:50:00Z", sent_at="2026-11-27T12:57:58Z")),
+        encode(event(event_time="2026-11-27T12:50:00Z", sent_at="2026-11-27T13:08:01Z")),
+    ]
+    table = parse_events(records(values, [K, utc(2026, 11, 27, 12, 8, 0, 250_000)]), start=START)
+    assert table.column("clock_corrected").to_pylist() == [True, True]
+    assert table.column("event_time").to_pylist() == [
+        utc(2026, 11, 27, 11, 50, 2),
+        utc(2026, 11, 27, 11, 49, 59, 250_000),
+    ]
+
+
+def test_a_null_sent_at_is_absent_and_the_future_clock_rule_applies():
+    row = parse_one(encode(event(event_time="2027-01-01T00:00:00Z", sent_at=None)), K)
+    assert row["reason"] is None
+    assert row["clock_corrected"] is True
+    assert row["event_time"] == K
+
+
+@pytest.mark.parametrize(
+    "sent_at",
+    [123, 1.5, True, {}, [], "yesterday", "2026-02-30T10:00:00Z", "2026-11-27T11:58:00", ""],
+)
+def test_a_wrong_typed_or_unparseable_sent_at_is_quarantined(sent_at):
+    row = parse_one(encode(event(sent_at=sent_at)), K)
+    assert row["reason"] == "wrong_type:sent_at"
+    assert row["clock_corrected"] is False
+
+
+def test_an_invalid_event_with_sent_at_is_not_marked_corrected():
+    value = encode(
+        event(event_type="nope", event_time="2026-11-27T12:50:00Z", sent_at="2026-11-27T12:57:58Z")
+    )
+    row = parse_one(value, K)
+    assert row["reason"] == "unknown_event_type"
+    assert row["clock_corrected"] is False
