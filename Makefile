@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: venv postgres test lint demo ui docs bench clean
+.PHONY: venv browser postgres test test-fast lint demo ui docs bench clean
 
 $(BIN)/clickstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,17 +19,47 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
+# Debian's chromium drives the browser tests: installed when missing (as root with apt-get),
+# else one line says what to run.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the browser tests (apt-get)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq; apt-get install -y -qq chromium >/dev/null; \
+		command -v chromium >/dev/null 2>&1 || { echo "chromium did not install: run 'apt-get install -y chromium'"; exit 1; }; \
+	else \
+		echo "the browser tests need headless Chromium: run 'sudo apt-get install -y chromium' (or 'make test-fast' to skip them)"; \
+		exit 1; \
+	fi
+
+# The dbt manifest the marts are defined from, parsed once here so that test workers never
+# parse (and write it) at the same time.
+DBT_SOURCES := dbt_project/dbt_project.yml $(shell find dbt_project/models dbt_project/macros dbt_project/tests -type f)
+dbt_project/target/manifest.json: $(BIN)/clickstream $(DBT_SOURCES)
+	cd dbt_project && ../$(BIN)/dbt parse --quiet --profiles-dir .
+	touch $@
+
+# Two workers; a test file stays on one worker, so its module fixtures start once.
+PYTEST := $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile
+
+# Everything: unit, Dagster, dbt, real broker, S3 API, Postgres, browser.
+test: venv browser postgres dbt_project/target/manifest.json
+	$(PYTEST)
+
+# Unit, Dagster and dbt tests only (no broker, S3 server or browser): for iterating.
+test-fast: venv dbt_project/target/manifest.json
+	$(PYTEST) -m "not integration"
+
 # PostgreSQL 15 for the `postgres` tests (Dagster's instance storage); idempotent, needs root.
 postgres:
 	bash deploy/postgres-setup.sh
 
-test: venv postgres
-	$(BIN)/pytest -q -p no:cacheprovider
-
 lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	cd dbt_project && ../$(BIN)/sqlfluff lint models
+	# dbt compiles against a warehouse; an in-memory one keeps lint independent of data/.
+	cd dbt_project && CLICKSTREAM_WAREHOUSE=:memory: ../$(BIN)/sqlfluff lint models
 
 demo: venv $(DAGSTER_HOME)/dagster.yaml
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/clickstream demo

@@ -101,9 +101,13 @@ def run_catch_up(
     instance: DagsterInstance | None = None,
     resources: dict | None = None,
     log=print,
+    verbose: bool = False,
 ) -> CatchUpReport:
     """Treat every ingest hour closed before `until` as closed and run the sensors' requests
-    (landing, the rebuilds the ledger owes, marts) until nothing is left. Idempotent."""
+    (landing, the rebuilds the ledger owes, marts) until nothing is left. Idempotent.
+
+    `log` gets one line per run; `verbose` also shows the runs' own log (Dagster's and dbt's
+    lines), which is otherwise kept for the Dagster run logs."""
     from clickstream_assets.definitions import (
         all_assets,
         all_checks,
@@ -118,6 +122,7 @@ def run_catch_up(
     bound = build_resources(settings, as_of=until) | (resources or {})
     owner = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     report = CatchUpReport()
+    console_level = "DEBUG" if verbose else "WARNING"
     previous: list = []
     for _ in range(MAX_TICKS):
         # Upstream first: landing catches up fully before the reconcile sensor looks, so each
@@ -144,7 +149,7 @@ def run_catch_up(
                     tags=dict(request.tags) | owner,
                     resources=bound,
                     instance=instance,
-                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                    run_config={"loggers": {"console": {"config": {"log_level": console_level}}}},
                 ).result()
             seconds = time.perf_counter() - started
             stage = _stage(selection)

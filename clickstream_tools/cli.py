@@ -14,10 +14,13 @@ import sys
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from core.settings import ConfigError, Settings, load
 from resources.kafka import KafkaUnavailable
 from resources.lake import LakeUnavailable
+
+START_DATE = "CLICKSTREAM_START_DATE"
 
 
 def _moment(text: str) -> datetime:
@@ -87,10 +90,16 @@ def _parser() -> argparse.ArgumentParser:
 
     catch_up = commands.add_parser("catch-up", help="land and build every closed hour, headless")
     catch_up.add_argument("--until", type=_moment, help="treat hours before this as closed")
+    catch_up.add_argument(
+        "--verbose", action="store_true", help="also show each run's own log (Dagster, dbt)"
+    )
 
     demo = commands.add_parser("demo", help="broker, a day of traffic, catch-up and a report")
     demo.add_argument("--events", type=int, default=1_000_000, help="events (default 1,000,000)")
     demo.add_argument("--day", type=_moment, help="the UTC day to generate (default: 2 days ago)")
+    demo.add_argument(
+        "--verbose", action="store_true", help="also show each run and its log (Dagster, dbt)"
+    )
     return parser
 
 
@@ -266,14 +275,23 @@ def _catch_up(settings: Settings, args: argparse.Namespace) -> int:
     # `kill` (SIGTERM) stops catch-up at once; the next catch-up fails the interrupted run,
     # frees its slots and does what the stamps say is still owed.
     signal.signal(signal.SIGTERM, _terminate)
-    run_catch_up(settings, until=args.until or datetime.now(UTC))
+    run_catch_up(settings, until=args.until or datetime.now(UTC), verbose=args.verbose)
     return 0
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from clickstream_tools.demo import run_demo
+    # Default: two days ago (UTC), so the day, its late arrivals and its watermark are past.
+    day = args.day.date() if args.day else datetime.now(UTC).date() - timedelta(days=2)
+    if not os.environ.get(START_DATE):
+        # The demo's partitions start at its day, so that the UI shows that day, not months of
+        # missing partitions; set before Dagster's definitions are imported.
+        os.environ[START_DATE] = day.isoformat()
+        settings = load()
+    from clickstream_tools.demo import record_setting, run_demo
 
-    run_demo(settings, events=args.events, day=args.day.date() if args.day else None)
+    # `dagster dev` (make ui) loads .env from this directory: the UI sees the same start date.
+    record_setting(Path(".env"), START_DATE, settings.start_date.isoformat())
+    run_demo(settings, events=args.events, day=day, verbose=args.verbose)
     return 0
 
 

@@ -23,20 +23,14 @@ from clickstream_assets.cleaning import SILVER_SCHEMA
 from clickstream_assets.marts import dbt_vars, marts, resolve_as_of
 from core.ledger import HOUR, Ledger, Manifest
 from core.settings import Settings
+from core.warehouse import MARTS as CONTRACT_MARTS
 from partitions import AS_OF_TAG
 from resources.clock import parse_instant
 from resources.dbt import DBT_PROJECT_DIR, dbt_executable, dbt_resource
 from resources.lake import LakeResource
 from resources.warehouse import read_table, warehouse_resource
 
-MARTS = [
-    "fct_daily_active_users",
-    "fct_daily_active_users_by_platform",
-    "fct_daily_title_plays",
-    "fct_daily_campaign_impressions",
-    "fct_hourly_events",
-    "mart_revisions",
-]
+MARTS = [*CONTRACT_MARTS, "mart_revisions"]
 
 
 def utc(text: str) -> datetime:
@@ -68,6 +62,8 @@ LATE_DAY1_HOUR10 = [
     ("e14", "page_view", "2026-03-10 10:14", "d9", "u9", "web", None, None),
 ]
 LATE_INGEST_HOUR = "2026-03-11 05:00"
+# A day whose only hour holds no valid event (everything in it was quarantined).
+EMPTY_DAY, EMPTY_HOUR = "2026-03-12", "hour=03"
 
 
 def write_silver(lake: Path, rows: list[tuple], *, part: int = 0, ingest_hour: str | None = None):
@@ -130,6 +126,9 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     write_silver(lake, DAY1_HOUR05)
     write_silver(lake, DAY1_HOUR10)
     write_silver(lake, DAY2_HOUR01)
+    empty = lake / "silver" / "events" / f"date={EMPTY_DAY}" / EMPTY_HOUR
+    empty.mkdir(parents=True)
+    pq.write_table(SILVER_SCHEMA.empty_table(), empty / "part-0000.parquet")
     result = Scenario()
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
@@ -170,6 +169,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
         # After the day's watermark (2026-03-11 03:00): same numbers, now final.
         build("final", "2026-03-10", "2026-03-11T04:00:00Z")
         build("day2", "2026-03-11", "2026-03-12T04:00:00+00:00", by_config=True)
+        build("empty", EMPTY_DAY, "2026-03-13T04:00:00Z")
         write_silver(lake, LATE_DAY1_HOUR10, part=1, ingest_hour=LATE_INGEST_HOUR)
         build("restated", "2026-03-10", "2026-03-11T06:00:00Z")
         build("unchanged", "2026-03-10", "2026-03-11T07:00:00Z")
@@ -237,6 +237,23 @@ def test_second_day_is_its_own_partition(scenario: Scenario):
     ]
     # as_of came from run config: after the watermark, so final
     assert rows(frame, ["revision", "is_final"]) == [(1, True)]
+
+
+def test_a_day_or_hour_without_a_valid_event_has_no_row(scenario: Scenario):
+    marts = scenario.snapshots["empty"]
+    empty_day = datetime.fromisoformat(EMPTY_DAY).date()
+    for table in CONTRACT_MARTS:
+        day_of_row = pl.col("event_hour" if table == "fct_hourly_events" else "event_date")
+        if table == "fct_hourly_events":
+            day_of_row = day_of_row.dt.date()
+        assert marts[table].filter(day_of_row == empty_day).is_empty(), table
+    assert marts["fct_daily_active_users"]["event_date"].sort().to_list() == [
+        datetime(2026, 3, 10).date(),
+        datetime(2026, 3, 11).date(),
+    ]
+    # Day 1 has events in hours 05 and 10 only, day 2 in hour 01 only.
+    hours = marts["fct_hourly_events"]["event_hour"].unique().sort().to_list()
+    assert hours == [utc("2026-03-10 05:00"), utc("2026-03-10 10:00"), utc("2026-03-11 01:00")]
 
 
 # -- finalization -----------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def test_every_invalid_message_is_quarantined(pipeline):
     invalid = traffic.truth.filter(~pl.col("valid")).height
     assert invalid > 0
     with duckdb.connect(settings.warehouse, read_only=True) as con:
-        quarantined = con.execute("select count(*) from quarantined_events").fetchone()
+        quarantined = con.execute("select count(*) from stg_quarantined_events").fetchone()
     assert quarantined == (invalid,)
 
 

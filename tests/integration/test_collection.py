@@ -144,7 +144,7 @@ def test_sdk_to_collector_to_catch_up_matches_the_expectation(broker, tmp_path):
     invalid = truth.filter(~pl.col("valid")).height
     assert invalid > 0
     with duckdb.connect(settings.warehouse, read_only=True) as con:
-        assert con.execute("select count(*) from quarantined_events").fetchone() == (invalid,)
+        assert con.execute("select count(*) from stg_quarantined_events").fetchone() == (invalid,)
 
 
 # --- the broker paused ------------------------------------------------------------------------

@@ -1,19 +1,22 @@
 """The demo that `make demo` runs, on a small day: a real broker on a free port, the lake,
 warehouse and Dagster instance under tmp_path; the marts must equal the independent expectation
-and the report must hold its charts."""
+and the report must hold its charts, as a real headless Chromium renders them."""
 
 from __future__ import annotations
 
 import re
 from datetime import date
 
+import numpy as np
 import polars as pl
 import pytest
+from matplotlib.image import imread
 
 from clickstream_tools.demo import run_demo
+from clickstream_tools.report import PALETTE
 from core.settings import Settings
 from resources.broker import free_port
-from tests.helpers import assert_marts_match
+from tests.helpers import assert_marts_match, browser
 
 pytestmark = pytest.mark.integration
 
@@ -66,15 +69,44 @@ def test_the_demo_prints_a_summary(demo):
     assert "make ui" in text
 
 
+def test_the_demo_prints_one_line_per_stage(demo):
+    _, _, lines, _ = demo
+    stages = ("generate", "produce", "landing", "cleaning", "marts", "report")
+    printed = [line.split()[0] for line in lines if line.split() and line.split()[0] in stages]
+    assert printed == list(stages)
+    for line in lines:
+        if line.split() and line.split()[0] in stages:
+            assert re.match(r"\w+ +\d+\.\d s  \S", line), line  # and how long it took
+
+
 def test_the_report_holds_every_chart(demo):
     _, summary, _, root = demo
     report = root / "report" / "index.html"
     assert summary["report"] == str(report)
     page = report.read_text()
-    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
+    # Self-contained: nothing to run and nothing to fetch (SVG namespaces are names, not fetches).
+    assert "<script" not in page and "http" not in re.sub(r"http://www\.w3\.org/[\w/.]+", "", page)
     figures = re.findall(r"<figure><figcaption>(.*?)</figcaption><svg(.*?)</svg>", page, re.S)
     assert len(figures) == len(CHART_TITLES)
     for title in CHART_TITLES:
         body = next((svg for caption, svg in figures if caption.startswith(title)), None)
         assert body is not None, f"no chart {title!r}"
-        assert "<rect" in body or "<polyline" in body, f"chart {title!r} draws nothing"
+        # Bars are filled, lines stroked, in the first series' colour: the chart holds data.
+        assert PALETTE[0] in body, f"chart {title!r} draws nothing"
+
+
+def test_a_browser_renders_the_report_charts(demo):
+    _, summary, _, root = demo
+    screenshot = root / "report.png"
+    browser(
+        root, "--window-size=1400,2600", f"--screenshot={screenshot}", f"file://{summary['report']}"
+    )
+    pixels = (imread(screenshot)[..., :3] * 255).round()
+
+    def painted(colour: str) -> int:
+        rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+        return int((np.abs(pixels - rgb).max(axis=-1) <= 8).sum())
+
+    # Six charts of bars and lines in the first series' colour, two with a second series.
+    assert painted(PALETTE[0]) > 20_000
+    assert painted(PALETTE[1]) > 1_000

@@ -128,7 +128,7 @@ def test_plays_and_quarantine_reasons(built):
         ("t1", 1, 1)
     ]
     assert query(
-        built, "select reason, count(*) from quarantined_events group by reason order by reason"
+        built, "select reason, count(*) from stg_quarantined_events group by reason order by reason"
     ) == [("before_start_date", 2), ("wrong_type:user_id", 2)]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,30 +15,12 @@ from pathlib import Path
 import pytest
 
 from resources.broker import free_port
+from tests.helpers import browser
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ("raw_events", "events", "fct_daily_active_users")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--virtual-time-budget=20000",
-    "--window-size=1400,900",
-]
-
-
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    # Not a skip: CI installs it, and a UI test that silently skips proves nothing.
-    assert found, "headless Chromium is missing: apt-get install -y chromium"
-    return found
 
 
 def _get(url: str) -> bytes:
@@ -92,16 +73,6 @@ def webserver(tmp_path_factory):
         log.close()
 
 
-def _browser(root: Path, *args: str) -> subprocess.CompletedProcess:
-    profile = root / f"chromium-{time.monotonic_ns()}"
-    return subprocess.run(
-        [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-
-
 def test_the_code_location_loads_with_its_assets(webserver):
     url, _ = webserver
     query = {"query": "{ assetNodes { assetKey { path } } }"}
@@ -118,9 +89,11 @@ def test_the_code_location_loads_with_its_assets(webserver):
 
 def test_a_browser_renders_the_assets(webserver):
     url, root = webserver
-    dom = _browser(root, "--dump-dom", f"{url}/assets").stdout.decode("utf-8", "replace")
+    dom = browser(root, "--window-size=1400,900", "--dump-dom", f"{url}/assets").stdout.decode(
+        "utf-8", "replace"
+    )
     for name in ASSETS:
         assert f">{name}<" in dom, f"{name} is not on the rendered asset catalog"
     screenshot = root / "asset-graph.png"
-    _browser(root, f"--screenshot={screenshot}", f"{url}/asset-groups")
+    browser(root, "--window-size=1400,900", f"--screenshot={screenshot}", f"{url}/asset-groups")
     assert screenshot.stat().st_size > 10_000

@@ -1,28 +1,15 @@
-{{ config(incremental_predicates=[event_date_filter()]) }}
+{{ mart_head() }},
 
-with source as (
-    select * from {{ ref('stg_events') }}
-    where lake_date = {{ event_date_literal() }}
-),
-
-renamed as (
-    select
-        event_id,
-        actor_id,
-        user_id,
-        device_id
-    from source
-),
-
--- A day always gets its row, even with no events, so that its finality is on record.
+-- A day without a valid event has no row (the contract): grouping yields none.
 aggregated as (
     select
-        {{ event_date_literal() }} as event_date,
+        event_date,
         count(distinct actor_id) as active_users,
         count(distinct user_id) as logged_in_users,
         count(distinct device_id) as active_devices,
         count(event_id) as events
-    from renamed
+    from day_events
+    group by event_date
 ),
 
 {{ with_revisions(

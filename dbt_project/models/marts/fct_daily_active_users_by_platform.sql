@@ -1,24 +1,11 @@
-{{ config(incremental_predicates=[event_date_filter()]) }}
-
-with source as (
-    select * from {{ ref('stg_events') }}
-    where lake_date = {{ event_date_literal() }}
-),
-
-renamed as (
-    select
-        event_date,
-        platform,
-        actor_id
-    from source
-),
+{{ mart_head() }},
 
 aggregated as (
     select
         event_date,
         platform,
         count(distinct actor_id) as active_users
-    from renamed
+    from day_events
     group by event_date, platform
 ),
 

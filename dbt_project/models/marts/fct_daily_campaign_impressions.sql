@@ -1,19 +1,4 @@
-{{ config(incremental_predicates=[event_date_filter()]) }}
-
-with source as (
-    select * from {{ ref('stg_events') }}
-    where lake_date = {{ event_date_literal() }}
-),
-
-renamed as (
-    select
-        event_date,
-        campaign_id,
-        actor_id,
-        event_id
-    from source
-    where event_type = 'ad_impression'
-),
+{{ mart_head(event_type='ad_impression') }},
 
 aggregated as (
     select
@@ -21,7 +6,7 @@ aggregated as (
         campaign_id,
         count(event_id) as impressions,
         count(distinct actor_id) as unique_viewers
-    from renamed
+    from day_events
     group by event_date, campaign_id
 ),
 

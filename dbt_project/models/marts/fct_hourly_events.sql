@@ -1,20 +1,5 @@
-{%- set day_filter = "event_hour >= " ~ day_start_literal()
-    ~ " and event_hour < " ~ day_start_literal() ~ " + interval 1 day" -%}
-{{ config(incremental_predicates=[day_filter]) }}
-
-with source as (
-    select * from {{ ref('stg_events') }}
-    where lake_date = {{ event_date_literal() }}
-),
-
-renamed as (
-    select
-        event_hour,
-        event_type,
-        actor_id,
-        event_id
-    from source
-),
+{%- set day_filter = day_partition_filter('event_hour') -%}
+{{ mart_head() }},
 
 aggregated as (
     select
@@ -22,7 +7,7 @@ aggregated as (
         event_type,
         count(event_id) as events,
         count(distinct actor_id) as active_users
-    from renamed
+    from day_events
     group by event_hour, event_type
 ),
 

@@ -1,44 +1,26 @@
 {#- One row per restatement: a mart period rebuilt with different numbers after it was final. -#}
 {{ config(incremental_strategy='append') }}
 
-{%- set marts = [
-    'fct_daily_active_users',
-    'fct_daily_active_users_by_platform',
-    'fct_daily_title_plays',
-    'fct_daily_campaign_impressions',
-    'fct_hourly_events',
-] -%}
-
 with source as (
-    {% for mart in marts %}
-        {% if mart == 'fct_hourly_events' %}
-            select distinct
-                '{{ mart }}' as model,
+    {% for mart, period in var('marts').items() %}
+        select distinct
+            '{{ mart }}' as model,
+            {% if period == 'event_hour' %}
                 cast(timezone('UTC', event_hour) as date) as event_date,
                 event_hour,
                 event_hour + interval 1 hour as period_end,
-                revision,
-                computed_at as revised_at
-            from {{ ref(mart) }}
-            where
-                event_hour >= {{ day_start_literal() }}
-                and event_hour < {{ day_start_literal() }} + interval 1 day
-                and revision >= 2
-                and computed_at = {{ as_of_literal() }}
-        {% else %}
-            select distinct
-                '{{ mart }}' as model,
+            {% else %}
                 event_date,
                 cast(null as timestamptz) as event_hour,
                 timezone('UTC', cast(event_date as timestamp)) + interval 1 day as period_end,
-                revision,
-                computed_at as revised_at
-            from {{ ref(mart) }}
-            where
-                event_date = {{ event_date_literal() }}
-                and revision >= 2
-                and computed_at = {{ as_of_literal() }}
-        {% endif %}
+            {% endif %}
+            revision,
+            computed_at as revised_at
+        from {{ ref(mart) }}
+        where
+            {{ day_partition_filter(period) }}
+            and revision >= 2
+            and computed_at = {{ as_of_literal() }}
         {% if not loop.last %}union all{% endif %}
     {% endfor %}
 ),

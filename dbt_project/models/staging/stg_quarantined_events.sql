@@ -9,7 +9,16 @@
 
 with source as (
     {% if files %}
-        select *
+        select
+            stage,
+            reason,
+            kafka_partition,
+            kafka_offset,
+            kafka_timestamp,
+            kafka_key,
+            value,
+            ingest_hour,
+            event_hour
         from read_parquet([{{ files | join(', ') }}], union_by_name = true)
     {% else %}
         select
@@ -26,25 +35,11 @@ with source as (
     {% endif %}
 ),
 
-renamed as (
-    select
-        stage,
-        reason,
-        kafka_partition,
-        kafka_offset,
-        kafka_timestamp,
-        kafka_key,
-        value,
-        ingest_hour,
-        event_hour
-    from source
-),
-
 final as (
     select
         *,
         cast(timezone('UTC', coalesce(event_hour, ingest_hour)) as date) as quarantine_date
-    from renamed
+    from source
 )
 
 select * from final
