@@ -1,4 +1,4 @@
-{{ config(incremental_predicates=[event_date_filter()]) }}
+{{ config(meta={'partition_column': 'event_date'}) }}
 
 with source as (
     select * from {{ ref('stg_events') }}

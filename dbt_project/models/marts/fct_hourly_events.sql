@@ -1,6 +1,5 @@
-{%- set day_filter = "event_hour >= " ~ day_start_literal()
-    ~ " and event_hour < " ~ day_start_literal() ~ " + interval 1 day" -%}
-{{ config(incremental_predicates=[day_filter]) }}
+{%- set day_filter = day_partition_filter('event_hour') -%}
+{{ config(meta={'partition_column': 'event_hour'}) }}
 
 with source as (
     select * from {{ ref('stg_events') }}
