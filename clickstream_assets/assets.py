@@ -1,7 +1,8 @@
 """Landing and cleaning assets: thin shells over `landing` and `cleaning`.
 
 A run may cover a range of hours (catch-up after an outage, a backfill): both assets declare a
-single-run backfill policy so that one pass over the log or the manifests serves the whole range.
+single-run backfill policy so that one pass over the log or the ledger serves the whole range.
+Each writes the lake's ledger first; the metadata here is a view of it for the UI.
 """
 
 from datetime import UTC, datetime
@@ -11,27 +12,24 @@ from dagster import (
     AssetExecutionContext,
     AssetSpec,
     BackfillPolicy,
+    Backoff,
     MetadataValue,
     ResourceParam,
+    RetryPolicy,
     asset,
 )
 
-from clickstream_assets.cleaning import clean_hour, corrected_winners
-from clickstream_assets.landing import (
-    hour_label,
-    hours_to_rebuild,
-    land_hours,
-    parse_hour_label,
-    read_manifests,
-)
-from partitions import event_hours, ingest_hours
+from clickstream_assets.cleaning import clean_hour
+from clickstream_assets.landing import land_hours
+from core.ledger import HOUR, Ledger, Manifest, hour_label, partition_key
+from partitions import AS_OF_TAG, event_hours, first_instant, ingest_hours
 from resources.clock import parse_instant
 from resources.kafka import EventLog
 from resources.lake import LakeResource
 
-AS_OF_TAG = "clickstream/as_of"
-"""Run tag holding the clock a run works to (set by catch-up); absent means now."""
-
+TRANSIENT_RETRIES = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL)
+"""A broker or object store that blinks fails the step, not the run: the stamps make a retry
+(or the next tick) redo exactly what is owed."""
 
 kafka_topic = AssetSpec(
     "kafka_topic",
@@ -47,21 +45,31 @@ def run_clock(context: AssetExecutionContext) -> datetime:
     return parse_instant(tag) if tag else datetime.now(UTC)
 
 
-HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"
-"""How Dagster names an hourly partition."""
-
-
-def partition_key(hour: datetime) -> str:
-    return hour.strftime(HOUR_KEY_FORMAT)
-
-
-def hour_of_key(key: str) -> datetime:
-    return datetime.strptime(key, HOUR_KEY_FORMAT).replace(tzinfo=UTC)
-
-
 def hours_of(context: AssetExecutionContext | AssetCheckExecutionContext) -> list[datetime]:
     """The hours a run covers (one, or a range under the single-run backfill policy)."""
-    return [hour_of_key(key) for key in context.partition_keys]
+    window = context.partition_time_window
+    count = int((window.end - window.start) / HOUR)
+    return [window.start.astimezone(UTC) + i * HOUR for i in range(count)]
+
+
+def landing_metadata(manifest: Manifest) -> dict:
+    """A manifest as the UI shows it."""
+    return {
+        "rows": MetadataValue.int(manifest.rows),
+        "offset_ranges": MetadataValue.json(
+            {str(p): [r.start, r.end] for p, r in manifest.partitions.items()}
+        ),
+        "event_hours": MetadataValue.json(
+            {hour_label(h): n for h, n in sorted(manifest.event_hours.items())}
+        ),
+        "quarantined": MetadataValue.json(manifest.quarantined),
+        "clock_corrected": MetadataValue.int(len(manifest.corrected)),
+        "late_rows": MetadataValue.int(manifest.late_rows),
+        "future_timestamps": MetadataValue.int(manifest.future_timestamps),
+        "lost_offsets": MetadataValue.json(
+            {str(p): list(r) for p, r in manifest.lost_ranges().items()}
+        ),
+    }
 
 
 @asset(
@@ -71,30 +79,24 @@ def hours_of(context: AssetExecutionContext | AssetCheckExecutionContext) -> lis
     kinds={"kafka", "parquet"},
     deps=[kafka_topic],
     pool="landing",
+    retry_policy=TRANSIENT_RETRIES,
 )
 def raw_events(
     context: AssetExecutionContext, kafka: ResourceParam[EventLog], lake: LakeResource
 ) -> None:
     """Bronze: each ingest hour's exact Kafka offset range per partition, as received."""
-    for manifest in land_hours(kafka, lake, hours_of(context), now=run_clock(context)):
-        ranges = {p: [e["start"], e["end"]] for p, e in manifest["partitions"].items()}
+    hours = hours_of(context)
+    for manifest in land_hours(
+        kafka, lake, hours, now=run_clock(context), first_instant=first_instant
+    ):
+        lost = manifest.lost_ranges()
+        if lost:
+            context.log.error(
+                f"{hour_label(manifest.ingest_hour)}: offsets deleted before they landed, "
+                f"per partition [first, end): {lost}"
+            )
         context.add_asset_metadata(
-            {
-                "rows": MetadataValue.int(manifest["rows"]),
-                "offset_ranges": MetadataValue.json(ranges),
-                "event_hours": MetadataValue.json(manifest["event_hours"]),
-                "hours_to_rebuild": MetadataValue.json(hours_to_rebuild(manifest)),
-                "quarantined": MetadataValue.json(manifest["quarantined"]),
-                "clock_corrected": MetadataValue.int(len(manifest["corrected"])),
-                "late_rows": MetadataValue.int(
-                    sum(
-                        n
-                        for label, n in manifest["event_hours"].items()
-                        if label < manifest["ingest_hour"]
-                    )
-                ),
-            },
-            partition_key=partition_key(parse_hour_label(manifest["ingest_hour"])),
+            landing_metadata(manifest), partition_key=partition_key(manifest.ingest_hour)
         )
 
 
@@ -105,24 +107,26 @@ def raw_events(
     kinds={"polars", "parquet"},
     deps=[raw_events],
     pool="cleaning",
+    retry_policy=TRANSIENT_RETRIES,
 )
 def events(context: AssetExecutionContext, lake: LakeResource) -> None:
     """Silver: valid, deduplicated events of an event hour, rebuilt from all bronze holding it."""
-    manifests = read_manifests(lake)
-    winners = corrected_winners(manifests)  # once per run, whatever the number of hours
+    recorded = set(Ledger(lake).recorded_hours())  # one listing for the whole range
+    now = run_clock(context)
     for hour in hours_of(context):
-        stats = clean_hour(lake, hour, manifests, winners=winners)
-        context.log.info("cleaned %s: %s", hour_label(hour), stats)
+        cleaned = clean_hour(lake, hour, first_instant=first_instant, now=now, recorded=recorded)
+        stamp = cleaned.stamp
+        context.log.info(f"cleaned {hour_label(hour)}: {stamp.events} events")
         context.add_asset_metadata(
             {
-                "events": MetadataValue.int(stats["events"]),
-                "bronze_rows": MetadataValue.int(stats["bronze_rows"]),
-                "duplicates": MetadataValue.int(stats["duplicates"]),
-                "quarantined": MetadataValue.int(stats["quarantined"]),
-                "quarantined_by_reason": MetadataValue.json(stats["quarantined_by_reason"]),
-                "clock_corrected": MetadataValue.int(stats["clock_corrected"]),
-                "late_events": MetadataValue.int(stats["late_events"]),
-                "source_ingest_hours": MetadataValue.json(stats["source_ingest_hours"]),
+                "events": MetadataValue.int(stamp.events),
+                "bronze_rows": MetadataValue.int(stamp.bronze_rows),
+                "duplicates": MetadataValue.int(stamp.duplicates),
+                "quarantined": MetadataValue.int(stamp.quarantined),
+                "quarantined_by_reason": MetadataValue.json(cleaned.quarantined_by_reason),
+                "clock_corrected": MetadataValue.int(cleaned.clock_corrected),
+                "late_events": MetadataValue.int(cleaned.late_events),
+                "inputs": MetadataValue.json([hour_label(h) for h in stamp.inputs]),
             },
             partition_key=partition_key(hour),
         )

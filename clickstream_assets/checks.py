@@ -9,7 +9,7 @@ one), so per-partition check status in the UI comes only from single-partition r
 """
 
 from collections.abc import Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -17,15 +17,22 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetKey,
-    AssetRecordsFilter,
     MetadataValue,
     asset_check,
 )
 from dagster_duckdb import DuckDBResource
 
 from clickstream_assets.assets import events, hours_of, raw_events
-from clickstream_assets.cleaning import bronze_rows, cleaning_quarantine_file, events_file
-from clickstream_assets.landing import HOUR, hour_label, read_manifests, recorded_hours
+from clickstream_assets.cleaning import bronze_rows
+from core.ledger import (
+    HOUR,
+    Ledger,
+    Manifest,
+    cleaning_quarantine_file,
+    day_start,
+    events_file,
+    hour_label,
+)
 from partitions import event_days, event_hours, ingest_hours
 from resources.lake import LakeResource
 
@@ -36,7 +43,10 @@ DAILY_ACTIVE_USERS = AssetKey("fct_daily_active_users")
 
 
 def offset_range_problems(
-    hour: datetime, manifests: Mapping[datetime, dict], *, first_recorded: datetime | None = None
+    hour: datetime,
+    manifests: Mapping[datetime, Manifest],
+    *,
+    first_recorded: datetime | None = None,
 ) -> list[str]:
     """Why `hour`'s recorded ranges do not chain onto the previous hour's, if they do not.
 
@@ -46,45 +56,58 @@ def offset_range_problems(
     the previous hour must go on, and the ledger itself must have no missing hour.
     """
     manifest = manifests.get(hour)
+    label = hour_label(hour)
     if manifest is None:
-        return [f"{hour_label(hour)}: no manifest"]
+        return [f"{label}: no manifest"]
     problems = []
     previous = manifests.get(hour - HOUR)
     first = first_recorded or min(manifests)
     if previous is None and first < hour:
-        problems.append(f"{hour_label(hour)}: the ledger has no manifest for the hour before")
-    before = (previous or {}).get("partitions", {})
-    current = manifest["partitions"]
-    for p, entry in sorted(current.items(), key=lambda item: int(item[0])):
-        if entry["start"] > entry["end"]:
-            problems.append(f"{hour_label(hour)} p{p}: start {entry['start']} > end {entry['end']}")
-        if p in before and entry["start"] != before[p]["end"]:
-            kind = "gap" if entry["start"] > before[p]["end"] else "overlap"
+        problems.append(f"{label}: the ledger has no manifest for the hour before")
+    before = previous.ends if previous else {}
+    for p, entry in sorted(manifest.partitions.items()):
+        if entry.start > entry.end:
+            problems.append(f"{label} p{p}: start {entry.start} > end {entry.end}")
+        if p in before and entry.start != before[p]:
+            kind = "gap" if entry.start > before[p] else "overlap"
             problems.append(
-                f"{hour_label(hour)} p{p}: {kind}, starts at {entry['start']} but the hour "
-                f"before ended at {before[p]['end']}"
+                f"{label} p{p}: {kind}, starts at {entry.start} but the hour "
+                f"before ended at {before[p]}"
             )
-    for p in sorted(set(before) - set(current), key=int):
-        problems.append(
-            f"{hour_label(hour)} p{p}: partition missing, it was landed the hour before"
-        )
+    for p in sorted(set(before) - set(manifest.partitions)):
+        problems.append(f"{label} p{p}: partition missing, it was landed the hour before")
     return problems
 
 
-def bronze_row_problems(manifest: dict, file_rows: Mapping[str, int | None]) -> list[str]:
-    """Why the bronze files of an ingest hour do not hold exactly their ranges' records.
+def lost_offset_problems(manifest: Manifest) -> list[str]:
+    """The offsets retention deleted before they landed: events lost, named so someone can
+    look for them upstream."""
+    return [
+        f"{hour_label(manifest.ingest_hour)} p{p}: offsets {first}-{end - 1} "
+        f"({end - first} records) were deleted from the log before they landed"
+        for p, (first, end) in sorted(manifest.lost_ranges().items())
+    ]
 
-    `file_rows` maps each Kafka partition to the row count of its bronze file (None: no file).
+
+def bronze_row_problems(manifest: Manifest, file_rows: Mapping[int, int | None]) -> list[str]:
+    """Why the bronze files of an ingest hour do not hold exactly the records of their ranges.
+
+    A range is offsets, not a count: compaction and transaction markers leave offsets without a
+    record, so the manifest records the rows that existed. `file_rows` maps each Kafka
+    partition to the row count of its bronze file (None: no file).
     """
     problems = []
-    label = manifest["ingest_hour"]
-    for p, entry in sorted(manifest["partitions"].items(), key=lambda item: int(item[0])):
-        expected = entry["end"] - entry["start"]
+    label = hour_label(manifest.ingest_hour)
+    for p, entry in sorted(manifest.partitions.items()):
         rows = file_rows.get(p)
-        if rows is None and expected:
-            problems.append(f"{label} p{p}: range holds {expected} records but no bronze file")
-        elif (rows or 0) != expected:
-            problems.append(f"{label} p{p}: bronze file has {rows} rows, range holds {expected}")
+        if entry.rows > entry.end - entry.start - entry.lost:
+            problems.append(
+                f"{label} p{p}: {entry.rows} rows recorded for {entry.end - entry.start} offsets"
+            )
+        if rows is None and entry.rows:
+            problems.append(f"{label} p{p}: range holds {entry.rows} records but no bronze file")
+        elif (rows or 0) != entry.rows:
+            problems.append(f"{label} p{p}: bronze file has {rows} rows, range holds {entry.rows}")
     return problems
 
 
@@ -126,8 +149,11 @@ def event_hour_problems(
 def daily_events_problems(
     day: str, *, daily_events: int | None, hourly_events: int, silver_rows: int
 ) -> list[str]:
-    """Why a day's DAU events, the sum of its hourly events and its silver rows differ."""
+    """Why a day's DAU events, the sum of its hourly events and its silver rows differ (a day
+    without a valid event has no row)."""
     if daily_events is None:
+        if hourly_events == silver_rows == 0:
+            return []
         return [f"{day}: no fct_daily_active_users row"]
     if daily_events == hourly_events == silver_rows:
         return []
@@ -151,9 +177,10 @@ def parquet_rows(lake: LakeResource, relative: str) -> int | None:
 def _ledger(lake: LakeResource, hours: list[datetime]) -> tuple[dict, datetime | None]:
     """The manifests of `hours` and of the hour before each, and the ledger's first hour: all
     that the landing checks need, without reading the whole history."""
-    recorded = recorded_hours(lake)
+    ledger = Ledger(lake)
+    recorded = ledger.recorded_hours()
     wanted = set(recorded) & ({h for h in hours} | {h - HOUR for h in hours})
-    return read_manifests(lake, sorted(wanted)), recorded[0] if recorded else None
+    return ledger.manifests(wanted), recorded[0] if recorded else None
 
 
 def _result(problems: list[str], checked: list[str]) -> AssetCheckResult:
@@ -166,17 +193,6 @@ def _result(problems: list[str], checked: list[str]) -> AssetCheckResult:
             "problems": MetadataValue.json(problems[:100]),
         },
     )
-
-
-def _reported_duplicates(context: AssetCheckExecutionContext, partition: str) -> int | None:
-    """The `duplicates` that the latest materialization of an event hour reported."""
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=events.key, asset_partitions=[partition]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    value = records[0].asset_materialization.metadata.get("duplicates")
-    return int(value.value) if value is not None else None  # type: ignore[arg-type]
 
 
 # --- checks -----------------------------------------------------------------------------------
@@ -194,6 +210,19 @@ def offset_ranges_chain(context: AssetCheckExecutionContext, lake: LakeResource)
 
 
 @asset_check(asset=raw_events, partitions_def=ingest_hours, blocking=True)
+def no_offsets_lost(context: AssetCheckExecutionContext, lake: LakeResource):
+    """No offset of the hour's ranges was deleted by retention before it landed."""
+    hours = hours_of(context)
+    manifests, _ = _ledger(lake, hours)
+    problems = [
+        p for hour in hours if hour in manifests for p in lost_offset_problems(manifests[hour])
+    ]
+    if problems:
+        context.log.error("; ".join(problems))
+    return _result(problems, [hour_label(h) for h in hours])
+
+
+@asset_check(asset=raw_events, partitions_def=ingest_hours, blocking=True)
 def bronze_rows_match_ranges(context: AssetCheckExecutionContext, lake: LakeResource):
     """The hour's bronze files hold exactly end - start rows per Kafka partition."""
     hours = hours_of(context)
@@ -205,8 +234,8 @@ def bronze_rows_match_ranges(context: AssetCheckExecutionContext, lake: LakeReso
             problems.append(f"{hour_label(hour)}: no manifest")
             continue
         rows = {
-            p: parquet_rows(lake, entry["file"]) if entry["file"] else None
-            for p, entry in manifest["partitions"].items()
+            p: parquet_rows(lake, entry.file) if entry.file else None
+            for p, entry in manifest.partitions.items()
         }
         problems += bronze_row_problems(manifest, rows)
     return _result(problems, [hour_label(h) for h in hours])
@@ -214,12 +243,17 @@ def bronze_rows_match_ranges(context: AssetCheckExecutionContext, lake: LakeReso
 
 @asset_check(asset=events, partitions_def=event_hours, blocking=True)
 def reconciles_with_bronze(context: AssetCheckExecutionContext, lake: LakeResource):
-    """Silver + quarantined + duplicates of the event hour == its bronze rows in the manifests."""
-    manifests = read_manifests(lake)
+    """Silver + quarantined + duplicates of the event hour == its bronze rows in the manifests
+    it was built from (its stamp names them: the read is bounded by the hour's own inputs)."""
+    ledger = Ledger(lake)
     hours = hours_of(context)
     problems = []
-    for hour, key in zip(hours, context.partition_keys, strict=True):
+    for hour in hours:
         label = hour_label(hour)
+        stamp = ledger.clean_stamp(hour)
+        if stamp is None:
+            problems.append(f"{label}: no clean stamp")
+            continue
         silver_rows = parquet_rows(lake, events_file(hour))
         unique = True
         if silver_rows:
@@ -227,10 +261,10 @@ def reconciles_with_bronze(context: AssetCheckExecutionContext, lake: LakeResour
             unique = pc.count_distinct(ids).as_py() == len(ids)
         problems += event_hour_problems(
             label,
-            histogram_rows=bronze_rows(manifests, hour),
+            histogram_rows=bronze_rows(ledger.manifests(stamp.inputs).values(), hour),
             silver_rows=silver_rows,
             quarantined_rows=parquet_rows(lake, cleaning_quarantine_file(hour)),
-            duplicates=_reported_duplicates(context, key),
+            duplicates=stamp.duplicates,
             silver_ids_unique=unique,
         )
     return _result(problems, [hour_label(h) for h in hours])
@@ -250,7 +284,7 @@ def daily_events_reconcile(
     days = list(context.partition_keys)
     with warehouse.get_connection() as connection:
         for day in days:
-            start = datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=UTC)
+            start = day_start(date.fromisoformat(day))
             daily = connection.execute(
                 "select sum(events) from fct_daily_active_users where event_date = ?", [day]
             ).fetchone()
@@ -271,6 +305,7 @@ def daily_events_reconcile(
 
 all_checks = [
     offset_ranges_chain,
+    no_offsets_lost,
     bronze_rows_match_ranges,
     reconciles_with_bronze,
     daily_events_reconcile,

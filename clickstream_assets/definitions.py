@@ -15,11 +15,11 @@ from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.warehouse import warehouse_resource
 from sensors.landing import landing_sensor
-from sensors.late_data import build_late_data_sensor
+from sensors.reconcile import build_reconcile_sensor
 
 all_assets = [kafka_topic, raw_events, events, marts]
 all_checks = checks.all_checks
-all_sensors = [landing_sensor, build_late_data_sensor(list(marts.keys))]
+all_sensors = [landing_sensor, build_reconcile_sensor(list(marts.keys))]
 
 
 def hourly_freshness(lateness: timedelta) -> FreshnessPolicy:

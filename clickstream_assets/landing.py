@@ -8,6 +8,7 @@ changes; a re-run reads the recorded range and rewrites the same bytes.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from collections import Counter
@@ -21,15 +22,25 @@ from functools import partial
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.contract import UNREADABLE_REASONS, parse_events
+from core.contract import LANDING_REASONS, parse_events
+from core.ledger import (
+    HOUR,
+    HOUR_LABEL_FORMAT,
+    Ledger,
+    Manifest,
+    bronze_file,
+    hour_label,
+    landing_quarantine_file,
+)
 from resources.kafka import RECORD_SCHEMA, EventLog
 from resources.lake import LakeResource
 
-HOUR = timedelta(hours=1)
+log = logging.getLogger(__name__)
+
 ROW_GROUP_ROWS = 100_000
 """Fixed row-group size: bounds memory and makes a re-run write identical bytes."""
-
-MANIFESTS = "bronze/_manifests"
+FUTURE_TIMESTAMP_TOLERANCE = timedelta(minutes=5)
+"""A Kafka timestamp this far past the wall clock when read cannot be a receive time."""
 
 BRONZE_SCHEMA = pa.schema(
     [
@@ -37,9 +48,11 @@ BRONZE_SCHEMA = pa.schema(
         ("ingest_hour", pa.timestamp("us", tz="UTC")),
         ("event_hour", pa.timestamp("us", tz="UTC")),
         ("dedup_bucket", pa.uint8()),
+        ("event_id", pa.string()),
     ]
 )
-"""As received, plus where cleaning will look for it: the event hour and the dedup bucket."""
+"""As received, plus where cleaning will look for it: the event hour, the dedup bucket, and the
+event_id (so that copies in other hours are found without parsing their values)."""
 QUARANTINE_SCHEMA = pa.schema(
     [
         ("stage", pa.string()),
@@ -51,49 +64,6 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
-HOUR_LABEL_FORMAT = "%Y-%m-%dT%H"
-"""How the lake names an hour (manifest files, histograms)."""
-
-
-def hour_label(hour: datetime) -> str:
-    return hour.strftime(HOUR_LABEL_FORMAT)
-
-
-def parse_hour_label(label: str) -> datetime:
-    return datetime.strptime(label, HOUR_LABEL_FORMAT).replace(tzinfo=UTC)
-
-
-def hour_dir(hour: datetime) -> str:
-    return hour.strftime("date=%Y-%m-%d/hour=%H")
-
-
-def bronze_file(hour: datetime, partition: int) -> str:
-    return f"bronze/{hour_dir(hour)}/partition={partition}.parquet"
-
-
-def landing_quarantine_file(hour: datetime, partition: int) -> str:
-    return f"quarantine/landing/{hour_dir(hour)}/partition={partition}.parquet"
-
-
-def manifest_path(hour: datetime) -> str:
-    return f"{MANIFESTS}/{hour_label(hour)}.json"
-
-
-def recorded_hours(lake: LakeResource) -> list[datetime]:
-    """The ingest hours that have a manifest, oldest first: one listing, no manifest read."""
-    return [
-        parse_hour_label(name.removesuffix(".json"))
-        for name in lake.list(MANIFESTS)
-        if name.endswith(".json") and not name.startswith(".")  # skip in-flight temporaries
-    ]
-
-
-def read_manifests(lake: LakeResource, hours: list[datetime] | None = None) -> dict[datetime, dict]:
-    """The recorded manifests of `hours` (default: every one), keyed by hour: the ledger."""
-    wanted = recorded_hours(lake) if hours is None else hours
-    return {hour: lake.read_json(manifest_path(hour)) for hour in wanted}
-
-
 def first_at_or_after(timestamps: pa.Array, instant: datetime) -> int:
     """Index of the first timestamp at or after `instant`, or len(timestamps) if none is."""
     mask = pc.greater_equal(timestamps, pa.scalar(instant, timestamps.type))
@@ -101,13 +71,22 @@ def first_at_or_after(timestamps: pa.Array, instant: datetime) -> int:
     return len(timestamps) if index < 0 else index
 
 
-def chained_starts(
-    previous: dict | None, partitions: list[int], beginning: dict[int, int]
-) -> dict[int, int]:
-    """Start offsets for the hour after `previous`: its ends, or the log's beginning for a
-    partition it does not know (the first hour, or a partition added since)."""
-    recorded = previous["partitions"] if previous else {}
-    return {p: recorded[str(p)]["end"] if str(p) in recorded else beginning[p] for p in partitions}
+def cut_timestamps(
+    timestamps: pa.Array, *, carry: datetime, now: datetime
+) -> tuple[pa.Array, pa.Array]:
+    """The timestamps that cut ranges, and which were in the future: a timestamp later than
+    `now` + 5 min counts as the one before it (`carry` before the first), so one bad clock never
+    stalls a partition."""
+    limit = pa.scalar(now + FUTURE_TIMESTAMP_TOLERANCE, timestamps.type)
+    future = pc.fill_null(pc.greater(timestamps, limit), False)
+    kept = pc.fill_null_forward(pc.if_else(future, pa.nulls(1, timestamps.type)[0], timestamps))
+    return pc.fill_null(kept, pa.scalar(carry, timestamps.type)), future
+
+
+def first_offset_at_or_after(offsets: pa.Array, end: int) -> int:
+    """Index of the first offset at or after `end` (a recorded range's end), or len(offsets)."""
+    index = pc.index(pc.greater_equal(offsets, end), True).as_py()
+    return len(offsets) if index < 0 else index
 
 
 @dataclass
@@ -118,7 +97,10 @@ class _Sink:
     hour: datetime
     partition: int
     start: int
+    first_instant: datetime
+    lost: tuple[int, int] = (0, 0)
     rows: int = 0
+    future_timestamps: int = 0
     event_hours: Counter = field(default_factory=Counter)
     quarantined: Counter = field(default_factory=Counter)
     corrected: list[dict] = field(default_factory=list)
@@ -148,15 +130,21 @@ class _Sink:
     def _write_group(self, received: pa.Table) -> None:
         # One row group per event hour (offset order within it): row-group statistics then let
         # cleaning read only the rows of the hour it rebuilds, late rows included.
-        parsed = parse_events(received)
+        parsed = parse_events(received, start=self.first_instant)
         parsed = parsed.take(
             pc.sort_indices(
                 parsed,
                 [("event_hour", "ascending", "at_start"), ("kafka_offset", "ascending")],
             )
         )
-        unreadable = pc.fill_null(
-            pc.is_in(parsed.column("reason"), pa.array(UNREADABLE_REASONS)), False
+        landing_bad = pc.fill_null(
+            pc.is_in(parsed.column("reason"), pa.array(LANDING_REASONS)), False
+        )
+        # An event dated before the first partition has no event hour to go to.
+        event_hour = pc.if_else(
+            landing_bad,
+            pa.nulls(1, parsed.schema.field("event_hour").type)[0],
+            parsed.column("event_hour"),
         )
         ingest = pa.repeat(
             pa.scalar(self.hour, BRONZE_SCHEMA.field("ingest_hour").type), len(parsed)
@@ -164,8 +152,9 @@ class _Sink:
         bronze = (
             parsed.select(RECORD_SCHEMA.names)
             .append_column("ingest_hour", ingest)
-            .append_column("event_hour", parsed.column("event_hour"))
+            .append_column("event_hour", event_hour)
             .append_column("dedup_bucket", parsed.column("dedup_bucket"))
+            .append_column("event_id", parsed.column("event_id"))
         )
         if self._writer is None:
             self._context = self.lake.parquet_writer(
@@ -178,13 +167,13 @@ class _Sink:
             self._writer.write_table(bronze.slice(start, end - start), row_group_size=end - start)
             start = end
 
-        readable = parsed.filter(pc.invert(unreadable))
+        readable = bronze.filter(pc.invert(landing_bad))
         histogram = readable.group_by("event_hour").aggregate([("event_hour", "count")])
         for hour, count in zip(*histogram.columns, strict=True):
             self.event_hours[hour_label(hour.as_py())] += count.as_py()
-        bad = bronze.filter(unreadable)
+        bad = bronze.filter(landing_bad)
         if bad.num_rows:
-            reasons = parsed.column("reason").filter(unreadable)
+            reasons = parsed.column("reason").filter(landing_bad)
             self.quarantined.update(reasons.to_pylist())
             self._quarantine.append(
                 bad.append_column("reason", reasons)
@@ -211,28 +200,30 @@ class _Sink:
             )
 
     def close(self, end: int) -> dict:
-        """Finish the file; return this partition's manifest entry and counts (plain data, so
-        that a worker process can hand it back)."""
+        """Finish the file; return this partition's range and counts (plain data, so that a
+        worker process can hand it back)."""
         if self._pending_rows:
             self._flush(self._pending_rows)
         if self._context is not None:
             self._context.__exit__(None, None, None)
+        quarantine = landing_quarantine_file(self.hour, self.partition)
         if self._quarantine:
-            self.lake.write_parquet(
-                landing_quarantine_file(self.hour, self.partition),
-                pa.concat_tables(self._quarantine),
-            )
-        entry = {
-            "start": self.start,
-            "end": end,
-            "rows": self.rows,
-            "file": bronze_file(self.hour, self.partition) if self.rows else None,
-        }
+            self.lake.write_parquet(quarantine, pa.concat_tables(self._quarantine))
+        else:
+            self.lake.remove(quarantine)  # an overlapping landing's leftover must not count
         return {
-            "entry": entry,
+            "range": {
+                "start": self.start,
+                "end": end,
+                "rows": self.rows,
+                "file": bronze_file(self.hour, self.partition) if self.rows else None,
+                "lost_start": self.lost[0],
+                "lost_end": self.lost[1],
+            },
             "event_hours": dict(self.event_hours),
             "quarantined": dict(self.quarantined),
             "corrected": self.corrected,
+            "future_timestamps": self.future_timestamps,
         }
 
     def abort(self) -> None:
@@ -240,43 +231,81 @@ class _Sink:
             self._context.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What one worker lands of one Kafka partition (plain data, picklable)."""
+
+    partition: int
+    start: int
+    hours: list[datetime]
+    now: datetime
+    first_instant: datetime
+    recorded_end: int | None = None
+    """Re-landing a recorded range: cut at this offset instead of by timestamp."""
+    recorded_lost: tuple[int, int] = (0, 0)
+
+
 def _land_partition(
-    open_log: Callable[[], EventLog],
-    open_lake: Callable[[], LakeResource],
-    partition: int,
-    start: int,
-    hours: list[datetime],
-    recorded_ends: list[int] | None,
+    open_log: Callable[[], EventLog], open_lake: Callable[[], LakeResource], job: _Job
 ) -> list[dict]:
-    """Stream one partition from `start`, cutting it into `hours` by Kafka timestamp (or at the
-    recorded ends when re-landing); return each hour's manifest entry and counts."""
-    log, lake = open_log(), open_lake()
+    """Stream one partition from `job.start`, cutting it into `job.hours` by Kafka timestamp
+    (or at the recorded end when re-landing); return each hour's range and counts."""
+    event_log, lake = open_log(), open_lake()
+    lost = job.recorded_lost
+    read_from = max(job.start, lost[1])
+    if job.recorded_end is None:
+        beginning = event_log.beginning_offset(job.partition)
+        if beginning > job.start:
+            # Retention deleted offsets no hour has landed: record them, land what is left.
+            lost, read_from = (job.start, beginning), beginning
+            log.error(
+                "%s[%d] offsets %d-%d were deleted before they landed; recorded as lost",
+                event_log.topic,
+                job.partition,
+                job.start,
+                beginning - 1,
+            )
     done: list[dict] = []
-    position = start
-    sink = _Sink(lake, hours[0], partition, start)
+    position = read_from
+    sink = _Sink(lake, job.hours[0], job.partition, job.start, job.first_instant, lost)
+    carry = job.hours[0]
 
     def finish_hour() -> _Sink:
         done.append(sink.close(position))
-        return _Sink(lake, hours[min(len(done), len(hours) - 1)], partition, position)
+        hour = job.hours[min(len(done), len(job.hours) - 1)]
+        return _Sink(lake, hour, job.partition, position, job.first_instant)
 
-    reader = log.read(partition, start, recorded_ends[-1] if recorded_ends else None)
+    reader = event_log.read(job.partition, read_from, job.recorded_end)
     try:
-        for batch in reader:
-            while len(done) < len(hours):
-                if recorded_ends:
-                    cut = min(batch.num_rows, recorded_ends[len(done)] - position)
+        for batch, after in reader:
+            if job.recorded_end is None and batch.num_rows:
+                # The wall clock when read (a pinned run clock may be hours behind the log).
+                wall = max(job.now, datetime.now(UTC))
+                cut_by, future = cut_timestamps(
+                    batch.column("kafka_timestamp"), carry=carry, now=wall
+                )
+                carry = cut_by[-1].as_py()
+            while len(done) < len(job.hours):
+                if job.recorded_end is not None:
+                    cut = first_offset_at_or_after(batch.column("kafka_offset"), job.recorded_end)
+                elif batch.num_rows:
+                    cut = first_at_or_after(cut_by, sink.hour + HOUR)
+                    sink.future_timestamps += pc.sum(future.slice(0, cut)).as_py() or 0
                 else:
-                    cut = first_at_or_after(batch.column("kafka_timestamp"), sink.hour + HOUR)
+                    cut = 0
                 sink.add(batch.slice(0, cut))
-                position += cut
                 if cut == batch.num_rows:
-                    break  # the hour may go on in the next batch
+                    position = after  # the hour may go on in the next batch
+                    break
+                position = batch.column("kafka_offset")[cut].as_py()
                 sink = finish_hour()
                 batch = batch.slice(cut)
-            if len(done) == len(hours):
+                if job.recorded_end is None:
+                    cut_by, future = cut_by.slice(cut), future.slice(cut)
+            if len(done) == len(job.hours):
                 break
         # The log is read up to its high watermark: the remaining hours end here.
-        while len(done) < len(hours):
+        while len(done) < len(job.hours):
             sink = finish_hour()
     except BaseException:
         sink.abort()
@@ -287,17 +316,24 @@ def _land_partition(
 
 
 def land_hours(
-    log: EventLog, lake: LakeResource, hours: list[datetime], *, now: datetime
-) -> list[dict]:
+    event_log: EventLog,
+    lake: LakeResource,
+    hours: list[datetime],
+    *,
+    now: datetime,
+    first_instant: datetime,
+) -> list[Manifest]:
     """Land consecutive ingest `hours` in one pass over the log and return their manifests.
 
     Hours already recorded are re-landed from their recorded ranges (same bytes); new hours must
-    follow the last recorded one and must have closed before `now`.
+    follow the last recorded one and must have closed before `now`. `first_instant` is the start
+    of the first partition: events dated before it are quarantined.
     """
     hours = sorted(hours)
     if any(b - a != HOUR for a, b in zip(hours, hours[1:], strict=False)):
         raise ValueError(f"ingest hours must be consecutive, got {[hour_label(h) for h in hours]}")
-    known_hours = set(recorded_hours(lake))
+    ledger = Ledger(lake)
+    known_hours = set(ledger.recorded_hours())
     if hours[-1] + HOUR > now and hours[-1] not in known_hours:
         raise ValueError(
             f"ingest hour {hour_label(hours[-1])} has not closed yet (now {now.isoformat()})"
@@ -307,83 +343,121 @@ def land_hours(
     if replay and fresh and max(replay) > min(fresh):
         raise ValueError("cannot land new hours before hours that are already recorded")
     last = max(known_hours) if known_hours else None
-    # Only the manifests this landing chains onto or replays are read.
-    needed = replay + ([fresh[0] - HOUR] if fresh and fresh[0] - HOUR in known_hours else [])
-    recorded = read_manifests(lake, needed)
     if fresh and last is not None and fresh[0] != last + HOUR:
         raise ValueError(
             f"ingest hour {hour_label(fresh[0])} cannot land before "
             f"{hour_label(last + HOUR)}: land the hours in between first"
         )
-    partitions = log.partitions()
+    # Only the manifests this landing chains onto or replays are read.
+    needed = replay + ([fresh[0] - HOUR] if fresh and fresh[0] - HOUR in known_hours else [])
+    recorded = ledger.manifests(needed)
     lake.check_writable()
-    manifests: list[dict] = []
+    manifests = [recorded[h] for h in replay]
     if replay:
-        _replay(log, lake, replay, recorded)
-        manifests += [recorded[h] for h in replay]
+        _replay(event_log, lake, [recorded[h] for h in replay], now, first_instant)
     if fresh:
-        previous = recorded.get(fresh[0] - HOUR)
-        known = (previous or {}).get("partitions", {})
-        beginning = {p: log.beginning_offset(p) for p in partitions if str(p) not in known}
-        starts = chained_starts(previous, partitions, beginning)
-        with _pool(log, len(partitions), lake) as (pool, open_log, open_lake):
-            futures = {
-                p: pool.submit(_land_partition, open_log, open_lake, p, starts[p], fresh, None)
-                for p in partitions
-            }
-            results = {p: future.result() for p, future in futures.items()}
-        for index, hour in enumerate(fresh):
-            manifest = _manifest(log.topic, hour, {p: results[p][index] for p in partitions}, now)
-            lake.write_json(manifest_path(hour), manifest)  # last: the hour now exists
-            manifests.append(manifest)
-        log.commit({p: results[p][-1]["entry"]["end"] for p in partitions})
+        manifests += _land_fresh(
+            event_log, lake, ledger, fresh, recorded.get(fresh[0] - HOUR), now, first_instant
+        )
+        event_log.commit(manifests[-1].ends)
     return manifests
+
+
+def _land_fresh(
+    event_log: EventLog,
+    lake: LakeResource,
+    ledger: Ledger,
+    hours: list[datetime],
+    previous: Manifest | None,
+    now: datetime,
+    first_instant: datetime,
+) -> list[Manifest]:
+    partitions = event_log.partitions()
+    known = previous.ends if previous else {}
+    starts = {p: known[p] if p in known else event_log.beginning_offset(p) for p in partitions}
+    jobs = [_Job(p, starts[p], hours, now, first_instant) for p in partitions]
+    with _pool(event_log, len(partitions), lake) as (pool, open_log, open_lake):
+        futures = {
+            job.partition: pool.submit(_land_partition, open_log, open_lake, job) for job in jobs
+        }
+        results = {p: future.result() for p, future in futures.items()}
+    landed: list[Manifest] = []
+    for index, hour in enumerate(hours):
+        manifest = _manifest(event_log.topic, hour, {p: results[p][index] for p in partitions}, now)
+        if ledger.record(manifest):  # last, and exclusive: the hour now exists
+            landed.append(manifest)
+            continue
+        # Another landing recorded this hour first: its ranges stand. Our files of this hour may
+        # have replaced its files, so write its ranges' bytes back; later hours of ours chained
+        # onto ranges that were never recorded, so they are dropped.
+        winner = ledger.manifest(hour)
+        log.warning("ingest hour %s was recorded by another landing; keeping its ranges", hour)
+        _replay(event_log, lake, [winner], now, first_instant)
+        landed.append(winner)
+        break
+    return landed
 
 
 @contextmanager
 def _pool(
-    log: EventLog, partitions: int, lake: LakeResource
+    event_log: EventLog, partitions: int, lake: LakeResource
 ) -> Iterator[tuple[Executor, Callable[[], EventLog], Callable[[], LakeResource]]]:
     """Kafka partitions land in parallel: in worker processes when the log can be reopened there
     (the Kafka client is CPU-bound Python), else in threads. Yields the executor and how a
     worker opens the log and the lake."""
     workers = max(1, min(partitions, os.cpu_count() or 1, 16))
-    if log.process_safe and workers > 1:
+    if event_log.process_safe and workers > 1:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            yield pool, log.opener(), partial(LakeResource, url=lake.url)
+            yield pool, event_log.opener(), partial(LakeResource, url=lake.url)
     else:
         with ThreadPoolExecutor(max(1, min(partitions, 8))) as pool:
-            yield pool, log.opener(), lambda: lake
+            yield pool, event_log.opener(), lambda: lake
 
 
 def _replay(
-    log: EventLog, lake: LakeResource, hours: list[datetime], recorded: dict[datetime, dict]
+    event_log: EventLog,
+    lake: LakeResource,
+    manifests: list[Manifest],
+    now: datetime,
+    first_instant: datetime,
 ) -> None:
-    partitions = sorted({int(p) for h in hours for p in recorded[h]["partitions"]})
-    ranges = {
-        p: [(hour, recorded[hour]["partitions"].get(str(p))) for hour in hours] for p in partitions
-    }
-    with _pool(log, len(partitions), lake) as (pool, open_log, open_lake):
-        futures = [
-            pool.submit(_replay_partition, open_log, open_lake, p, ranges[p]) for p in partitions
-        ]
-        for future in futures:
+    """Rewrite recorded ranges' files with the same bytes. Bronze is the copy of record: a range
+    whose offsets the log no longer holds keeps its file, never a smaller one."""
+    jobs = []
+    for manifest in manifests:
+        for p, entry in sorted(manifest.partitions.items()):
+            if entry.rows == 0:
+                continue
+            if event_log.beginning_offset(p) > max(entry.start, entry.lost_end):
+                log.warning(
+                    "%s p%d: offsets %d-%d are gone from the log; bronze keeps its %d rows",
+                    hour_label(manifest.ingest_hour),
+                    p,
+                    entry.start,
+                    entry.end - 1,
+                    entry.rows,
+                )
+                continue
+            jobs.append(
+                _Job(
+                    p,
+                    entry.start,
+                    [manifest.ingest_hour],
+                    now,
+                    first_instant,
+                    recorded_end=entry.end,
+                    recorded_lost=(entry.lost_start, entry.lost_end),
+                )
+            )
+    if not jobs:
+        return
+    with _pool(event_log, len(jobs), lake) as (pool, open_log, open_lake):
+        for future in [pool.submit(_land_partition, open_log, open_lake, job) for job in jobs]:
             future.result()
 
 
-def _replay_partition(
-    open_log: Callable[[], EventLog],
-    open_lake: Callable[[], LakeResource],
-    partition: int,
-    ranges: list[tuple[datetime, dict | None]],
-) -> None:
-    for hour, entry in ranges:
-        if entry and entry["end"] > entry["start"]:
-            _land_partition(open_log, open_lake, partition, entry["start"], [hour], [entry["end"]])
-
-
-def _manifest(topic: str, hour: datetime, parts: dict[int, dict], now: datetime):
+def _manifest(topic: str, hour: datetime, parts: dict[int, dict], now: datetime) -> Manifest:
     event_hours: Counter = Counter()
     quarantined: Counter = Counter()
     corrected: list[dict] = []
@@ -391,43 +465,15 @@ def _manifest(topic: str, hour: datetime, parts: dict[int, dict], now: datetime)
         event_hours.update(part["event_hours"])
         quarantined.update(part["quarantined"])
         corrected.extend(part["corrected"])
-    return {
-        "ingest_hour": hour_label(hour),
-        "topic": topic,
-        "partitions": {str(p): part["entry"] for p, part in sorted(parts.items())},
-        "rows": sum(part["entry"]["rows"] for part in parts.values()),
-        "event_hours": dict(sorted(event_hours.items())),
-        "quarantined": dict(sorted(quarantined.items())),
-        "corrected": sorted(corrected, key=lambda c: (c["kafka_partition"], c["kafka_offset"])),
-        "landed_at": now.isoformat(),
-    }
-
-
-def hours_to_rebuild(manifest: dict) -> list[str]:
-    """The event hours a landing affects: those it holds events of, and the hours the devices
-    claimed for its clock-corrected events, where uncorrected retries may already be counted.
-
-    A retry sits in the claimed hour only if it was received within 5 minutes of it, so claimed
-    hours after this ingest hour hold none yet; the retry's own landing will name them."""
-    claimed = {
-        c["device_hour"]
-        for c in manifest["corrected"]
-        if c["device_hour"] <= manifest["ingest_hour"]
-    }
-    return sorted(set(manifest["event_hours"]) | claimed)
-
-
-def first_ingest_hour(log: EventLog) -> datetime | None:
-    """Where the ledger starts when nothing has landed: the hour of the log's oldest record."""
-    earliest: list[datetime] = []
-    for partition in log.partitions():
-        reader = log.read(partition, log.beginning_offset(partition))
-        try:
-            batch = next(reader, None)
-        finally:
-            reader.close()
-        if batch is not None and batch.num_rows:
-            earliest.append(pc.min(batch.column("kafka_timestamp")).as_py())
-    if not earliest:
-        return None
-    return min(earliest).replace(minute=0, second=0, microsecond=0)
+    return Manifest.from_json(
+        {
+            "ingest_hour": hour_label(hour),
+            "topic": topic,
+            "partitions": {str(p): part["range"] for p, part in sorted(parts.items())},
+            "event_hours": dict(event_hours),
+            "quarantined": dict(sorted(quarantined.items())),
+            "corrected": sorted(corrected, key=lambda c: (c["kafka_partition"], c["kafka_offset"])),
+            "future_timestamps": sum(part["future_timestamps"] for part in parts.values()),
+            "landed_at": now.isoformat(),
+        }
+    )

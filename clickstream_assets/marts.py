@@ -6,7 +6,7 @@ process (resources/dbt.py): a day costs its SQL, not a dbt start-up and parse.
 """
 
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from dagster import (
@@ -19,11 +19,14 @@ from dagster_dbt import DagsterDbtTranslator, dbt_assets
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from clickstream_assets.assets import AS_OF_TAG
+from clickstream_assets.assets import TRANSIENT_RETRIES
+from core.ledger import Ledger, MartStamp, day_final_at, inputs_digest
 from core.settings import Settings, load
-from partitions import event_days
+from partitions import AS_OF_TAG, event_days
 from resources.clock import parse_instant
 from resources.dbt import DbtRunnerResource, dbt_project
+from resources.lake import LakeResource
+from resources.warehouse import write_mart_stamp
 
 MARTS_GROUP = "marts"
 SILVER_EVENTS_KEY = AssetKey("events")
@@ -72,11 +75,15 @@ def resolve_as_of(configured: str | None, tags: Mapping[str, str], now: datetime
     return (parse_instant(text) if text else now.astimezone(UTC)).isoformat()
 
 
-def dbt_vars(event_date: str, as_of: str, settings: Settings, warehouse_path: str) -> dict:
-    """The --vars of one mart run; the dbt project's only inputs."""
+def dbt_vars(
+    event_date: str, as_of: str, landed_through: str, settings: Settings, warehouse_path: str
+) -> dict:
+    """The --vars of one mart run; the dbt project's only inputs. A period is final once every
+    Kafka partition has landed through its end plus the allowed lateness (`landed_through`)."""
     return {
         "event_date": event_date,
         "as_of": as_of,
+        "landed_through": landed_through,
         "allowed_lateness_minutes": int(settings.allowed_lateness.total_seconds() // 60),
         "lake_url": settings.lake_url,
         "warehouse_path": warehouse_path,
@@ -101,17 +108,28 @@ def _rows_written(warehouse: DuckDBResource, event_date: str, as_of: str) -> dic
     project=dbt_project,
     partitions_def=event_days,
     dagster_dbt_translator=TRANSLATOR,
+    pool="warehouse",  # DuckDB allows one writing process: one mart run at a time
+    retry_policy=TRANSIENT_RETRIES,
 )
 def marts(
     context: AssetExecutionContext,
     dbt: DbtRunnerResource,
     warehouse: DuckDBResource,
+    lake: LakeResource,
     config: MartsConfig,
 ) -> Iterator[Any]:
     """Daily marts: DAU, by platform, title plays, campaign impressions, hourly events."""
     settings = load()
     as_of = resolve_as_of(config.as_of, context.run.tags, datetime.now(UTC))
-    run_vars = dbt_vars(context.partition_key, as_of, settings, warehouse.database)
+    ledger = Ledger(lake)
+    day = date.fromisoformat(context.partition_key)
+    # Read before dbt reads silver: a cleaning that lands meanwhile leaves the stamp behind the
+    # ledger, and the day is owed again.
+    digest = inputs_digest(ledger.day_stamps(day))
+    landed_through = ledger.landed_through() or datetime.min.replace(tzinfo=UTC)
+    run_vars = dbt_vars(
+        context.partition_key, as_of, landed_through.isoformat(), settings, warehouse.database
+    )
     context.log.info(f"dbt vars: {run_vars}")
     # Buffer the events: the row counts attached below are read after dbt has written.
     # Unit tests check the SQL's logic, not the day's data: CI runs them, a day's build does not.
@@ -124,6 +142,9 @@ def marts(
         )
     )
     counts = _rows_written(warehouse, context.partition_key, as_of)
+    final = landed_through >= day_final_at(day, settings.allowed_lateness)
+    with warehouse.get_connection() as connection:
+        write_mart_stamp(connection, MartStamp(day, digest, final, landed_through))
     for event in events:
         if isinstance(event, Output):
             table = context.asset_key_for_output(event.output_name).path[-1]

@@ -5,15 +5,30 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dagster import DagsterInstance, SensorDefinition, build_sensor_context, materialize
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    RunsFilter,
+    SensorDefinition,
+    build_sensor_context,
+    materialize,
+)
+
+from partitions import RANGE_END_TAG, RANGE_START_TAG
 
 CURSOR_PREFIX = "clickstream/catch-up/"
 MAX_TICKS = 10_000
+PID_TAG = "clickstream/pid"
+HOST_TAG = "clickstream/host"
+"""Run tags naming the process that executes a catch-up run, so that a later catch-up knows a
+run left STARTED by a process that no longer exists."""
+UNFINISHED = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 
 
 @dataclass
@@ -50,6 +65,34 @@ def instance_for(settings) -> DagsterInstance:
     return DagsterInstance.get()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_runs(instance: DagsterInstance, log=print) -> list[str]:
+    """Fail the runs a dead catch-up process left unfinished on this host and free their
+    concurrency slots, so nothing waits on them. (Runs the daemon launched are watched by run
+    monitoring, enabled in dagster.yaml.)"""
+    host = socket.gethostname()
+    failed = []
+    for run in instance.get_runs(RunsFilter(statuses=UNFINISHED)):
+        pid = run.tags.get(PID_TAG)
+        if pid is None or run.tags.get(HOST_TAG) != host or _alive(int(pid)):
+            continue
+        instance.report_run_failed(run, message=f"catch-up process {pid} is gone")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        failed.append(run.run_id)
+    if failed:
+        log(f"failed {len(failed)} run(s) left unfinished by a dead process: {failed}")
+    return failed
+
+
 def run_catch_up(
     settings,
     *,
@@ -59,7 +102,7 @@ def run_catch_up(
     log=print,
 ) -> CatchUpReport:
     """Treat every ingest hour closed before `until` as closed and run the sensors' requests
-    (landing, late-data rebuilds, marts) until nothing is left. Idempotent."""
+    (landing, the rebuilds the ledger owes, marts) until nothing is left. Idempotent."""
     from clickstream_assets.definitions import (
         all_assets,
         all_checks,
@@ -70,16 +113,22 @@ def run_catch_up(
 
     until = (until or datetime.now(UTC)).astimezone(UTC)
     instance = instance or instance_for(settings)
+    fail_dead_runs(instance, log=log)
     bound = build_resources(settings, as_of=until) | (resources or {})
+    owner = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     report = CatchUpReport()
+    previous: list = []
     for _ in range(MAX_TICKS):
-        # Upstream first: landing catches up fully before the late-data sensor looks, so each
+        # Upstream first: landing catches up fully before the reconcile sensor looks, so each
         # hour is cleaned and each day built once, from everything that has landed.
         requests = next(
             (found for s in all_sensors if (found := _tick(s, instance, bound, defs))), []
         )
         if not requests:
             return report
+        if requests == previous:
+            raise RuntimeError(f"catch-up is not settling: the same requests twice: {requests}")
+        previous = requests
         for request in requests:
             selection = list(request.asset_selection or [])
             started = time.perf_counter()
@@ -87,16 +136,16 @@ def run_catch_up(
                 [*all_assets, *all_checks],
                 selection=selection,
                 partition_key=request.partition_key,
-                tags=dict(request.tags),
+                tags=dict(request.tags) | owner,
                 resources=bound,
                 instance=instance,
                 run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
             )
             seconds = time.perf_counter() - started
             stage = _stage(selection)
-            partitions = request.partition_key or "{}..{}".format(
-                request.tags.get("dagster/asset_partition_range_start"),
-                request.tags.get("dagster/asset_partition_range_end"),
+            partitions = (
+                request.partition_key
+                or f"{request.tags.get(RANGE_START_TAG)}..{request.tags.get(RANGE_END_TAG)}"
             )
             report.runs.append(
                 {

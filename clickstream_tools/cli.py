@@ -82,11 +82,8 @@ def _parser() -> argparse.ArgumentParser:
 def _broker(settings: Settings, args: argparse.Namespace) -> int:
     from resources.broker import EmbeddedBroker
 
-    def stop_on_term(signum, frame):
-        raise KeyboardInterrupt
-
     # `kill` (SIGTERM) stops the broker as cleanly as Ctrl-C does.
-    signal.signal(signal.SIGTERM, stop_on_term)
+    signal.signal(signal.SIGTERM, _stop_on_term)
     broker = EmbeddedBroker(settings.kafka_bootstrap, show_output=args.verbose)
     with broker:
         print(f"broker ready on {broker.bootstrap} (in memory; Ctrl-C to stop)", flush=True)
@@ -193,9 +190,16 @@ def _summary(counts: dict) -> None:
         print(f"  {name:<14} {text}")
 
 
+def _stop_on_term(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _catch_up(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream_tools.catchup import run_catch_up
 
+    # `kill` (SIGTERM) stops catch-up at once; the next catch-up fails the interrupted run,
+    # frees its slots and does what the stamps say is still owed.
+    signal.signal(signal.SIGTERM, _stop_on_term)
     run_catch_up(settings, until=args.until or datetime.now(UTC))
     return 0
 

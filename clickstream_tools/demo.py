@@ -18,7 +18,6 @@ import polars as pl
 import pyarrow.parquet as pq
 from dagster import AssetKey, DagsterInstance
 
-from clickstream_assets.landing import read_manifests
 from clickstream_tools.catchup import CatchUpReport, instance_for, run_catch_up
 from clickstream_tools.generator import (
     TrafficSpec,
@@ -27,6 +26,7 @@ from clickstream_tools.generator import (
     produce,
     write_expected_marts,
 )
+from core.ledger import Ledger
 from core.settings import Settings
 from resources.broker import EmbeddedBroker, answers_metadata
 from resources.kafka import KafkaResource, KafkaUnavailable
@@ -194,7 +194,8 @@ def summarize(
     day: date,
 ) -> dict:
     """What the marts say and what the pipeline did, read from what it wrote."""
-    manifests = read_manifests(lake)
+    ledger = Ledger(lake)
+    manifests = ledger.manifests(ledger.recorded_hours())
     cleaned = _latest_metadata(instance, "events")
     quarantined = _warehouse(
         settings,
@@ -223,7 +224,7 @@ def summarize(
         "top_campaigns": campaigns.to_dicts(),
         "pipeline": {
             "ingest_hours_landed": len(manifests),
-            "landed_rows": sum(m["rows"] for m in manifests.values()),
+            "landed_rows": sum(m.rows for m in manifests.values()),
             "event_hours_cleaned": len(cleaned),
             "clean_events": sum(int(m.get("events", 0)) for m in cleaned.values()),
             "duplicates_removed": sum(int(m.get("duplicates", 0)) for m in cleaned.values()),

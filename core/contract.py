@@ -6,6 +6,8 @@ so both stages apply the very same rules. DuckDB's JSON reader does the work, co
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import duckdb
 import pyarrow as pa
 
@@ -15,15 +17,17 @@ TITLE_EVENTS = ("play", "pause", "seek")
 FUTURE_CLOCK_TOLERANCE = "5 minutes"
 DEDUP_BUCKETS = 256
 
-UNREADABLE_REASONS = (
+LANDING_REASONS = (
     "null_value",
     "not_json",
     "not_object",
     "missing_field:event_time",
     "wrong_type:event_time",
     "unparseable_event_time",
+    "before_start_date",
 )
-"""Reasons that leave an event without an event hour: landing quarantines these."""
+"""Reasons that leave an event without an event hour among the partitions (none at all, or one
+before the first): landing quarantines these, by ingest hour."""
 
 _STRING_FIELDS = (
     "event_id",
@@ -39,8 +43,18 @@ _STRING_FIELDS = (
     "page",
     "app_version",
 )
-_FIELDS = (*_STRING_FIELDS, "position_ms", "schema_version", "properties")
-_RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+_OPTIONAL_STRINGS = ("user_id", "session_id", "title_id", "campaign_id", "ad_id", "page")
+_OPTIONAL_STRINGS += ("app_version",)
+_OPTIONAL_INTEGERS = ("position_ms", "schema_version")
+_FIELDS = (*_STRING_FIELDS, *_OPTIONAL_INTEGERS, "properties")
+# RFC 3339: hours 00-23, minutes and seconds 00-59, offsets within +-23:59. A leap second is
+# written 23:59:60 in UTC but HH:59:60 in other offsets, so second 60 is accepted after minute
+# 59; it counts as the last microsecond of that minute, which keeps it in its hour and day.
+_RFC3339 = (
+    r"^\d{4}-\d{2}-\d{2}[Tt ](?:[01]\d|2[0-3]):(?:[0-5]\d:[0-5]\d|59:60)(?:\.\d{1,9})?"
+    r"(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)$"
+)
+_LEAP_SECOND = r"^(.{17})60(?:\.\d{1,9})?"
 
 
 def _sql_list(values: tuple[str, ...]) -> str:
@@ -65,7 +79,18 @@ def _optional_string(name: str) -> str:
     return f"nullif({_field(name)} ->> '$', '') as {name}"
 
 
+def _wrong_type(name: str, json_types: tuple[str, ...]) -> str:
+    """A reason when optional `name` is present, not null, and of none of `json_types`:
+    `user_id: false` is not a user."""
+    return (
+        f"when json_type({_field(name)}) not in ('NULL', {_sql_list(json_types)}) "
+        f"then 'wrong_type:{name}' "
+    )
+
+
 _PATHS = ", ".join(f"'$.\"{name}\"'" for name in _FIELDS)
+
+_start_filter = "case when clock_corrected then received_at else device_time end < $start"
 
 PARSE_SQL = f"""
 with decoded as (
@@ -86,7 +111,10 @@ timed as (
         case
             when json_type({_field("event_time")}) = 'VARCHAR'
                 and regexp_matches({_field("event_time")} ->> '$', '{_RFC3339}')
-            then try_cast(upper({_field("event_time")} ->> '$') as timestamptz)::timestamp
+            then try_cast(
+                upper(regexp_replace({_field("event_time")} ->> '$', '{_LEAP_SECOND}',
+                    '\\159.999999')) as timestamptz
+            )::timestamp
         end as device_time
     from fields
 ),
@@ -106,6 +134,7 @@ classified as (
             when json_kind <> 'OBJECT' then 'not_object'
             {_required_string("event_time")}
             when device_time is null then 'unparseable_event_time'
+            when {_start_filter} then 'before_start_date'
             {_required_string("event_id")}
             {_required_string("event_type")}
             when {_field("event_type")} ->> '$' not in ({_sql_list(EVENT_TYPES)})
@@ -119,6 +148,9 @@ classified as (
                 and (json_type({_field("campaign_id")}) is distinct from 'VARCHAR'
                      or {_field("campaign_id")} ->> '$' = '')
                 then 'missing_campaign_id'
+            {"".join(_wrong_type(name, ("VARCHAR",)) for name in _OPTIONAL_STRINGS)}
+            {"".join(_wrong_type(name, ("BIGINT", "UBIGINT")) for name in _OPTIONAL_INTEGERS)}
+            {_wrong_type("properties", ("OBJECT",))}
         end as reason,
         case when clock_corrected then received_at else device_time end
             as event_time
@@ -159,8 +191,9 @@ from classified
 """
 
 
-def parse_events(records: pa.Table | pa.RecordBatch) -> pa.Table:
-    """Parse and classify Kafka records per the contract.
+def parse_events(records: pa.Table | pa.RecordBatch, *, start: datetime) -> pa.Table:
+    """Parse and classify Kafka records per the contract; `start` is CLICKSTREAM_START_DATE's
+    first instant (events dated before it are `before_start_date`).
 
     Input columns: at least `kafka_timestamp` and `value` (binary); all input columns are kept.
     Output adds `reason` (null when valid), the typed event fields, `event_time` (UTC, after the
@@ -171,7 +204,9 @@ def parse_events(records: pa.Table | pa.RecordBatch) -> pa.Table:
     try:
         con.execute("set TimeZone = 'UTC'")  # casts of offsets must not follow the host's zone
         con.register("records", records)
-        parsed = con.sql(PARSE_SQL).to_arrow_table()
+        naive_start = start.astimezone(UTC).replace(tzinfo=None).isoformat()
+        parsed = con.sql(PARSE_SQL.replace("$start", f"timestamp '{naive_start}'"))
+        parsed = parsed.to_arrow_table()
     finally:
         con.close()
     # DuckDB computes in naive UTC; the lake stores explicit UTC.

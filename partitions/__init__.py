@@ -1,4 +1,5 @@
-"""Partition definitions and the lateness policy: what an hour and a day mean, no logic.
+"""Partition definitions, the lateness policy and the run tags that name them: what an hour and
+a day mean, no logic.
 
 Ingest hours (landing) and event hours (cleaning) share a shape but not a meaning: ingest hour H
 holds what Kafka received during H; event hour E holds what happened during E, wherever it landed.
@@ -11,6 +12,10 @@ from core.settings import load
 _settings = load()
 _START = _settings.start_datetime.strftime("%Y-%m-%d-%H:%M")
 
+first_instant = _settings.start_datetime
+"""The start of the first partition: records received before it land in the first ingest hour;
+events dated before it are quarantined (`before_start_date`)."""
+
 ingest_hours = HourlyPartitionsDefinition(start_date=_START, timezone="UTC")
 event_hours = HourlyPartitionsDefinition(start_date=_START, timezone="UTC")
 event_days = DailyPartitionsDefinition(
@@ -19,4 +24,12 @@ event_days = DailyPartitionsDefinition(
 """Today is a partition too (end_offset=1): its marts are built, provisional, as hours close."""
 
 allowed_lateness = _settings.allowed_lateness
-"""An hour or a day is provisional until its end plus this, then final."""
+"""An hour or a day is provisional until every partition has landed through its end plus this."""
+
+AS_OF_TAG = "clickstream/as_of"
+"""Run tag holding the clock a run works to (set by the sensors and catch-up); absent: now."""
+STAGE_TAG = "clickstream/stage"
+"""Run tag naming the stage (landing, cleaning, marts): one writer per stage's partitions."""
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+PARTITION_TAG = "dagster/partition"

@@ -7,6 +7,7 @@ because brokers disagree on them.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -35,6 +36,23 @@ class KafkaUnavailable(RuntimeError):
     """The broker or topic cannot be used; the message says what to fix."""
 
 
+class OffsetsGone(KafkaUnavailable):
+    """A read asked for offsets that the log no longer holds (retention deleted them): Kafka's
+    OFFSET_OUT_OF_RANGE, never a silent jump to what is left."""
+
+    def __init__(self, topic: str, partition: int, offset: int, beginning: int | None) -> None:
+        self.partition, self.offset, self.beginning = partition, offset, beginning
+        super().__init__(
+            f"{topic}[{partition}] no longer holds offset {offset}"
+            + (f" (the log begins at {beginning})" if beginning is not None else "")
+        )
+
+
+Positioned = tuple[pa.RecordBatch, int]
+"""Records read, and the offset to read next: past the last record, and past any offsets that
+hold no record (transaction markers, compacted records) before the next one."""
+
+
 class EventLog(ABC):
     """A partitioned, append-only log of (key, value, timestamp) records."""
 
@@ -58,9 +76,11 @@ class EventLog(ABC):
     @abstractmethod
     def read(
         self, partition: int, start_offset: int, end_offset: int | None = None
-    ) -> Iterator[pa.RecordBatch]:
+    ) -> Iterator[Positioned]:
         """Records from `start_offset` up to `end_offset` (exclusive), or up to the high
-        watermark seen while reading when `end_offset` is None."""
+        watermark seen while reading when `end_offset` is None, each batch with the next
+        offset; the last next offset is where the read ended. Raises OffsetsGone when
+        `start_offset` is below the log's beginning."""
 
     @abstractmethod
     def high_watermarks(self, positions: dict[int, int]) -> dict[int, int]:
@@ -136,7 +156,7 @@ class KafkaResource(ConfigurableResource, EventLog):
                 bootstrap_servers=self.bootstrap_servers.split(","),
                 group_id=self.group_id if group else None,
                 enable_auto_commit=False,
-                auto_offset_reset="earliest",
+                auto_offset_reset="none",  # a deleted offset is an error, never a jump
                 max_partition_fetch_bytes=8 * 1024 * 1024,
                 fetch_max_bytes=64 * 1024 * 1024,
                 request_timeout_ms=max(self.request_timeout_ms, 10_001),
@@ -174,8 +194,9 @@ class KafkaResource(ConfigurableResource, EventLog):
 
     def read(
         self, partition: int, start_offset: int, end_offset: int | None = None
-    ) -> Iterator[pa.RecordBatch]:
+    ) -> Iterator[Positioned]:
         from kafka import TopicPartition
+        from kafka.errors import OffsetOutOfRangeError
 
         if end_offset is not None and end_offset <= start_offset:
             return
@@ -187,22 +208,35 @@ class KafkaResource(ConfigurableResource, EventLog):
             position = start_offset
             deadline = time.monotonic() + self.request_timeout_ms / 1000
             while True:
-                polled = consumer.poll(timeout_ms=500, max_records=self.poll_max_records)
+                try:
+                    polled = consumer.poll(timeout_ms=500, max_records=self.poll_max_records)
+                except OffsetOutOfRangeError:
+                    raise OffsetsGone(
+                        self.topic, partition, position, self.beginning_offset(partition)
+                    ) from None
                 records = polled.get(tp, [])
                 if end_offset is not None:
                     records = [r for r in records if r.offset < end_offset]
+                # The consumer's position steps over offsets without a record (markers).
+                after = consumer.position(tp) or position
+                if end_offset is not None:
+                    after = min(after, end_offset)
                 if records:
+                    after = max(after, records[-1].offset + 1)
                     # Field extraction is the Kafka client's own per-record loop; everything
                     # downstream works on the columns.
-                    yield _batch(
+                    batch = _batch(
                         partition,
                         [r.offset for r in records],
                         [r.timestamp for r in records],
                         [r.key for r in records],
                         [r.value for r in records],
                     )
-                    position = records[-1].offset + 1
+                    yield batch, after
                     deadline = time.monotonic() + self.request_timeout_ms / 1000
+                elif after > position:
+                    yield _batch(partition, [], [], [], []), after
+                position = after
                 stop = end_offset if end_offset is not None else consumer.highwater(tp)
                 if stop is not None and position >= stop:
                     return
@@ -322,46 +356,62 @@ class KafkaResource(ConfigurableResource, EventLog):
 
 
 class InMemoryKafka(EventLog):
-    """A Kafka topic in memory, for unit tests: same offsets, timestamps and high watermark."""
+    """A Kafka topic in memory, for unit tests, with Kafka's offset semantics: offsets are
+    positions, not counts (compaction and transaction markers leave offsets without a record),
+    retention moves the beginning, and reading below the beginning is an error."""
 
     def __init__(self, topic: str = "clickstream.events", partitions: int = 2) -> None:
         self.topic = topic
-        self._log: dict[int, list[tuple[int, bytes | None, bytes | None]]] = {
+        # Per partition: offsets, and the (timestamp_ms, key, value) at each, in offset order.
+        self._offsets: dict[int, list[int]] = {p: [] for p in range(partitions)}
+        self._records: dict[int, list[tuple[int, bytes | None, bytes | None]]] = {
             p: [] for p in range(partitions)
         }
+        self._next = dict.fromkeys(range(partitions), 0)
         self._beginning = dict.fromkeys(range(partitions), 0)
         self._committed: dict[int, int] = {}
         self._lock = threading.Lock()
         self._round_robin = 0
 
     def partitions(self) -> list[int]:
-        return sorted(self._log)
+        return sorted(self._records)
 
     def beginning_offset(self, partition: int) -> int:
         return self._beginning[partition]
 
     def read(
         self, partition: int, start_offset: int, end_offset: int | None = None
-    ) -> Iterator[pa.RecordBatch]:
+    ) -> Iterator[Positioned]:
         with self._lock:
-            high = self._beginning[partition] + len(self._log[partition])
+            if start_offset < self._beginning[partition]:
+                raise OffsetsGone(self.topic, partition, start_offset, self._beginning[partition])
+            offsets = self._offsets[partition]
+            records = self._records[partition]
+            high = self._next[partition]
         stop = high if end_offset is None else min(end_offset, high)
+        lo = bisect.bisect_left(offsets, start_offset)
+        hi = bisect.bisect_left(offsets, stop)
         chunk = 1000
-        for lo in range(start_offset, stop, chunk):
-            hi = min(lo + chunk, stop)
-            base = self._beginning[partition]
-            rows = self._log[partition][lo - base : hi - base]
-            yield _batch(
-                partition,
-                list(range(lo, hi)),
-                [r[0] for r in rows],
-                [r[1] for r in rows],
-                [r[2] for r in rows],
+        for first in range(lo, hi, chunk):
+            last = min(first + chunk, hi)
+            rows = records[first:last]
+            after = offsets[last] if last < hi else stop
+            yield (
+                _batch(
+                    partition,
+                    offsets[first:last],
+                    [r[0] for r in rows],
+                    [r[1] for r in rows],
+                    [r[2] for r in rows],
+                ),
+                after,
             )
+        if lo == hi and stop > start_offset:
+            yield _batch(partition, [], [], [], []), stop
 
     def high_watermarks(self, positions: dict[int, int]) -> dict[int, int]:
         with self._lock:
-            return {p: self._beginning[p] + len(self._log[p]) for p in positions}
+            return {p: self._next[p] for p in positions}
 
     def commit(self, offsets: dict[int, int]) -> None:
         self._committed.update(offsets)
@@ -370,7 +420,7 @@ class InMemoryKafka(EventLog):
         return dict(self._committed)
 
     def produce(self, records: pa.Table) -> None:
-        n = len(self._log)
+        n = len(self._records)
         partitions = (
             records.column("partition").to_pylist()
             if "partition" in records.column_names
@@ -387,15 +437,34 @@ class InMemoryKafka(EventLog):
                 if partition is None:
                     partition = partition_for_key(key, n, self._round_robin)
                     self._round_robin += 1
-                self._log[partition].append((int(ts), key, value))
+                self._offsets[partition].append(self._next[partition])
+                self._records[partition].append((int(ts), key, value))
+                self._next[partition] += 1
 
     def create_topic(self, partitions: int) -> None:
         for p in range(partitions):
-            self._log.setdefault(p, [])
+            self._offsets.setdefault(p, [])
+            self._records.setdefault(p, [])
+            self._next.setdefault(p, 0)
             self._beginning.setdefault(p, 0)
 
     def truncate_before(self, partition: int, offset: int) -> None:
         """Drop records below `offset`, as retention does."""
-        drop = offset - self._beginning[partition]
-        self._log[partition] = self._log[partition][drop:]
+        keep = bisect.bisect_left(self._offsets[partition], offset)
+        self._offsets[partition] = self._offsets[partition][keep:]
+        self._records[partition] = self._records[partition][keep:]
         self._beginning[partition] = offset
+
+    def compact(self, partition: int, offsets: set[int]) -> None:
+        """Remove the records at `offsets`, as compaction does: the offsets stay used."""
+        pairs = [
+            (o, r)
+            for o, r in zip(self._offsets[partition], self._records[partition], strict=True)
+            if o not in offsets
+        ]
+        self._offsets[partition] = [o for o, _ in pairs]
+        self._records[partition] = [r for _, r in pairs]
+
+    def append_marker(self, partition: int) -> None:
+        """A transaction marker: it takes an offset and is never delivered."""
+        self._next[partition] += 1

@@ -7,8 +7,9 @@ file under a real name; readers never see partial output.
 from __future__ import annotations
 
 import json
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,6 +17,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import ConfigurableResource
+from fsspec.implementations.local import LocalFileSystem
 from pydantic import PrivateAttr
 
 
@@ -65,14 +67,41 @@ class LakeResource(ConfigurableResource):
         return self.fs.exists(self.path(relative))
 
     def list(self, relative: str) -> list[str]:
-        """Names directly under `relative`, sorted; empty when it does not exist."""
+        """Names directly under `relative`, sorted; empty when it does not exist. Never from a
+        cache: s3fs keeps listings forever by default, and a long-lived sensor must see the
+        manifests that other processes wrote since."""
         full = self.path(relative)
-        if not self.fs.exists(full):
+        self.fs.invalidate_cache(full)
+        try:
+            found = self.fs.ls(full, detail=False)
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(full, detail=False))
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in found)
 
-    def _commit(self, temporary: str, final: str) -> None:
-        self.fs.mv(temporary, final)
+    def _commit(self, temporary: str, final: str, *, exclusive: bool = False) -> bool:
+        """Move `temporary` into place; with `exclusive`, only if nothing is there yet (False,
+        and the temporary removed, when something is)."""
+        if not exclusive:
+            self.fs.mv(temporary, final)
+            return True
+        if isinstance(self.fs, LocalFileSystem):
+            try:
+                os.link(temporary, final)  # atomic create-if-absent
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(temporary)
+        with self.fs.open(temporary, "rb") as handle:
+            data = handle.read()
+        self.fs.rm(temporary)
+        try:
+            self.fs.pipe_file(final, data, mode="create")  # S3 conditional put (If-None-Match)
+        except (FileExistsError, OSError) as error:
+            if "PreconditionFailed" in str(error) or isinstance(error, FileExistsError):
+                return False
+            raise
+        return True
 
     def _temporary(self, relative: str) -> tuple[str, str]:
         final = self.path(relative)
@@ -80,22 +109,36 @@ class LakeResource(ConfigurableResource):
         self.fs.makedirs(directory, exist_ok=True)
         return f"{directory}/.{name}.{uuid.uuid4().hex}.tmp", final
 
-    def write_bytes(self, relative: str, data: bytes) -> None:
+    def write_bytes(self, relative: str, data: bytes, *, exclusive: bool = False) -> bool:
+        """Write `data` whole or not at all; with `exclusive`, only where nothing is yet
+        (returns False when something was there)."""
         temporary, final = self._temporary(relative)
         with self.fs.open(temporary, "wb") as handle:
             handle.write(data)
-        self._commit(temporary, final)
+        return self._commit(temporary, final, exclusive=exclusive)
 
-    def write_json(self, relative: str, obj: Any) -> None:
-        self.write_bytes(relative, json.dumps(obj, indent=1, sort_keys=True).encode())
+    def write_json(self, relative: str, obj: Any, *, exclusive: bool = False) -> bool:
+        data = json.dumps(obj, indent=1, sort_keys=True).encode()
+        return self.write_bytes(relative, data, exclusive=exclusive)
+
+    def footer_metadata(self, relative: str) -> dict[bytes, bytes] | None:
+        """A Parquet file's key-value footer metadata (no data read), None without a file."""
+        try:
+            with self.fs.open(self.path(relative), "rb") as handle:
+                return pq.ParquetFile(handle).metadata.metadata or {}
+        except FileNotFoundError:
+            return None
 
     def read_json(self, relative: str) -> Any:
         with self.fs.open(self.path(relative), "rb") as handle:
             return json.load(handle)
 
     @contextmanager
-    def parquet_writer(self, relative: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
-        """A streaming Parquet writer whose file appears under `relative` only on success."""
+    def parquet_writer(
+        self, relative: str, schema: pa.Schema, *, keep: Callable[[], bool] = lambda: True
+    ) -> Iterator[pq.ParquetWriter]:
+        """A streaming Parquet writer whose file appears under `relative` only on success, and
+        only if `keep()` still says so then (checked just before the rename)."""
         temporary, final = self._temporary(relative)
         handle = self.fs.open(temporary, "wb")
         writer = pq.ParquetWriter(handle, schema, compression="zstd")
@@ -108,21 +151,31 @@ class LakeResource(ConfigurableResource):
             handle.close()
             self.fs.rm(temporary)
             raise
-        self._commit(temporary, final)
+        if keep():
+            self._commit(temporary, final)
+        else:
+            self.fs.rm(temporary)
 
     def write_parquet(self, relative: str, table: pa.Table) -> None:
         with self.parquet_writer(relative, table.schema) as writer:
             writer.write_table(table, row_group_size=256 * 1024)
 
     def read_parquet(
-        self, relatives: list[str], *, columns: list[str] | None = None, filters=None
+        self,
+        relatives: list[str],
+        *,
+        columns: list[str] | None = None,
+        filters=None,
+        schema: pa.Schema | None = None,
     ) -> pa.Table:
-        """Read files; row-group statistics skip what `filters` excludes."""
+        """Read files; row-group statistics skip what `filters` excludes. With `schema`, a
+        column that an older file lacks reads as nulls."""
         return pq.read_table(
             [self.path(r) for r in relatives],
             filesystem=self.fs,
             columns=columns,
             filters=filters,
+            schema=schema,
         )
 
     def remove(self, relative: str) -> None:

@@ -1,14 +1,17 @@
-"""The DuckDB warehouse: the Dagster resource, and helpers to read a table as Polars."""
+"""The DuckDB warehouse: the Dagster resource, the mart stamps (what each mart day was built
+from), and helpers to read a table as Polars."""
 
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path
 
 import duckdb
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
+from core.ledger import MartStamp
 from core.settings import Settings, load
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
@@ -52,3 +55,53 @@ def read_mart(path: str, table: str, columns: list[str]) -> pl.DataFrame:
         connection.execute("set TimeZone = 'UTC'")
         frame = connection.sql(f"select {', '.join(columns)} from {table} order by all").pl()
     return frame.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
+
+
+class WarehouseBusy(RuntimeError):
+    """Another process is writing the warehouse (DuckDB allows one writer); try again later."""
+
+
+MART_STAMPS_DDL = """
+create table if not exists mart_stamps (
+    event_date date primary key,
+    inputs_digest varchar not null,
+    is_final boolean not null,
+    landed_through timestamptz,
+    built_at timestamptz not null
+)
+"""
+
+
+def read_mart_stamps(path: str) -> dict[date, MartStamp]:
+    """What each mart day records it was built from; empty for a warehouse not built yet."""
+    if not Path(path).exists():
+        return {}
+    try:
+        connection = duckdb.connect(path, read_only=True)
+    except duckdb.IOException as error:
+        raise WarehouseBusy(str(error)) from None
+    with connection:
+        connection.execute("set TimeZone = 'UTC'")
+        found = connection.execute(
+            "select count(*) from information_schema.tables where table_name = 'mart_stamps'"
+        ).fetchone()
+        if not found or not found[0]:
+            return {}
+        rows = connection.execute(
+            "select event_date, inputs_digest, is_final, landed_through from mart_stamps"
+        ).fetchall()
+    return {
+        row[0]: MartStamp(
+            event_date=row[0], inputs_digest=row[1], is_final=row[2], landed_through=row[3]
+        )
+        for row in rows
+    }
+
+
+def write_mart_stamp(connection: duckdb.DuckDBPyConnection, stamp: MartStamp) -> None:
+    """Record what a mart day was built from: the last write of a mart run."""
+    connection.execute(MART_STAMPS_DDL)
+    connection.execute(
+        "insert or replace into mart_stamps values (?, ?, ?, ?, now())",
+        [stamp.event_date, stamp.inputs_digest, stamp.is_final, stamp.landed_through],
+    )

@@ -5,9 +5,11 @@ in seconds since the end of the last landed hour while records wait. It is recor
 observation of the topic's source asset and logged as a warning past `LAG_WARNING`.
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import pyarrow.compute as pc
 from dagster import (
+    AssetKey,
     AssetObservation,
     DefaultSensorStatus,
     MetadataValue,
@@ -19,36 +21,58 @@ from dagster import (
     sensor,
 )
 
-from clickstream_assets.assets import AS_OF_TAG, kafka_topic, partition_key, raw_events
-from clickstream_assets.landing import HOUR, first_ingest_hour, read_manifests, recorded_hours
+from core.ledger import HOUR, Ledger, Manifest, floor_hour, partition_key
+from partitions import AS_OF_TAG, RANGE_END_TAG, RANGE_START_TAG, STAGE_TAG, first_instant
 from resources.clock import ClockResource
 from resources.kafka import EventLog
 from resources.lake import LakeResource
+from sensors.in_flight import in_flight
 from sensors.plan import closed_hours
+
+
+def first_ingest_hour(event_log: EventLog, *, not_before: datetime) -> datetime | None:
+    """Where the ledger starts when nothing has landed: the hour of the log's oldest record,
+    or the first partition when the log holds records from before it (they land there)."""
+    earliest: list[datetime] = []
+    for partition in event_log.partitions():
+        reader = event_log.read(partition, event_log.beginning_offset(partition))
+        try:
+            batch = next((b for b, _ in reader if b.num_rows), None)
+        finally:
+            reader.close()
+        if batch is not None:
+            earliest.append(pc.min(batch.column("kafka_timestamp")).as_py())
+    if not earliest:
+        return None
+    return max(floor_hour(min(earliest)), floor_hour(not_before))
+
 
 LAG_WARNING = timedelta(hours=2)
 MAX_HOURS_PER_RUN = 24
+RAW_EVENTS = AssetKey("raw_events")
+KAFKA_TOPIC = AssetKey("kafka_topic")
 
 
-def measure_lag(kafka: EventLog, manifests: dict, now) -> dict:
+def measure_lag(kafka: EventLog, head: Manifest | None, now: datetime) -> dict:
     """Records and seconds between the log's head and what has landed, per partition."""
-    last = max(manifests) if manifests else None
-    landed = {int(p): e["end"] for p, e in manifests[last]["partitions"].items()} if last else {}
-    positions = {p: landed.get(p, kafka.beginning_offset(p)) for p in kafka.partitions()}
+    landed = head.ends if head else {}
+    positions = {p: max(landed.get(p, 0), kafka.beginning_offset(p)) for p in kafka.partitions()}
     heads = kafka.high_watermarks(positions)
     # Seconds count from where landing stands: the end of the last landed hour, or, before the
     # first landing, the start of the hour of the log's oldest record (a backlog is lag too).
-    landed_until = last + HOUR if last else first_ingest_hour(kafka)
+    landed_until = (
+        head.ingest_hour + HOUR if head else first_ingest_hour(kafka, not_before=first_instant)
+    )
     lag = {}
-    for p, head in sorted(heads.items()):
-        records = max(head - positions[p], 0)
+    for p, high in sorted(heads.items()):
+        records = max(high - landed.get(p, positions[p]), 0)
         seconds = (now - landed_until).total_seconds() if records and landed_until else 0.0
         lag[p] = {"records": records, "seconds": max(seconds, 0.0)}
     return lag
 
 
 @sensor(
-    asset_selection=[raw_events],
+    asset_selection=[RAW_EVENTS],
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
 )
@@ -60,9 +84,8 @@ def landing_sensor(
 ):
     """Lands every ingest hour that has closed, oldest first, and records the lag."""
     now = clock.now()
-    landed = recorded_hours(lake)
-    manifests = read_manifests(lake, landed[-1:])  # the head of the ledger is all lag needs
-    lag = measure_lag(kafka, manifests, now)
+    head = Ledger(lake).head()  # the head of the ledger is all landing and lag need
+    lag = measure_lag(kafka, head, now)
     total = sum(v["records"] for v in lag.values())
     worst = max((v["seconds"] for v in lag.values()), default=0.0)
     if worst > LAG_WARNING.total_seconds():
@@ -70,18 +93,23 @@ def landing_sensor(
             f"landing lags {total} records, {worst / 3600:.1f} h behind the log's head"
         )
     observation = AssetObservation(
-        asset_key=kafka_topic.key,
+        asset_key=KAFKA_TOPIC,
         metadata={
             "lag_records": MetadataValue.int(total),
             "lag_seconds": MetadataValue.float(worst),
             "lag_by_partition": MetadataValue.json({str(p): v for p, v in lag.items()}),
         },
     )
-    first = max(manifests) + HOUR if manifests else first_ingest_hour(kafka)
+    first = head.ingest_hour + HOUR if head else first_ingest_hour(kafka, not_before=first_instant)
     hours = closed_hours(first, now, limit=MAX_HOURS_PER_RUN) if first else []
     if not hours:
         return SensorResult(
             asset_events=[observation], skip_reason=SkipReason("no closed hour to land")
+        )
+    if in_flight(context.instance, "landing"):
+        # One landing at a time: the one in flight lands these hours or leaves them owed.
+        return SensorResult(
+            asset_events=[observation], skip_reason=SkipReason("a landing run is in flight")
         )
     start, end = partition_key(hours[0]), partition_key(hours[-1])
     return SensorResult(
@@ -89,11 +117,12 @@ def landing_sensor(
         run_requests=[
             RunRequest(
                 run_key=f"land:{start}:{end}",
-                asset_selection=[raw_events.key],
+                asset_selection=[RAW_EVENTS],
                 tags={
-                    "dagster/asset_partition_range_start": start,
-                    "dagster/asset_partition_range_end": end,
+                    RANGE_START_TAG: start,
+                    RANGE_END_TAG: end,
                     AS_OF_TAG: now.isoformat(),
+                    STAGE_TAG: "landing",
                     # Live landing jumps the run queue ahead of backfills and reprocessing.
                     "dagster/priority": "10",
                 },

@@ -1,19 +1,26 @@
-"""What the sensors decide, as pure functions: which hours to land, which partitions to rebuild,
-when a day becomes final. The sensors and the headless catch-up both call these."""
+"""What the sensors decide, from the ledger alone: which hours to land, which event hours to
+clean, which days to build. The sensors and the headless catch-up both call these.
+
+Level-triggered: a partition is owed work when what it records it was built from (its stamp)
+differs from what the ledger holds now, whatever happened before (a crash at any line, a lost
+Dagster database, an overlapping run). The only memory between ticks is `settled_from`, the
+first ingest hour not yet proven settled: a cache that bounds the read, never a decision.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
-from clickstream_assets.landing import parse_hour_label
-
-HOUR = timedelta(hours=1)
-DAY = timedelta(days=1)
-
-
-def floor_hour(instant: datetime) -> datetime:
-    return instant.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+from core.ledger import (
+    HOUR,
+    Ledger,
+    MartStamp,
+    day_final_at,
+    day_start,
+    inputs_digest,
+)
 
 
 def closed_hours(first: datetime, now: datetime, *, limit: int) -> list[datetime]:
@@ -24,11 +31,6 @@ def closed_hours(first: datetime, now: datetime, *, limit: int) -> list[datetime
         hours.append(hour)
         hour += HOUR
     return hours
-
-
-def day_final_at(day: date, lateness: timedelta) -> datetime:
-    """The watermark: a day is provisional until its end plus the allowed lateness."""
-    return datetime(day.year, day.month, day.day, tzinfo=UTC) + DAY + lateness
 
 
 def contiguous_runs(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
@@ -43,35 +45,68 @@ def contiguous_runs(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
 
 
 @dataclass
-class Propagation:
-    """The late-data sensor's state and decisions for one tick."""
+class Plan:
+    """One tick's decisions."""
 
     event_hours: list[datetime] = field(default_factory=list)
+    """Event hours whose clean stamp differs from the ledger: clean them."""
     days: list[date] = field(default_factory=list)
-    pending_final: list[date] = field(default_factory=list)
+    """Days whose mart stamp differs from their clean stamps, or that turned final."""
+    settled_from: datetime | None = None
+    """The first ingest hour that the next tick must examine."""
 
 
-def propagate(
-    landed_event_hours: list[str],
-    cleaned_hours: list[datetime],
-    pending_final: list[date],
+def plan_rebuilds(
+    ledger: Ledger,
+    mart_stamps: Mapping[date, MartStamp],
     *,
+    settled_from: datetime | None,
+    first_hour: datetime,
     now: datetime,
     lateness: timedelta,
-) -> Propagation:
-    """Decide the rebuilds for one tick.
+) -> Plan:
+    """Decide what is owed, reading the ledger in proportion to what changed since
+    `settled_from` (None: since the beginning, as after a lost Dagster database).
 
-    - every event hour that a new landing holds events of is cleaned again (late data included,
-      whatever its age: bronze keeps every event);
-    - every day with a newly cleaned hour gets its marts rebuilt;
-    - a day rebuilt while provisional is rebuilt once more when its watermark passes, to become
-      final; days that receive nothing new are left alone.
+    - an event hour named by a landing since `settled_from` is owed when its clean stamp's
+      inputs differ from the ledger's index and claims for it (late data included, whatever
+      its age: bronze keeps every event);
+    - a day is owed when it has clean hours and no mart stamp, or its clean stamps differ from
+      those its mart stamp recorded, or it was built provisional and the landed watermark has
+      passed its end plus the allowed lateness; days wait while any of their hours is owed;
+    - only partitions that exist are named: event hours from `first_hour` that have closed.
     """
-    hours = sorted({parse_hour_label(h) for h in landed_event_hours})
-    touched = {h.date() for h in cleaned_hours}
-    due = {d for d in pending_final if day_final_at(d, lateness) <= now}
-    days = sorted(touched | due)
-    pending = sorted(
-        (set(pending_final) - due) | {d for d in touched if day_final_at(d, lateness) > now}
+    recorded = ledger.recorded_hours()
+    known = set(recorded)
+    examined = [h for h in recorded if settled_from is None or h >= settled_from]
+    candidates: set[datetime] = set()
+    for manifest in ledger.manifests(examined).values():
+        candidates.update(manifest.hours_to_rebuild())
+    candidates = {h for h in candidates if h >= first_hour and h + HOUR <= now}
+    owed_hours = sorted(
+        hour
+        for hour in candidates
+        if (inputs := ledger.inputs(hour, known))
+        and ((stamp := ledger.clean_stamp(hour)) is None or stamp.inputs != inputs)
     )
-    return Propagation(event_hours=hours, days=days, pending_final=pending)
+    landed_through = recorded[-1] + HOUR if recorded else None
+    waiting = {hour.date() for hour in owed_hours}
+    candidate_days = {h.date() for h in candidates} | {
+        d for d, s in mart_stamps.items() if not s.is_final
+    }
+    plan = Plan(event_hours=owed_hours)
+    for day in sorted(candidate_days - waiting):
+        if day_start(day) > now:  # a day partition exists from its own start
+            continue
+        stamps = ledger.day_stamps(day)
+        if not stamps:
+            continue  # no clean hour, no event: a day without a valid event has no row
+        digest = inputs_digest(stamps)
+        final = landed_through is not None and landed_through >= day_final_at(day, lateness)
+        built = mart_stamps.get(day)
+        if built is None or built.inputs_digest != digest or (final and not built.is_final):
+            plan.days.append(day)
+    named = {h.date() for h in candidates}
+    settled = not owed_hours and not named.intersection(plan.days)
+    plan.settled_from = recorded[-1] + HOUR if settled and recorded else settled_from
+    return plan

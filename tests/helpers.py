@@ -1,20 +1,75 @@
-"""Helpers shared by test modules: a pipeline's environment, messy traffic, and the comparison
-of the warehouse's marts with the generator's independent truth."""
+"""Helpers shared by test modules: hand-made Kafka records, a pipeline's environment, messy
+traffic, and the comparison of the warehouse's marts with the generator's independent truth."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
 
 from clickstream_tools.generator import Traffic, TrafficSpec, expected_marts, generate
+from core.ledger import Ledger, Manifest
 from core.settings import Settings
+from resources.kafka import InMemoryKafka
+from resources.lake import LakeResource
 from resources.warehouse import read_mart
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+"""The first partition of the hand-made scenarios (CLICKSTREAM_START_DATE's default): before
+all of their data."""
+
+
+def at(hour: int, minute: int = 0, second: int = 0, ms: int = 0) -> datetime:
+    """An instant of 2026-11-27, the day of the hand-made scenarios."""
+    return datetime(2026, 11, 27, hour, minute, second, ms * 1000, tzinfo=UTC)
+
+
+def to_ms(instant: datetime) -> int:
+    return int(instant.timestamp() * 1000)
+
+
+def value(event_id: str, event_time: datetime | str, **fields) -> bytes:
+    """A valid click of device dev-1 with `fields` applied; a field given as `...` is removed."""
+    body = {
+        "event_id": event_id,
+        "event_type": "click",
+        "event_time": event_time if isinstance(event_time, str) else event_time.isoformat(),
+        "device_id": "dev-1",
+    }
+    for name, v in fields.items():
+        if v is ...:
+            body.pop(name)
+        else:
+            body[name] = v
+    return json.dumps(body).encode()
+
+
+def produce(log: InMemoryKafka, partition: int, rows: list[tuple[datetime, bytes | None]]):
+    """Append (receive time, value) records with key dev-1 to one partition."""
+    log.produce(
+        pa.table(
+            {
+                "key": pa.array([b"dev-1"] * len(rows), pa.binary()),
+                "value": pa.array([v for _, v in rows], pa.binary()),
+                "timestamp_ms": pa.array([to_ms(t) for t, _ in rows], pa.int64()),
+                "partition": pa.array([partition] * len(rows), pa.int32()),
+            }
+        )
+    )
+
+
+def all_manifests(lake: LakeResource) -> dict[datetime, Manifest]:
+    """Every manifest the lake's ledger holds, by ingest hour."""
+    ledger = Ledger(lake)
+    return ledger.manifests(ledger.recorded_hours())
+
 
 MARTS = (
     "fct_daily_active_users",

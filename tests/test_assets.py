@@ -2,50 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
-
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import instance_for_test, materialize
 
-from clickstream_assets.assets import AS_OF_TAG, events, raw_events
-from clickstream_assets.cleaning import events_file
-from clickstream_assets.landing import read_manifests
+from clickstream_assets.assets import events, raw_events
+from core.ledger import Ledger, events_file
+from partitions import AS_OF_TAG, RANGE_END_TAG, RANGE_START_TAG
 from resources.kafka import InMemoryKafka
 from resources.lake import LakeResource
-
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
-
-
-def at(hour: int, minute: int = 0) -> datetime:
-    return datetime(2026, 11, 27, hour, minute, tzinfo=UTC)
-
-
-def value(event_id: str, event_time: datetime, **fields) -> bytes:
-    body = {
-        "event_id": event_id,
-        "event_type": "click",
-        "event_time": event_time.isoformat(),
-        "device_id": "dev-1",
-        **fields,
-    }
-    return json.dumps(body).encode()
-
-
-def produce(log: InMemoryKafka, partition: int, rows: list[tuple[datetime, bytes | None]]):
-    log.produce(
-        pa.table(
-            {
-                "key": pa.array([b"dev-1"] * len(rows), pa.binary()),
-                "value": pa.array([v for _, v in rows], pa.binary()),
-                "timestamp_ms": pa.array([int(t.timestamp() * 1000) for t, _ in rows], pa.int64()),
-                "partition": pa.array([partition] * len(rows), pa.int32()),
-            }
-        )
-    )
+from tests.helpers import at, produce, value
 
 
 @pytest.fixture
@@ -92,8 +58,8 @@ def test_raw_events_over_a_two_hour_range_then_events(log, tmp_path):
             resources=resources,
             instance=instance,
             tags={
-                RANGE_START: "2026-11-27-10:00",
-                RANGE_END: "2026-11-27-11:00",
+                RANGE_START_TAG: "2026-11-27-10:00",
+                RANGE_END_TAG: "2026-11-27-11:00",
                 AS_OF_TAG: "2026-11-27T12:00:00+00:00",
             },
         )
@@ -111,7 +77,7 @@ def test_raw_events_over_a_two_hour_range_then_events(log, tmp_path):
         assert h11["quarantined"] == {}
         assert (h10["late_rows"], h11["late_rows"]) == (0, 2)
         assert (h10["clock_corrected"], h11["clock_corrected"]) == (0, 0)
-        assert set(read_manifests(lake)) == {at(10), at(11)}
+        assert Ledger(lake).recorded_hours() == [at(10), at(11)]
         assert log.committed() == {0: 5, 1: 2}
 
         cleaned = materialize(
@@ -131,7 +97,7 @@ def test_raw_events_over_a_two_hour_range_then_events(log, tmp_path):
         assert counts["quarantined_by_reason"] == {"missing_title_id": 1}
         assert counts["late_events"] == 1
         assert counts["clock_corrected"] == 0
-        assert counts["source_ingest_hours"] == ["2026-11-27T10", "2026-11-27T11"]
+        assert counts["inputs"] == ["2026-11-27T10", "2026-11-27T11"]
         ids = pq.read_table(lake.path(events_file(at(10)))).column("event_id").to_pylist()
         assert ids == ["a", "c"]
 
@@ -148,7 +114,7 @@ def test_raw_events_refuses_an_hour_that_has_not_closed(log, tmp_path):
             raise_on_error=False,
         )
     assert not result.success
-    assert read_manifests(lake) == {}
+    assert Ledger(lake).recorded_hours() == []
 
 
 @pytest.mark.parametrize(
@@ -168,8 +134,12 @@ def test_raw_events_reads_the_as_of_tag_as_an_instant(log, tmp_path, as_of):
             [raw_events],
             resources={"kafka": log, "lake": lake},
             instance=instance,
-            tags={RANGE_START: "2026-11-27-10:00", RANGE_END: "2026-11-27-11:00", AS_OF_TAG: as_of},
+            tags={
+                RANGE_START_TAG: "2026-11-27-10:00",
+                RANGE_END_TAG: "2026-11-27-11:00",
+                AS_OF_TAG: as_of,
+            },
             raise_on_error=False,
         )
     assert result.success
-    assert set(read_manifests(lake)) == {at(10), at(11)}
+    assert Ledger(lake).recorded_hours() == [at(10), at(11)]

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, instance_for_test, materialize
 
-from clickstream_assets.assets import AS_OF_TAG, events, raw_events
+from clickstream_assets.assets import events, raw_events
 from clickstream_assets.checks import (
     all_checks,
     bronze_row_problems,
@@ -21,27 +21,28 @@ from clickstream_assets.checks import (
     parquet_rows,
     reconciles_with_bronze,
 )
-from clickstream_assets.landing import manifest_path, read_manifests
+from core.ledger import Ledger, Manifest, PartitionRange, manifest_path
+from partitions import AS_OF_TAG
 from resources.kafka import InMemoryKafka
 from resources.lake import LakeResource
+from tests.helpers import produce, value
 
 H = datetime(2026, 11, 27, 10, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 
 
-def manifest(hour: datetime, ranges: dict[str, tuple[int, int]]) -> dict:
-    return {
-        "ingest_hour": hour.strftime("%Y-%m-%dT%H"),
-        "partitions": {
-            p: {
-                "start": s,
-                "end": e,
-                "rows": e - s,
-                "file": f"bronze/{p}.parquet" if e > s else None,
-            }
+def manifest(hour: datetime, ranges: dict[int, tuple[int, int]]) -> Manifest:
+    return Manifest(
+        ingest_hour=hour,
+        topic="t",
+        partitions={
+            p: PartitionRange(
+                start=s, end=e, rows=e - s, file=f"bronze/{p}.parquet" if e > s else None
+            )
             for p, (s, e) in ranges.items()
         },
-    }
+        event_hours={},
+    )
 
 
 # --- offset_ranges_chain -----------------------------------------------------------------------
@@ -49,8 +50,8 @@ def manifest(hour: datetime, ranges: dict[str, tuple[int, int]]) -> dict:
 
 def test_chained_ranges_pass():
     manifests = {
-        H: manifest(H, {"0": (0, 5), "1": (0, 3)}),
-        H + HOUR: manifest(H + HOUR, {"0": (5, 9), "1": (3, 3), "2": (7, 8)}),  # new partition
+        H: manifest(H, {0: (0, 5), 1: (0, 3)}),
+        H + HOUR: manifest(H + HOUR, {0: (5, 9), 1: (3, 3), 2: (7, 8)}),  # new partition
     }
     assert offset_range_problems(H, manifests) == []
     assert offset_range_problems(H + HOUR, manifests) == []
@@ -59,20 +60,20 @@ def test_chained_ranges_pass():
 @pytest.mark.parametrize(
     ("ranges", "expected"),
     [
-        ({"0": (6, 9), "1": (3, 4)}, "p0: gap"),
-        ({"0": (4, 9), "1": (3, 4)}, "p0: overlap"),
-        ({"0": (5, 4), "1": (3, 4)}, "p0: start 5 > end 4"),
-        ({"0": (5, 9)}, "p1: partition missing"),
+        ({0: (6, 9), 1: (3, 4)}, "p0: gap"),
+        ({0: (4, 9), 1: (3, 4)}, "p0: overlap"),
+        ({0: (5, 4), 1: (3, 4)}, "p0: start 5 > end 4"),
+        ({0: (5, 9)}, "p1: partition missing"),
     ],
 )
 def test_broken_chains_fail(ranges, expected):
-    manifests = {H: manifest(H, {"0": (0, 5), "1": (0, 3)}), H + HOUR: manifest(H + HOUR, ranges)}
+    manifests = {H: manifest(H, {0: (0, 5), 1: (0, 3)}), H + HOUR: manifest(H + HOUR, ranges)}
     problems = offset_range_problems(H + HOUR, manifests)
     assert len(problems) == 1 and expected in problems[0]
 
 
 def test_a_hole_in_the_ledger_fails():
-    manifests = {H: manifest(H, {"0": (0, 5)}), H + 2 * HOUR: manifest(H + 2 * HOUR, {"0": (5, 6)})}
+    manifests = {H: manifest(H, {0: (0, 5)}), H + 2 * HOUR: manifest(H + 2 * HOUR, {0: (5, 6)})}
     assert "no manifest for the hour before" in offset_range_problems(H + 2 * HOUR, manifests)[0]
     assert offset_range_problems(H + HOUR, manifests) == ["2026-11-27T11: no manifest"]
 
@@ -85,11 +86,11 @@ def test_bronze_rows_from_parquet_footers(tmp_path):
     pq.write_table(pa.table({"x": list(range(5))}), tmp_path / "five.parquet")
     assert parquet_rows(lake, "five.parquet") == 5
     assert parquet_rows(lake, "absent.parquet") is None
-    hour = manifest(H, {"0": (10, 15), "1": (3, 3)})
-    assert bronze_row_problems(hour, {"0": 5, "1": None}) == []
-    assert "has 4 rows, range holds 5" in bronze_row_problems(hour, {"0": 4, "1": None})[0]
-    assert "no bronze file" in bronze_row_problems(hour, {"0": None, "1": None})[0]
-    assert "has 1 rows, range holds 0" in bronze_row_problems(hour, {"0": 5, "1": 1})[0]
+    hour = manifest(H, {0: (10, 15), 1: (3, 3)})
+    assert bronze_row_problems(hour, {0: 5, 1: None}) == []
+    assert "has 4 rows, range holds 5" in bronze_row_problems(hour, {0: 4, 1: None})[0]
+    assert "no bronze file" in bronze_row_problems(hour, {0: None, 1: None})[0]
+    assert "has 1 rows, range holds 0" in bronze_row_problems(hour, {0: 5, 1: 1})[0]
 
 
 # --- reconciles_with_bronze --------------------------------------------------------------------
@@ -115,34 +116,16 @@ def test_daily_events_reconcile():
     assert daily_events_problems("D", daily_events=7, hourly_events=7, silver_rows=7) == []
     assert daily_events_problems("D", daily_events=7, hourly_events=6, silver_rows=7) != []
     assert daily_events_problems("D", daily_events=7, hourly_events=7, silver_rows=8) != []
-    assert daily_events_problems("D", daily_events=None, hourly_events=0, silver_rows=0) != []
+    # A day without a valid event has no row; a day with events must have one.
+    assert daily_events_problems("D", daily_events=None, hourly_events=0, silver_rows=0) == []
+    assert daily_events_problems("D", daily_events=None, hourly_events=0, silver_rows=3) != []
 
 
 # --- through Dagster ---------------------------------------------------------------------------
 
 
 def _produce(log: InMemoryKafka, partition: int, times: list[datetime]) -> None:
-    values = [
-        json.dumps(
-            {
-                "event_id": f"e{partition}-{i}",
-                "event_type": "click",
-                "event_time": t.isoformat(),
-                "device_id": "d",
-            }
-        ).encode()
-        for i, t in enumerate(times)
-    ]
-    log.produce(
-        pa.table(
-            {
-                "key": pa.array([b"d"] * len(times), pa.binary()),
-                "value": pa.array(values, pa.binary()),
-                "timestamp_ms": pa.array([int(t.timestamp() * 1000) for t in times], pa.int64()),
-                "partition": pa.array([partition] * len(times), pa.int32()),
-            }
-        )
-    )
+    produce(log, partition, [(t, value(f"e{partition}-{i}", t)) for i, t in enumerate(times)])
 
 
 def _evaluations(result) -> dict[str, bool]:
@@ -161,7 +144,7 @@ def test_checks_pass_on_a_range_run_and_a_broken_range_blocks_cleaning(tmp_path)
     lake = LakeResource(url=str(tmp_path / "lake"))
     resources = {"kafka": log, "lake": lake}
     tags = {AS_OF_TAG: (H + 4 * HOUR).isoformat()}
-    assets = [raw_events, events, *all_checks[:3]]
+    assets = [raw_events, events, *all_checks[:-1]]
     with instance_for_test() as instance:
         landed = materialize(
             assets,
@@ -177,6 +160,7 @@ def test_checks_pass_on_a_range_run_and_a_broken_range_blocks_cleaning(tmp_path)
         # The checks ride along with the selected assets and pass over the whole range.
         assert _evaluations(landed) == {
             "offset_ranges_chain": True,
+            "no_offsets_lost": True,
             "bronze_rows_match_ranges": True,
             "reconciles_with_bronze": True,
         }
@@ -187,7 +171,7 @@ def test_checks_pass_on_a_range_run_and_a_broken_range_blocks_cleaning(tmp_path)
         recorded = json.loads(path.read_text())
         recorded["partitions"]["0"]["start"] += 1
         path.write_text(json.dumps(recorded))
-        assert read_manifests(lake)[hour]["partitions"]["0"]["start"] == 3
+        assert Ledger(lake).manifest(hour).partitions[0].start == 3
 
         rerun = materialize(
             assets,
@@ -217,7 +201,7 @@ def test_silver_mismatch_fails_the_cleaning_check(tmp_path):
     resources = {"kafka": log, "lake": lake}
     with instance_for_test() as instance:
         result = materialize(
-            [raw_events, events, *all_checks[:3]],
+            [raw_events, events, *all_checks[:-1]],
             selection=[raw_events.key, events.key],
             partition_key="2026-11-27-10:00",
             resources=resources,
@@ -232,7 +216,7 @@ def test_silver_mismatch_fails_the_cleaning_check(tmp_path):
         recorded["event_hours"]["2026-11-27T10"] += 1
         path.write_text(json.dumps(recorded))
         again = materialize(
-            [raw_events, events, *all_checks[:3]],
+            [raw_events, events, *all_checks[:-1]],
             selection=[events.key],
             partition_key="2026-11-27-10:00",
             resources=resources,
@@ -251,7 +235,7 @@ def test_checks_target_the_right_assets():
 
 
 def test_a_hole_is_found_from_the_ledger_start_alone():
-    only = {H + 2 * HOUR: manifest(H + 2 * HOUR, {"0": (5, 6)})}
+    only = {H + 2 * HOUR: manifest(H + 2 * HOUR, {0: (5, 6)})}
     assert offset_range_problems(H + 2 * HOUR, only) == []
     assert (
         "no manifest for the hour before"

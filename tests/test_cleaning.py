@@ -6,73 +6,44 @@ expected silver rows by hand: which copy of each event wins and why.
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from clickstream_assets.cleaning import (
     SILVER_SCHEMA,
+    Cleaned,
     bucket_count,
     clean_hour,
-    cleaning_quarantine_file,
     corrected_winners,
     deduplicate,
-    events_file,
 )
-from clickstream_assets.landing import hours_to_rebuild, land_hours, read_manifests
+from clickstream_assets.landing import land_hours
+from core.ledger import (
+    HOUR,
+    CorrectedCopy,
+    Manifest,
+    cleaning_quarantine_file,
+    events_file,
+    hour_label,
+)
 from resources.kafka import InMemoryKafka
 from resources.lake import LakeResource
+from tests.helpers import START, all_manifests, at, produce, to_ms, value
 
-HOUR = timedelta(hours=1)
-
-
-def at(hour: int, minute: int = 0, second: int = 0) -> datetime:
-    return datetime(2026, 11, 27, hour, minute, second, tzinfo=UTC)
-
-
-def to_ms(instant: datetime) -> int:
-    return int(instant.timestamp() * 1000)
-
-
-def value(event_id: str, event_time: datetime, **fields) -> bytes:
-    body = {
-        "event_id": event_id,
-        "event_type": "click",
-        "event_time": event_time.isoformat(),
-        "device_id": "dev-1",
-    }
-    for name, v in fields.items():
-        if v is ...:
-            body.pop(name)
-        else:
-            body[name] = v
-    return json.dumps(body).encode()
-
-
-def produce(log: InMemoryKafka, partition: int, rows: list[tuple[datetime, bytes | None]]):
-    log.produce(
-        pa.table(
-            {
-                "key": pa.array([b"dev-1"] * len(rows), pa.binary()),
-                "value": pa.array([v for _, v in rows], pa.binary()),
-                "timestamp_ms": pa.array([to_ms(t) for t, _ in rows], pa.int64()),
-                "partition": pa.array([partition] * len(rows), pa.int32()),
-            }
-        )
-    )
+CLEANED_AT = at(23)
+"""The clock of every cleaning run here: a re-run with the same clock writes the same bytes."""
 
 
 def land(log: InMemoryKafka, lake: LakeResource, first: int, last: int) -> None:
     hours = [at(h) for h in range(first, last + 1)]
-    land_hours(log, lake, hours, now=hours[-1] + HOUR)
+    land_hours(log, lake, hours, now=hours[-1] + HOUR, first_instant=START)
 
 
-def clean(lake: LakeResource, hour: int) -> dict:
-    return clean_hour(lake, at(hour), read_manifests(lake))
+def clean(lake: LakeResource, hour: int, **options) -> Cleaned:
+    return clean_hour(lake, at(hour), first_instant=START, now=CLEANED_AT, **options)
 
 
 def silver(lake: LakeResource, hour: int) -> list[dict]:
@@ -87,12 +58,22 @@ def winners(rows: list[dict]) -> list[tuple[str, int, int]]:
     return [(r["event_id"], r["kafka_partition"], r["kafka_offset"]) for r in rows]
 
 
-def reconciles(stats: dict) -> bool:
+def counts(cleaned: Cleaned) -> tuple[int, int, int]:
+    """Events, duplicates and quarantined rows of a cleaning run."""
+    return cleaned.stamp.events, cleaned.stamp.duplicates, cleaned.stamp.quarantined
+
+
+def reconciles(cleaned: Cleaned) -> bool:
+    stamp = cleaned.stamp
     return (
-        stats["events"] + stats["duplicates"] + stats["quarantined"]
-        == stats["bronze_rows"]
-        == stats["expected_bronze_rows"]
+        stamp.events + stamp.duplicates + stamp.quarantined
+        == stamp.bronze_rows
+        == cleaned.expected_bronze_rows
     )
+
+
+def histogram(manifest: Manifest) -> dict[str, int]:
+    return {hour_label(h): n for h, n in manifest.event_hours.items()}
 
 
 @pytest.fixture
@@ -117,7 +98,7 @@ def test_earliest_kafka_timestamp_wins_over_a_lower_partition(log, lake):
     [row] = silver(lake, 10)
     assert (row["page"], row["kafka_partition"], row["kafka_offset"]) == ("from-p1", 1, 0)
     assert row["received_at"] == at(10, 5)
-    assert (stats["events"], stats["duplicates"], stats["quarantined"]) == (1, 1, 0)
+    assert counts(stats) == (1, 1, 0)
     assert reconciles(stats)
 
 
@@ -144,7 +125,7 @@ def test_timestamp_tie_goes_to_the_lower_partition(log, lake):
         0,
         1,
     )
-    assert (stats["events"], stats["duplicates"]) == (2, 2)
+    assert (stats.stamp.events, stats.stamp.duplicates) == (2, 2)
     assert reconciles(stats)
 
 
@@ -163,7 +144,7 @@ def test_timestamp_and_partition_tie_goes_to_the_lower_offset(log, lake):
     stats = clean(lake, 10)
     [row] = silver(lake, 10)
     assert (row["page"], row["kafka_offset"]) == ("offset-0", 0)
-    assert stats["duplicates"] == 2
+    assert stats.stamp.duplicates == 2
 
 
 def test_an_invalid_copy_never_wins(log, lake):
@@ -181,8 +162,8 @@ def test_an_invalid_copy_never_wins(log, lake):
     stats = clean(lake, 10)
     [row] = silver(lake, 10)
     assert (row["page"], row["kafka_partition"], row["kafka_offset"]) == ("valid", 0, 1)
-    assert (stats["events"], stats["duplicates"], stats["quarantined"]) == (1, 0, 2)
-    assert stats["quarantined_by_reason"] == {
+    assert counts(stats) == (1, 0, 2)
+    assert stats.quarantined_by_reason == {
         "missing_field:device_id": 1,
         "unknown_event_type": 1,
     }
@@ -211,9 +192,9 @@ def test_duplicates_across_ingest_hours(log, lake):
     stats = clean(lake, 10)
     [row] = silver(lake, 10)
     assert (row["page"], row["ingest_hour"]) == ("first", at(10))
-    assert (stats["events"], stats["duplicates"], stats["bronze_rows"]) == (1, 1, 2)
-    assert stats["source_ingest_hours"] == ["2026-11-27T10", "2026-11-27T11"]
-    assert stats["late_events"] == 0
+    assert (stats.stamp.events, stats.stamp.duplicates, stats.stamp.bronze_rows) == (1, 1, 2)
+    assert stats.source_ingest_hours == [at(10), at(11)]
+    assert stats.late_events == 0
     assert reconciles(stats)
     assert [r["event_id"] for r in silver(lake, 10)] == ["e"]  # "f" belongs to hour 11
     clean(lake, 11)
@@ -229,7 +210,7 @@ def test_duplicates_across_ingest_hours_and_partitions(log, lake):
     stats = clean(lake, 10)
     [row] = silver(lake, 10)
     assert (row["page"], row["kafka_partition"]) == ("p2-first", 2)
-    assert (stats["events"], stats["duplicates"], stats["bronze_rows"]) == (1, 2, 3)
+    assert (stats.stamp.events, stats.stamp.duplicates, stats.stamp.bronze_rows) == (1, 2, 3)
     assert reconciles(stats)
 
 
@@ -241,7 +222,7 @@ def test_a_late_event_rebuilds_the_earlier_event_hour(log, lake):
     land(log, lake, 10, 10)
     first = clean(lake, 10)
     assert winners(silver(lake, 10)) == [("on-time", 0, 0)]
-    assert first["late_events"] == 0
+    assert first.late_events == 0
 
     produce(
         log,
@@ -249,15 +230,15 @@ def test_a_late_event_rebuilds_the_earlier_event_hour(log, lake):
         [(at(14, 10), value("late", at(10, 15))), (at(14, 11), value("on-time", at(10, 29)))],
     )
     land(log, lake, 11, 14)
-    manifests = read_manifests(lake)
-    assert manifests[at(14)]["event_hours"] == {"2026-11-27T10": 2}
+    manifests = all_manifests(lake)
+    assert histogram(manifests[at(14)]) == {"2026-11-27T10": 2}
     again = clean(lake, 10)
     rows = silver(lake, 10)
     # Sorted by event_time: the late one happened first.
     assert winners(rows) == [("late", 1, 0), ("on-time", 0, 0)]
     assert [r["ingest_hour"] for r in rows] == [at(14), at(10)]
-    assert (again["events"], again["duplicates"], again["late_events"]) == (2, 1, 1)
-    assert again["source_ingest_hours"] == ["2026-11-27T10", "2026-11-27T14"]
+    assert (again.stamp.events, again.stamp.duplicates, again.late_events) == (2, 1, 1)
+    assert again.source_ingest_hours == [at(10), at(14)]
     assert reconciles(again)
 
 
@@ -277,9 +258,9 @@ def test_future_clock_event_counts_once_across_event_hours(log, lake):
     )
     produce(log, 1, [(at(11, 30), value("normal", at(11, 30)))])
     land(log, lake, 10, 11)
-    manifests = read_manifests(lake)
-    assert manifests[at(10)]["event_hours"] == {"2026-11-27T10": 1}
-    assert manifests[at(11)]["event_hours"] == {"2026-11-27T11": 2, "2026-11-27T12": 1}
+    manifests = all_manifests(lake)
+    assert histogram(manifests[at(10)]) == {"2026-11-27T10": 1}
+    assert histogram(manifests[at(11)]) == {"2026-11-27T11": 2, "2026-11-27T12": 1}
 
     s10, s11, s12 = clean(lake, 10), clean(lake, 11), clean(lake, 12)
     [kept] = silver(lake, 10)
@@ -292,9 +273,9 @@ def test_future_clock_event_counts_once_across_event_hours(log, lake):
     assert silver(lake, 12) == []
     total = sum(1 for h in (10, 11, 12) for r in silver(lake, h) if r["event_id"] == "ahead")
     assert total == 1
-    assert (s10["events"], s10["duplicates"], s10["clock_corrected"]) == (1, 0, 1)
-    assert (s11["events"], s11["duplicates"]) == (1, 1)
-    assert (s12["events"], s12["duplicates"]) == (0, 1)
+    assert (s10.stamp.events, s10.stamp.duplicates, s10.clock_corrected) == (1, 0, 1)
+    assert (s11.stamp.events, s11.stamp.duplicates) == (1, 1)
+    assert (s12.stamp.events, s12.stamp.duplicates) == (0, 1)
     assert all(reconciles(s) for s in (s10, s11, s12))
 
 
@@ -307,7 +288,7 @@ def test_future_clock_first_copy_wins_even_when_a_retry_lands_in_an_earlier_part
     s13 = clean(lake, 13)
     assert [r["page"] for r in silver(lake, 10)] == ["first"]
     assert silver(lake, 13) == []
-    assert (s13["events"], s13["duplicates"]) == (0, 1)
+    assert (s13.stamp.events, s13.stamp.duplicates) == (0, 1)
     assert reconciles(s13)
 
 
@@ -332,14 +313,14 @@ def test_reconciliation_on_a_mixed_hour(log, lake):
     produce(log, 1, [(at(10, 8), value("a", t)), (at(10, 9), value("", t))])
     land(log, lake, 10, 10)
     stats = clean(lake, 10)
-    assert stats["bronze_rows"] == 6
-    assert stats["expected_bronze_rows"] == 6
-    assert (stats["events"], stats["duplicates"], stats["quarantined"]) == (2, 2, 2)
-    assert stats["quarantined_by_reason"] == {"missing_field:event_id": 1, "missing_title_id": 1}
+    assert stats.stamp.bronze_rows == 6
+    assert stats.expected_bronze_rows == 6
+    assert counts(stats) == (2, 2, 2)
+    assert stats.quarantined_by_reason == {"missing_field:event_id": 1, "missing_title_id": 1}
     assert sorted(r["event_id"] for r in silver(lake, 10)) == ["a", "c"]
     assert reconciles(stats)
     s9 = clean(lake, 9)
-    assert (s9["events"], s9["bronze_rows"], s9["late_events"]) == (1, 1, 1)
+    assert (s9.stamp.events, s9.stamp.bronze_rows, s9.late_events) == (1, 1, 1)
 
 
 def test_rerun_produces_identical_silver_bytes(log, lake):
@@ -383,8 +364,8 @@ def test_an_empty_hour_yields_an_empty_silver_file(log, lake, landed):
     assert table.num_rows == 0
     assert table.schema.equals(SILVER_SCHEMA)
     assert pq.read_table(lake.path(cleaning_quarantine_file(at(11)))).num_rows == 0
-    assert (stats["events"], stats["duplicates"], stats["quarantined"]) == (0, 0, 0)
-    assert (stats["bronze_rows"], stats["expected_bronze_rows"]) == (0, 0)
+    assert counts(stats) == (0, 0, 0)
+    assert (stats.stamp.bronze_rows, stats.expected_bronze_rows) == (0, 0)
 
 
 # --- the pure helpers -----------------------------------------------------------------------
@@ -438,19 +419,23 @@ def test_deduplicate_keeps_a_corrected_event_only_at_its_global_winner():
 
 def test_corrected_winners_pick_the_first_received_copy():
     def copy(event_id, partition, offset, received):
-        return {
-            "event_id": event_id,
-            "kafka_partition": partition,
-            "kafka_offset": offset,
-            "kafka_timestamp_ms": to_ms(received),
-            "event_hour": "2026-11-27T10",
-        }
+        return CorrectedCopy(
+            event_id=event_id,
+            kafka_partition=partition,
+            kafka_offset=offset,
+            kafka_timestamp_ms=to_ms(received),
+            event_hour="2026-11-27T10",
+            device_hour="2026-11-27T13",
+        )
 
-    manifests = {
-        at(11): {"corrected": [copy("x", 0, 9, at(11, 1)), copy("y", 0, 10, at(11, 2))]},
-        at(10): {"corrected": [copy("x", 1, 3, at(10, 1)), copy("y", 1, 4, at(11, 2))]},
-        at(12): {"corrected": []},
-    }
+    def manifest(hour: datetime, *corrected: CorrectedCopy) -> Manifest:
+        return Manifest(hour, "t", partitions={}, event_hours={}, corrected=corrected)
+
+    manifests = [
+        manifest(at(11), copy("x", 0, 9, at(11, 1)), copy("y", 0, 10, at(11, 2))),
+        manifest(at(10), copy("x", 1, 3, at(10, 1)), copy("y", 1, 4, at(11, 2))),
+        manifest(at(12)),
+    ]
     got = sorted(corrected_winners(manifests).iter_rows())
     # x: earliest timestamp; y: same timestamp, lower partition.
     assert got == [("x", 1, 3), ("y", 0, 10)]
@@ -472,16 +457,15 @@ def test_a_huge_hour_cleaned_in_buckets_gives_the_same_events(log, lake, tmp_pat
     rows += [(at(10, 30), value(f"bad{i}", at(10, 30), event_type="nope")) for i in range(4)]
     produce(log, 0, sorted(rows, key=lambda r: r[0]))
     land(log, lake, 10, 11)
-    manifests = read_manifests(lake)
-    bucketed = clean_hour(lake, at(10), manifests, bucket_rows=8)
+    bucketed = clean(lake, 10, bucket_rows=8)
     bucketed_ids = sorted(r["event_id"] for r in silver(lake, 10))
-    whole = clean_hour(lake, at(10), manifests)
-    assert bucketed["dedup_buckets"] == 16 and whole["dedup_buckets"] == 1
+    whole = clean(lake, 10)
+    assert bucketed.dedup_buckets == 16 and whole.dedup_buckets == 1
     assert bucketed_ids == sorted(r["event_id"] for r in silver(lake, 10))
     assert bucketed_ids == sorted(f"e{m}" for m in range(60))
     for key in ("bronze_rows", "events", "duplicates", "quarantined"):
-        assert bucketed[key] == whole[key]
-    assert (bucketed["events"], bucketed["duplicates"], bucketed["quarantined"]) == (60, 60, 4)
+        assert getattr(bucketed.stamp, key) == getattr(whole.stamp, key)
+    assert counts(bucketed) == (60, 60, 4)
 
 
 def test_a_corrected_first_copy_landing_late_restates_the_hour_its_retry_was_counted_in(log, lake):
@@ -495,8 +479,8 @@ def test_a_corrected_first_copy_landing_late_restates_the_hour_its_retry_was_cou
     assert winners(silver(lake, 12)) == [("ev", 0, 0)]
 
     produce(log, 0, [(at(13, 1), value("other", at(13, 1))), (at(10), value("ev", claimed))])
-    [manifest] = land_hours(log, lake, [at(13)], now=at(14))
-    assert hours_to_rebuild(manifest) == ["2026-11-27T10", "2026-11-27T12", "2026-11-27T13"]
+    [manifest] = land_hours(log, lake, [at(13)], now=at(14), first_instant=START)
+    assert manifest.hours_to_rebuild() == [at(10), at(12), at(13)]
     for hour in (10, 12, 13):
         clean(lake, hour)
     # Only the first received copy counts, once, at its receive time.

@@ -15,6 +15,11 @@ import pyarrow as pa
 import pytest
 
 from core.contract import parse_events
+from tests.helpers import to_ms
+
+# The first partition (CLICKSTREAM_START_DATE's first instant): before every event time below,
+# so that no test trips the start-date rule by accident.
+START = datetime(2024, 1, 1, tzinfo=UTC)
 
 # The collector's receive time used unless a test needs another one: later than every device
 # time below, so that no test trips the future-clock rule by accident.
@@ -29,15 +34,11 @@ VALID = {
 }
 
 
-def ms(instant: datetime) -> int:
-    return int(instant.timestamp() * 1000)
-
-
 def records(values: list[bytes | None], received: datetime | list[datetime] = RECEIVED):
     stamps = received if isinstance(received, list) else [received] * len(values)
     return pa.table(
         {
-            "kafka_timestamp": pa.array([ms(s) for s in stamps], pa.int64()).cast(
+            "kafka_timestamp": pa.array([to_ms(s) for s in stamps], pa.int64()).cast(
                 pa.timestamp("ms", tz="UTC")
             ),
             "value": pa.array(values, pa.binary()),
@@ -50,7 +51,7 @@ def encode(event: dict) -> bytes:
 
 
 def parse_one(value: bytes | None, received: datetime = RECEIVED) -> dict:
-    rows = parse_events(records([value], received)).to_pylist()
+    rows = parse_events(records([value], received), start=START).to_pylist()
     assert len(rows) == 1
     return rows[0]
 
@@ -190,9 +191,8 @@ def test_ad_impression_with_a_campaign_id_is_valid():
     [
         ("user_id", 5),
         ("user_id", {"id": 5}),
+        ("user_id", False),
         ("session_id", ["s"]),
-        ("platform", 7),
-        ("platform", None),
         ("ad_id", True),
         ("page", 3.5),
         ("app_version", 12),
@@ -206,13 +206,20 @@ def test_ad_impression_with_a_campaign_id_is_valid():
         ("campaign_id", False),  # optional for a click
     ],
 )
-def test_optional_fields_with_wrong_types_do_not_invalidate(name, value):
-    assert parse_one(encode(event(**{name: value})))["reason"] is None
+def test_optional_fields_with_wrong_types_are_invalid(name, value):
+    # `user_id: false` is not a user. (A wrong-typed platform is `other`, still valid: see
+    # test_platform_normalisation.)
+    assert parse_one(encode(event(**{name: value})))["reason"] == f"wrong_type:{name}"
+
+
+@pytest.mark.parametrize("name", ["user_id", "session_id", "position_ms", "properties"])
+def test_optional_fields_may_be_null(name):
+    assert parse_one(encode(event(**{name: None})))["reason"] is None
 
 
 def test_optional_wrong_types_are_not_taken_as_values():
     row = parse_one(encode(event(position_ms="abc", schema_version="two", properties=[1])))
-    assert row["reason"] is None
+    assert row["reason"] == "wrong_type:position_ms"
     assert row["position_ms"] is None
     assert row["schema_version"] == 1
     assert row["properties"] is None
@@ -241,7 +248,7 @@ def test_each_row_keeps_its_own_reason_and_order():
         encode(event(event_type="play")),
         encode(event(event_id="evt-2")),
     ]
-    reasons = parse_events(records(values)).column("reason").to_pylist()
+    reasons = parse_events(records(values), start=START).column("reason").to_pylist()
     assert reasons == [None, "null_value", "not_json", "missing_title_id", None]
 
 
@@ -356,6 +363,19 @@ def test_future_clock_rule(text, corrected, event_time):
     assert row["event_hour"] == event_time.replace(minute=0, second=0, microsecond=0)
 
 
+@pytest.mark.parametrize(
+    ("event_time", "received", "reason"),
+    [
+        ("2023-12-31T23:59:59.999999Z", RECEIVED, "before_start_date"),
+        ("2024-01-01T01:00:00+01:00", RECEIVED, None),  # exactly the start
+        # A device clock in the future takes the receive time, and that decides.
+        ("2030-01-01T00:00:00Z", utc(2023, 12, 31, 23), "before_start_date"),
+    ],
+)
+def test_events_before_the_start_date_are_invalid(event_time, received, reason):
+    assert parse_one(encode(event(event_time=event_time)), received)["reason"] == reason
+
+
 def test_future_clock_one_microsecond_over_is_corrected():
     row = parse_one(encode(event(event_time="2026-11-27T12:03:00.000001Z")), received=K)
     assert row["clock_corrected"] is True
@@ -364,7 +384,7 @@ def test_future_clock_one_microsecond_over_is_corrected():
 
 def test_future_clock_uses_each_rows_own_receive_time():
     values = [encode(event(event_time="2026-11-27T12:10:00Z"))] * 2
-    table = parse_events(records(values, [K, utc(2026, 11, 27, 12, 6)]))
+    table = parse_events(records(values, [K, utc(2026, 11, 27, 12, 6)]), start=START)
     assert table.column("clock_corrected").to_pylist() == [True, False]
     assert table.column("event_time").to_pylist() == [K, utc(2026, 11, 27, 12, 10)]
     assert table.column("event_hour").to_pylist() == [utc(2026, 11, 27, 11), utc(2026, 11, 27, 12)]

@@ -22,9 +22,13 @@ import pytest
 from dagster import materialize
 
 from clickstream_assets.cleaning import SILVER_SCHEMA
-from clickstream_assets.marts import AS_OF_TAG, dbt_vars, marts, resolve_as_of
+from clickstream_assets.marts import dbt_vars, marts, resolve_as_of
+from core.ledger import HOUR, Ledger, Manifest
 from core.settings import Settings
+from partitions import AS_OF_TAG
+from resources.clock import parse_instant
 from resources.dbt import DBT_PROJECT_DIR, dbt_resource
+from resources.lake import LakeResource
 from resources.warehouse import read_table, warehouse_resource
 
 MARTS = [
@@ -134,9 +138,15 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
             patch.setenv(name, value)
         settings = Settings.from_env()
         warehouse = warehouse_resource(settings)
-        resources = {"dbt": dbt_resource(settings), "warehouse": warehouse}
+        ledger = Ledger(LakeResource(url=str(lake)))
+        resources = {"dbt": dbt_resource(settings), "warehouse": warehouse, "lake": ledger.lake}
 
         def build(step: str, day: str, as_of: str, *, by_config: bool = False) -> None:
+            # Finality follows what has landed: let every partition have landed through as_of
+            # (an empty manifest for the hour before it; the ledger never goes back).
+            through, landed = parse_instant(as_of), ledger.landed_through()
+            if landed is None or through > landed:
+                ledger.record(Manifest(through - HOUR, "t", partitions={}, event_hours={}))
             run = materialize(
                 [marts],
                 partition_key=day,
@@ -350,9 +360,16 @@ def test_dbt_vars_carry_the_settings():
     settings = Settings.from_env(
         {"CLICKSTREAM_LAKE_URL": "s3://bucket/lake", "CLICKSTREAM_ALLOWED_LATENESS": "90m"}
     )
-    assert dbt_vars("2026-03-10", "2026-03-11T00:00:00+00:00", settings, "/w.duckdb") == {
+    assert dbt_vars(
+        "2026-03-10",
+        "2026-03-11T00:00:00+00:00",
+        "2026-03-10T22:00:00+00:00",
+        settings,
+        "/w.duckdb",
+    ) == {
         "event_date": "2026-03-10",
         "as_of": "2026-03-11T00:00:00+00:00",
+        "landed_through": "2026-03-10T22:00:00+00:00",
         "allowed_lateness_minutes": 90,
         "lake_url": "s3://bucket/lake",
         "warehouse_path": "/w.duckdb",

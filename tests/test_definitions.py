@@ -11,7 +11,8 @@ import pytest
 from dagster import AssetKey
 
 from clickstream_assets.definitions import defs
-from clickstream_assets.landing import MANIFESTS, land_hours
+from clickstream_assets.landing import land_hours
+from core.ledger import MANIFESTS
 from core.settings import ConfigError, Settings, parse_duration
 from resources.kafka import InMemoryKafka, KafkaResource, KafkaUnavailable
 from resources.lake import LakeResource, LakeUnavailable
@@ -39,7 +40,7 @@ def test_the_graph_runs_from_the_topic_to_the_marts():
     assert {"kafka_topic", "raw_events", "events", "stg_events", "fct_daily_active_users"} <= keys
     assert AssetKey("events") in graph.get(AssetKey("stg_events")).parent_keys
     assert AssetKey("raw_events") in graph.get(AssetKey("events")).parent_keys
-    assert {s.name for s in defs.sensors or []} == {"landing_sensor", "late_data_sensor"}
+    assert {s.name for s in defs.sensors or []} == {"landing_sensor", "reconcile_sensor"}
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,7 @@ def test_an_unwritable_lake_fails_before_any_output(tmp_path):
     lake = LakeResource(url=str(blocked / "lake"))
     hour = datetime(2026, 11, 27, 10, tzinfo=UTC)
     with pytest.raises(LakeUnavailable, match="set CLICKSTREAM_LAKE_URL"):
-        land_hours(InMemoryKafka(), lake, [hour], now=hour + timedelta(hours=1))
+        land_hours(InMemoryKafka(), lake, [hour], now=hour + timedelta(hours=1), first_instant=hour)
     assert not (tmp_path / "lake" / MANIFESTS).exists()
 
 

@@ -7,67 +7,43 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clickstream_assets.landing import (
+from clickstream_assets.landing import first_at_or_after, land_hours
+from core.ledger import (
+    CorrectedCopy,
+    Ledger,
+    Manifest,
     bronze_file,
-    chained_starts,
-    first_at_or_after,
-    first_ingest_hour,
-    land_hours,
+    hour_label,
     landing_quarantine_file,
     manifest_path,
-    read_manifests,
 )
 from resources.kafka import InMemoryKafka
 from resources.lake import LakeResource
+from sensors.landing import first_ingest_hour
+from tests.helpers import START, all_manifests, at, produce, to_ms, value
 
-H10 = datetime(2026, 11, 27, 10, tzinfo=UTC)
+H10 = at(10)
 H11 = H10 + timedelta(hours=1)
 H12 = H10 + timedelta(hours=2)
 H13 = H10 + timedelta(hours=3)
 
 
-def at(hour: int, minute: int = 0, second: int = 0, ms: int = 0) -> datetime:
-    return datetime(2026, 11, 27, hour, minute, second, ms * 1000, tzinfo=UTC)
+def land(log: InMemoryKafka, lake: LakeResource, hours, *, now) -> list[Manifest]:
+    return land_hours(log, lake, hours, now=now, first_instant=START)
 
 
-def to_ms(instant: datetime) -> int:
-    return int(instant.timestamp() * 1000)
+def ranges(manifest: Manifest) -> dict[int, tuple[int, int]]:
+    return {p: (e.start, e.end) for p, e in manifest.partitions.items()}
 
 
-def value(event_id: str, event_time: datetime | str, **extra) -> bytes:
-    text = event_time if isinstance(event_time, str) else event_time.isoformat()
-    return json.dumps(
-        {
-            "event_id": event_id,
-            "event_type": "click",
-            "event_time": text,
-            "device_id": "dev-1",
-            **extra,
-        }
-    ).encode()
-
-
-def produce(log: InMemoryKafka, partition: int, rows: list[tuple[datetime, bytes | None]]):
-    log.produce(
-        pa.table(
-            {
-                "key": pa.array([b"dev-1"] * len(rows), pa.binary()),
-                "value": pa.array([v for _, v in rows], pa.binary()),
-                "timestamp_ms": pa.array([to_ms(t) for t, _ in rows], pa.int64()),
-                "partition": pa.array([partition] * len(rows), pa.int32()),
-            }
-        )
-    )
-
-
-def ranges(manifest: dict) -> dict[str, tuple[int, int]]:
-    return {p: (e["start"], e["end"]) for p, e in manifest["partitions"].items()}
+def histogram(manifest: Manifest) -> dict[str, int]:
+    return {hour_label(h): n for h, n in manifest.event_hours.items()}
 
 
 @pytest.fixture
@@ -105,26 +81,26 @@ def log() -> InMemoryKafka:
 
 
 def test_first_hour_starts_at_the_log_beginning_and_ends_at_the_boundary(log, lake):
-    [manifest] = land_hours(log, lake, [H10], now=H11)
-    assert ranges(manifest) == {"0": (0, 3), "1": (0, 1), "2": (0, 0)}
-    assert manifest["rows"] == 4
-    assert manifest["ingest_hour"] == "2026-11-27T10"
-    assert manifest["event_hours"] == {"2026-11-27T10": 4}
+    [manifest] = land(log, lake, [H10], now=H11)
+    assert ranges(manifest) == {0: (0, 3), 1: (0, 1), 2: (0, 0)}
+    assert manifest.rows == 4
+    assert manifest.ingest_hour == H10
+    assert histogram(manifest) == {"2026-11-27T10": 4}
 
 
 def test_next_hour_starts_where_the_previous_ended(log, lake):
-    land_hours(log, lake, [H10], now=H11)
-    [m11] = land_hours(log, lake, [H11], now=H12)
-    [m12] = land_hours(log, lake, [H12], now=H13)
+    land(log, lake, [H10], now=H11)
+    [m11] = land(log, lake, [H11], now=H12)
+    [m12] = land(log, lake, [H12], now=H13)
     # Partition 0: offset 3 is the first at or after 11:00; offset 6 the first at or after 12:00.
-    assert ranges(m11) == {"0": (3, 6), "1": (1, 2), "2": (0, 0)}
+    assert ranges(m11) == {0: (3, 6), 1: (1, 2), 2: (0, 0)}
     # Nothing newer in partition 1 or 2: the end is the high watermark.
-    assert ranges(m12) == {"0": (6, 7), "1": (2, 2), "2": (0, 0)}
+    assert ranges(m12) == {0: (6, 7), 1: (2, 2), 2: (0, 0)}
 
 
 def test_bronze_row_groups_hold_one_event_hour_each(log, lake):
     # Row-group statistics are what lets cleaning skip everything but the hour it rebuilds.
-    land_hours(log, lake, [H10, H11], now=H12)
+    land(log, lake, [H10, H11], now=H12)
     metadata = pq.ParquetFile(lake.path(bronze_file(H11, 0))).metadata
     event_hour = metadata.schema.to_arrow_schema().get_field_index("event_hour")
     for group in range(metadata.num_row_groups):
@@ -133,14 +109,14 @@ def test_bronze_row_groups_hold_one_event_hour_each(log, lake):
 
 
 def test_out_of_order_record_after_the_boundary_lands_in_the_later_hour(log, lake):
-    land_hours(log, lake, [H10, H11], now=H12)
+    land(log, lake, [H10, H11], now=H12)
     bronze = pq.read_table(lake.path(bronze_file(H11, 0))).sort_by("kafka_offset").to_pylist()
     assert [r["kafka_offset"] for r in bronze] == [3, 4, 5]
     assert bronze[1]["kafka_timestamp"] == at(10, 45)
     assert all(r["ingest_hour"] == H11 for r in bronze)
     # Its event hour (10) is in the later ingest hour's histogram, as is the late event of 9.
-    manifest = read_manifests(lake)[H11]
-    assert manifest["event_hours"] == {
+    manifest = Ledger(lake).manifest(H11)
+    assert histogram(manifest) == {
         "2026-11-27T09": 1,
         "2026-11-27T10": 1,
         "2026-11-27T11": 2,
@@ -148,7 +124,7 @@ def test_out_of_order_record_after_the_boundary_lands_in_the_later_hour(log, lak
 
 
 def test_bronze_keeps_what_was_received(log, lake):
-    land_hours(log, lake, [H10], now=H11)
+    land(log, lake, [H10], now=H11)
     table = pq.read_table(lake.path(bronze_file(H10, 0)))
     assert table.column_names == [
         "kafka_partition",
@@ -159,6 +135,7 @@ def test_bronze_keeps_what_was_received(log, lake):
         "ingest_hour",
         "event_hour",
         "dedup_bucket",
+        "event_id",
     ]
     rows = table.to_pylist()
     assert [r["kafka_partition"] for r in rows] == [0, 0, 0]
@@ -167,51 +144,48 @@ def test_bronze_keeps_what_was_received(log, lake):
     assert [r["kafka_key"] for r in rows] == [b"dev-1"] * 3
     assert rows[1]["value"] == value("a1", at(10, 29))
     assert [r["event_hour"] for r in rows] == [H10, H10, H10]
+    assert [r["event_id"] for r in rows] == ["a0", "a1", "a2"]
 
 
 def test_an_empty_hour_gets_empty_ranges_and_a_manifest(log, lake):
-    land_hours(log, lake, [H10, H11, H12], now=H13)
-    [m13] = land_hours(log, lake, [H13], now=H13 + timedelta(hours=1))
-    assert ranges(m13) == {"0": (7, 7), "1": (2, 2), "2": (0, 0)}
-    assert m13["rows"] == 0
-    assert m13["event_hours"] == {}
-    assert all(e["rows"] == 0 and e["file"] is None for e in m13["partitions"].values())
+    land(log, lake, [H10, H11, H12], now=H13)
+    [m13] = land(log, lake, [H13], now=H13 + timedelta(hours=1))
+    assert ranges(m13) == {0: (7, 7), 1: (2, 2), 2: (0, 0)}
+    assert m13.rows == 0
+    assert histogram(m13) == {}
+    assert all(e.rows == 0 and e.file is None for e in m13.partitions.values())
     assert lake.exists(manifest_path(H13))
-    assert H13 in read_manifests(lake)
+    assert H13 in Ledger(lake).recorded_hours()
 
 
 def test_an_empty_log_lands_empty_hours(lake):
     log = InMemoryKafka(topic="t", partitions=2)
-    manifests = land_hours(log, lake, [H10, H11], now=H12)
-    assert [ranges(m) for m in manifests] == [{"0": (0, 0), "1": (0, 0)}] * 2
-    assert [m["rows"] for m in manifests] == [0, 0]
+    manifests = land(log, lake, [H10, H11], now=H12)
+    assert [ranges(m) for m in manifests] == [{0: (0, 0), 1: (0, 0)}] * 2
+    assert [m.rows for m in manifests] == [0, 0]
 
 
 def test_an_idle_partition(log, lake):
-    manifests = land_hours(log, lake, [H10, H11, H12], now=H13)
+    manifests = land(log, lake, [H10, H11, H12], now=H13)
     for manifest in manifests:
-        entry = manifest["partitions"]["2"]
-        assert (entry["start"], entry["end"], entry["rows"], entry["file"]) == (0, 0, 0, None)
+        entry = manifest.partitions[2]
+        assert (entry.start, entry.end, entry.rows, entry.file) == (0, 0, 0, None)
     assert not lake.exists(bronze_file(H10, 2))
 
 
 def test_several_hours_in_one_call_match_hour_by_hour(log, lake, tmp_path):
-    together = land_hours(log, lake, [H10, H11, H12], now=H13)
-    assert [m["ingest_hour"] for m in together] == [
-        "2026-11-27T10",
-        "2026-11-27T11",
-        "2026-11-27T12",
-    ]
+    together = land(log, lake, [H10, H11, H12], now=H13)
+    assert [m.ingest_hour for m in together] == [H10, H11, H12]
     assert [ranges(m) for m in together] == [
-        {"0": (0, 3), "1": (0, 1), "2": (0, 0)},
-        {"0": (3, 6), "1": (1, 2), "2": (0, 0)},
-        {"0": (6, 7), "1": (2, 2), "2": (0, 0)},
+        {0: (0, 3), 1: (0, 1), 2: (0, 0)},
+        {0: (3, 6), 1: (1, 2), 2: (0, 0)},
+        {0: (6, 7), 1: (2, 2), 2: (0, 0)},
     ]
-    assert [m["rows"] for m in together] == [4, 4, 1]
+    assert [m.rows for m in together] == [4, 4, 1]
 
     one_by_one = LakeResource(url=str(tmp_path / "other"))
     for hour in (H10, H11, H12):
-        land_hours(log, one_by_one, [hour], now=H13)
+        land(log, one_by_one, [hour], now=H13)
     for hour in (H10, H11, H12):
         for p in (0, 1):
             name = bronze_file(hour, p)
@@ -235,21 +209,21 @@ def test_hours_spanning_reader_batches(lake):
             for i in range(5000)
         ],
     )
-    m10, m11 = land_hours(log, lake, [H10, H11], now=H12)
-    assert ranges(m10) == {"0": (0, 1000)}
-    assert ranges(m11) == {"0": (1000, 4600)}
-    [m12] = land_hours(log, lake, [H12], now=H13)
-    assert ranges(m12) == {"0": (4600, 5000)}
-    assert m11["event_hours"] == {"2026-11-27T11": 3600}
+    m10, m11 = land(log, lake, [H10, H11], now=H12)
+    assert ranges(m10) == {0: (0, 1000)}
+    assert ranges(m11) == {0: (1000, 4600)}
+    [m12] = land(log, lake, [H12], now=H13)
+    assert ranges(m12) == {0: (4600, 5000)}
+    assert histogram(m11) == {"2026-11-27T11": 3600}
     offsets = pq.read_table(lake.path(bronze_file(H11, 0))).column("kafka_offset")
     assert offsets.to_pylist() == list(range(1000, 4600))
 
 
 def test_rerun_rewrites_identical_bytes_and_keeps_the_manifest(log, lake):
-    land_hours(log, lake, [H10, H11], now=H12)
+    land(log, lake, [H10, H11], now=H12)
     produce(log, 0, [(at(10, 20), b"not json")])  # arrives after 11:00 with an old timestamp
     produce(log, 1, [(at(11, 5), value("b2", at(11, 5)))])
-    land_hours(log, lake, [H10], now=H13)  # the clock has moved on: H10 is recorded anyway
+    land(log, lake, [H10], now=H13)  # the clock has moved on: H10 is recorded anyway
 
     def snapshot() -> dict[str, bytes]:
         files = {}
@@ -259,34 +233,34 @@ def test_rerun_rewrites_identical_bytes_and_keeps_the_manifest(log, lake):
         return files
 
     before = snapshot()
-    again = land_hours(log, lake, [H10, H11], now=H13 + timedelta(hours=5))
+    again = land(log, lake, [H10, H11], now=H13 + timedelta(hours=5))
     after = snapshot()
     assert after == before
     assert [ranges(m) for m in again] == [
-        {"0": (0, 3), "1": (0, 1), "2": (0, 0)},
-        {"0": (3, 6), "1": (1, 2), "2": (0, 0)},
+        {0: (0, 3), 1: (0, 1), 2: (0, 0)},
+        {0: (3, 6), 1: (1, 2), 2: (0, 0)},
     ]
     # The records produced after landing go to the next hour, not into the recorded ones.
-    [m12] = land_hours(log, lake, [H12], now=H13)
-    assert ranges(m12) == {"0": (6, 8), "1": (2, 3), "2": (0, 0)}
+    [m12] = land(log, lake, [H12], now=H13)
+    assert ranges(m12) == {0: (6, 8), 1: (2, 3), 2: (0, 0)}
 
 
 def test_a_recorded_hour_and_the_next_fresh_one_in_one_call(log, lake):
-    [first] = land_hours(log, lake, [H10], now=H11)
-    again, fresh = land_hours(log, lake, [H10, H11], now=H12)
+    [first] = land(log, lake, [H10], now=H11)
+    again, fresh = land(log, lake, [H10, H11], now=H12)
     assert again == first
-    assert ranges(fresh) == {"0": (3, 6), "1": (1, 2), "2": (0, 0)}
+    assert ranges(fresh) == {0: (3, 6), 1: (1, 2), 2: (0, 0)}
     assert log.committed() == {0: 6, 1: 2, 2: 0}
 
 
 def test_rerun_after_bronze_loss_restores_the_same_bytes(log, lake):
-    land_hours(log, lake, [H10], now=H11)
+    land(log, lake, [H10], now=H11)
     name = bronze_file(H10, 0)
     with lake.fs.open(lake.path(name), "rb") as handle:
         original = handle.read()
     manifest_bytes = lake.fs.cat(lake.path(manifest_path(H10)))
     lake.remove(name)
-    land_hours(log, lake, [H10], now=H12)
+    land(log, lake, [H10], now=H12)
     with lake.fs.open(lake.path(name), "rb") as handle:
         assert handle.read() == original
     assert lake.fs.cat(lake.path(manifest_path(H10))) == manifest_bytes
@@ -295,12 +269,12 @@ def test_rerun_after_bronze_loss_restores_the_same_bytes(log, lake):
 def test_rerun_after_retention_never_corrupts_bronze(log, lake):
     """Bronze outlives Kafka: re-landing an hour whose records retention dropped must not
     replace bronze with other records (it may refuse, but the recorded bytes must stay)."""
-    land_hours(log, lake, [H10, H11], now=H12)
+    land(log, lake, [H10, H11], now=H12)
     name = bronze_file(H10, 0)
     original = lake.fs.cat(lake.path(name))
     log.truncate_before(0, 5)  # offsets 0..4 are gone
     with contextlib.suppress(Exception):  # refusing is acceptable, corrupting is not
-        land_hours(log, lake, [H10], now=H12)
+        land(log, lake, [H10], now=H12)
     assert lake.fs.cat(lake.path(name)) == original
     rows = pq.read_table(lake.path(name)).to_pylist()
     assert [r["kafka_offset"] for r in rows] == [0, 1, 2]
@@ -317,43 +291,43 @@ def test_rerun_after_retention_never_corrupts_bronze(log, lake):
 )
 def test_landing_an_hour_that_has_not_closed_raises(log, lake, hour, now):
     with pytest.raises(ValueError, match="not closed"):
-        land_hours(log, lake, [hour], now=now)
-    assert read_manifests(lake) == {}
+        land(log, lake, [hour], now=now)
+    assert all_manifests(lake) == {}
 
 
 def test_landing_a_later_hour_that_has_not_closed_raises(log, lake):
-    land_hours(log, lake, [H10], now=H11)
+    land(log, lake, [H10], now=H11)
     with pytest.raises(ValueError):
-        land_hours(log, lake, [H11], now=at(11, 59, 59, 999))
+        land(log, lake, [H11], now=at(11, 59, 59, 999))
     with pytest.raises(ValueError):
-        land_hours(log, lake, [H11, H12], now=at(12, 30))
-    assert set(read_manifests(lake)) == {H10}
+        land(log, lake, [H11, H12], now=at(12, 30))
+    assert set(all_manifests(lake)) == {H10}
 
 
 def test_an_hour_closes_exactly_at_its_end(log, lake):
-    [manifest] = land_hours(log, lake, [H10], now=H11)
-    assert manifest["ingest_hour"] == "2026-11-27T10"
+    [manifest] = land(log, lake, [H10], now=H11)
+    assert manifest.ingest_hour == H10
 
 
 def test_landing_with_a_gap_raises(log, lake):
-    land_hours(log, lake, [H10], now=H13)
+    land(log, lake, [H10], now=H13)
     with pytest.raises(ValueError):
-        land_hours(log, lake, [H12], now=H13)
+        land(log, lake, [H12], now=H13)
     with pytest.raises(ValueError):
-        land_hours(log, lake, [H12, H13], now=H13 + timedelta(hours=1))
-    assert set(read_manifests(lake)) == {H10}
+        land(log, lake, [H12, H13], now=H13 + timedelta(hours=1))
+    assert set(all_manifests(lake)) == {H10}
 
 
 def test_landing_non_consecutive_hours_in_one_call_raises(log, lake):
     with pytest.raises(ValueError):
-        land_hours(log, lake, [H10, H12], now=H13)
-    assert read_manifests(lake) == {}
+        land(log, lake, [H10, H12], now=H13)
+    assert all_manifests(lake) == {}
 
 
 def test_landing_an_hour_before_the_ledger_raises(log, lake):
-    land_hours(log, lake, [H11], now=H12)
+    land(log, lake, [H11], now=H12)
     with pytest.raises(ValueError):
-        land_hours(log, lake, [H10], now=H12)
+        land(log, lake, [H10], now=H12)
 
 
 def test_unreadable_values_are_quarantined_at_landing(lake):
@@ -374,9 +348,9 @@ def test_unreadable_values_are_quarantined_at_landing(lake):
         ],
     )
     produce(log, 1, [(at(10, 30), b"{oops")])
-    [manifest] = land_hours(log, lake, [H10], now=H11)
+    [manifest] = land(log, lake, [H10], now=H11)
 
-    assert manifest["quarantined"] == {
+    assert manifest.quarantined == {
         "missing_field:event_time": 1,
         "not_json": 3,
         "not_object": 1,
@@ -384,7 +358,7 @@ def test_unreadable_values_are_quarantined_at_landing(lake):
         "unparseable_event_time": 1,
     }
     # Readable events, valid or not, go to cleaning through the histogram.
-    assert manifest["event_hours"] == {"2026-11-27T10": 2}
+    assert histogram(manifest) == {"2026-11-27T10": 2}
 
     quarantine = pq.read_table(lake.path(landing_quarantine_file(H10, 0))).to_pylist()
     assert [(r["kafka_offset"], r["reason"]) for r in quarantine] == [
@@ -407,14 +381,12 @@ def test_unreadable_values_are_quarantined_at_landing(lake):
     ]
 
     # Bronze still keeps every record of the range, readable or not.
-    assert ranges(manifest) == {"0": (0, 8), "1": (0, 1)}
-    span = sum(e["end"] - e["start"] for e in manifest["partitions"].values())
+    assert ranges(manifest) == {0: (0, 8), 1: (0, 1)}
+    span = sum(e.end - e.start for e in manifest.partitions.values())
     bronze_rows = sum(
-        pq.read_table(lake.path(e["file"])).num_rows
-        for e in manifest["partitions"].values()
-        if e["file"]
+        pq.read_table(lake.path(e.file)).num_rows for e in manifest.partitions.values() if e.file
     )
-    assert bronze_rows == span == manifest["rows"] == 9
+    assert bronze_rows == span == manifest.rows == 9
     bronze = pq.read_table(lake.path(bronze_file(H10, 0))).sort_by("kafka_offset").to_pylist()
     assert [r["kafka_offset"] for r in bronze] == list(range(8))
     assert bronze[1]["value"] is None
@@ -425,9 +397,9 @@ def test_unreadable_values_are_quarantined_at_landing(lake):
 
 def test_consumer_group_commits_the_landed_ends(log, lake):
     assert log.committed() == {}
-    land_hours(log, lake, [H10], now=H11)
+    land(log, lake, [H10], now=H11)
     assert log.committed() == {0: 3, 1: 1, 2: 0}
-    land_hours(log, lake, [H11, H12], now=H13)
+    land(log, lake, [H11, H12], now=H13)
     assert log.committed() == {0: 7, 1: 2, 2: 0}
 
 
@@ -442,33 +414,33 @@ def test_corrected_future_clock_events_are_recorded_in_the_manifest(lake):
             (at(10, 30), value("ahead-a-bit", at(10, 35))),  # exactly 5 min: not corrected
         ],
     )
-    [manifest] = land_hours(log, lake, [H10], now=H11)
-    assert manifest["event_hours"] == {"2026-11-27T10": 3}
-    assert manifest["corrected"] == [
-        {
-            "event_id": "ahead",
-            "kafka_partition": 0,
-            "kafka_offset": 1,
-            "kafka_timestamp_ms": to_ms(at(10, 20)),
-            "event_hour": "2026-11-27T10",
-            "device_hour": "2026-11-27T15",
-        }
-    ]
+    [manifest] = land(log, lake, [H10], now=H11)
+    assert histogram(manifest) == {"2026-11-27T10": 3}
+    assert manifest.corrected == (
+        CorrectedCopy(
+            event_id="ahead",
+            kafka_partition=0,
+            kafka_offset=1,
+            kafka_timestamp_ms=to_ms(at(10, 20)),
+            event_hour="2026-11-27T10",
+            device_hour="2026-11-27T15",
+        ),
+    )
 
 
 def test_manifests_are_read_back_by_hour(log, lake):
-    written = land_hours(log, lake, [H10, H11], now=H12)
-    recorded = read_manifests(lake)
+    written = land(log, lake, [H10, H11], now=H12)
+    recorded = all_manifests(lake)
     assert list(recorded) == [H10, H11]
     assert [recorded[H10], recorded[H11]] == written
 
 
 def test_a_partition_added_later_starts_at_its_beginning(log, lake):
-    land_hours(log, lake, [H10], now=H11)
+    land(log, lake, [H10], now=H11)
     log.create_topic(4)
     produce(log, 3, [(at(11, 10), value("d0", at(11, 10)))])
-    [m11] = land_hours(log, lake, [H11], now=H12)
-    assert ranges(m11) == {"0": (3, 6), "1": (1, 2), "2": (0, 0), "3": (0, 1)}
+    [m11] = land(log, lake, [H11], now=H12)
+    assert ranges(m11) == {0: (3, 6), 1: (1, 2), 2: (0, 0), 3: (0, 1)}
 
 
 # --- pure helpers ---------------------------------------------------------------------------
@@ -494,17 +466,27 @@ def test_first_at_or_after(instants, expected):
     assert first_at_or_after(stamps(*instants), H11) == expected
 
 
-def test_chained_starts():
-    previous = {"partitions": {"0": {"start": 0, "end": 5}, "1": {"start": 2, "end": 2}}}
-    assert chained_starts(previous, [0, 1, 2], {2: 7}) == {0: 5, 1: 2, 2: 7}
-    assert chained_starts(None, [0, 1], {0: 3, 1: 0}) == {0: 3, 1: 0}
+def test_the_first_hour_and_a_new_partition_start_at_the_log_beginning(lake):
+    log = InMemoryKafka(topic="t", partitions=2)
+    produce(log, 0, [(at(10, i), value(f"a{i}", at(10, i))) for i in range(5)])
+    log.truncate_before(0, 3)  # retention before anything landed: nothing owed is lost
+    [m10] = land(log, lake, [H10], now=H11)
+    assert ranges(m10) == {0: (3, 5), 1: (0, 0)}
+    assert m10.lost_ranges() == {}
+    log.create_topic(3)
+    produce(log, 2, [(at(11, i), value(f"c{i}", at(11, i))) for i in range(8)])
+    log.truncate_before(2, 7)
+    [m11] = land(log, lake, [H11], now=H12)
+    # Known partitions chain onto the hour before; the new one starts at its beginning.
+    assert ranges(m11) == {0: (5, 5), 1: (0, 0), 2: (7, 8)}
+    assert m11.lost_ranges() == {}
 
 
 def test_first_ingest_hour():
     log = InMemoryKafka(topic="t", partitions=3)
-    assert first_ingest_hour(log) is None
+    assert first_ingest_hour(log, not_before=START) is None
     produce(log, 0, [(at(10, 30), b"x"), (at(11, 0), b"x")])
     produce(log, 1, [(at(9, 59, 59), b"x")])
-    assert first_ingest_hour(log) == at(9, 0)
+    assert first_ingest_hour(log, not_before=START) == at(9, 0)
     log.truncate_before(1, 1)
-    assert first_ingest_hour(log) == at(10, 0)
+    assert first_ingest_hour(log, not_before=START) == at(10, 0)

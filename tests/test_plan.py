@@ -1,12 +1,28 @@
-"""The sensors' pure decisions: closed hours, runs of hours, the day watermark, propagation."""
+"""What the sensors decide from the ledger: closed hours, runs of hours, the day watermark, and
+which hours and days are owed (level-triggered), reading the ledger in proportion to the work."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from sensors.plan import closed_hours, contiguous_runs, day_final_at, propagate
+from clickstream_assets.cleaning import clean_hour
+from core.ledger import (
+    STAMP_KEY,
+    CleanStamp,
+    Ledger,
+    Manifest,
+    MartStamp,
+    PartitionRange,
+    day_final_at,
+    events_file,
+    inputs_digest,
+)
+from resources.lake import LakeResource
+from sensors.plan import closed_hours, contiguous_runs, plan_rebuilds
 
 LATENESS = timedelta(hours=3)
 NOV27 = date(2026, 11, 27)
@@ -81,79 +97,160 @@ def test_day_final_at(day, lateness, expected):
     assert day_final_at(day, lateness) == expected
 
 
-# --- propagate ----------------------------------------------------------------------------------
+# --- plan_rebuilds: what is owed, from the ledger alone ---------------------------------------
 
 
-def test_landed_event_hours_become_clean_requests_sorted_and_unique():
-    decision = propagate(
-        ["2026-11-27T10", "2026-11-27T09", "2026-11-27T10", "2026-11-20T05"],
-        [],
-        [],
-        now=utc(27, 11),
+class CountingLake:
+    """A lake that counts the ledger files it reads (manifests, footers) and its listings."""
+
+    def __init__(self, lake: LakeResource) -> None:
+        self._lake = lake
+        self.reads = {"read_json": 0, "footer_metadata": 0, "list": 0}
+
+    def __getattr__(self, name):
+        attribute = getattr(self._lake, name)
+        if name in self.reads:
+
+            def counted(*args, **kwargs):
+                self.reads[name] += 1
+                return attribute(*args, **kwargs)
+
+            return counted
+        return attribute
+
+
+def record(ledger: Ledger, ingest: datetime, event_hours: dict[datetime, int]) -> Manifest:
+    manifest = Manifest(
+        ingest_hour=ingest,
+        topic="t",
+        partitions={0: PartitionRange(0, 0, 0, None)},
+        event_hours=event_hours,
+    )
+    assert ledger.record(manifest)
+    return manifest
+
+
+def stamp(lake: LakeResource, hour: datetime, inputs: list[datetime]) -> None:
+    """A clean hour built from `inputs` (an empty silver file carrying its stamp)."""
+    schema = pa.schema([("event_id", pa.string())])
+    footer = CleanStamp(event_hour=hour, inputs=tuple(inputs)).to_bytes()
+    path = lake.path(events_file(hour))
+    lake.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with pq.ParquetWriter(path, schema.with_metadata({STAMP_KEY: footer})) as writer:
+        writer.write_table(schema.empty_table())
+
+
+def plan(ledger: Ledger, stamps=None, *, settled_from=None, now=None):
+    return plan_rebuilds(
+        ledger,
+        stamps or {},
+        settled_from=settled_from,
+        first_hour=utc(1, 0),
+        now=now or utc(28, 0),
         lateness=LATENESS,
     )
-    assert decision.event_hours == [utc(20, 5), utc(27, 9), utc(27, 10)]
 
 
-def test_a_provisional_day_becomes_pending_then_requested_when_its_watermark_passes():
-    # Tick 1: hour 10 of the 27th is cleaned while the day is provisional.
-    tick1 = propagate(["2026-11-27T10"], [utc(27, 10)], [], now=utc(27, 11), lateness=LATENESS)
-    assert tick1.days == [NOV27]
-    assert tick1.pending_final == [NOV27]
-
-    # Tick 2: nothing new, the watermark (28th 03:00) has not passed.
-    tick2 = propagate([], [], tick1.pending_final, now=utc(28, 2, 59, 59), lateness=LATENESS)
-    assert tick2.days == []
-    assert tick2.pending_final == [NOV27]
-    assert tick2.event_hours == []
-
-    # Tick 3: the watermark passes: the day is rebuilt once more, to become final.
-    tick3 = propagate([], [], tick2.pending_final, now=utc(28, 3), lateness=LATENESS)
-    assert tick3.days == [NOV27]
-    assert tick3.pending_final == []
-
-    # Tick 4: nothing new, nothing to do.
-    tick4 = propagate([], [], tick3.pending_final, now=utc(28, 4), lateness=LATENESS)
-    assert (tick4.days, tick4.pending_final) == ([], [])
+def test_an_hour_is_owed_until_its_stamp_names_every_ingest_hour_holding_it(tmp_path):
+    lake = LakeResource(url=str(tmp_path))
+    ledger = Ledger(lake)
+    record(ledger, utc(27, 10), {utc(27, 10): 5, utc(27, 9): 1})
+    record(ledger, utc(27, 11), {utc(27, 11): 4, utc(27, 9): 2})
+    assert plan(ledger).event_hours == [utc(27, 9), utc(27, 10), utc(27, 11)]
+    stamp(lake, utc(27, 9), [utc(27, 10)])  # built before the late events of 11:00 landed
+    stamp(lake, utc(27, 10), [utc(27, 10)])
+    stamp(lake, utc(27, 11), [utc(27, 11)])
+    assert plan(ledger).event_hours == [utc(27, 9)]
+    stamp(lake, utc(27, 9), [utc(27, 10), utc(27, 11)])
+    assert plan(ledger).event_hours == []
 
 
-def test_late_data_for_a_final_day_is_requested_immediately_and_not_pending():
-    decision = propagate(["2026-11-20T05"], [utc(20, 5)], [], now=utc(28, 12), lateness=LATENESS)
-    assert decision.event_hours == [utc(20, 5)]
-    assert decision.days == [NOV20]
-    assert decision.pending_final == []
+def test_only_partitions_that_exist_are_named(tmp_path):
+    ledger = Ledger(LakeResource(url=str(tmp_path)))
+    # An event hour before the first partition, one in the open hour, one in 2031.
+    record(ledger, utc(27, 10), {utc(27, 10): 1, datetime(2031, 1, 1, tzinfo=UTC): 1})
+    record(ledger, utc(27, 11), {utc(27, 11): 1})
+    assert plan(ledger, now=utc(27, 11, 30)).event_hours == [utc(27, 10)]
 
 
-def test_a_day_exactly_at_its_watermark_is_final():
-    decision = propagate([], [utc(27, 23)], [], now=utc(28, 3), lateness=LATENESS)
-    assert decision.days == [NOV27]
-    assert decision.pending_final == []
+def test_days_are_owed_on_new_inputs_and_once_more_when_the_landed_watermark_passes(tmp_path):
+    lake = LakeResource(url=str(tmp_path))
+    ledger = Ledger(lake)
+    record(ledger, utc(27, 22), {utc(27, 22): 3})
+    stamp(lake, utc(27, 22), [utc(27, 22)])
+    first = plan(ledger)
+    assert (first.event_hours, first.days) == ([], [NOV27])
+    digest = inputs_digest(ledger.day_stamps(NOV27))
+    built = {NOV27: MartStamp(NOV27, digest, False, utc(27, 23))}
+    assert plan(ledger, built).days == []
+    # Landing goes on; until it has landed through 11-28 03:00 the day stays provisional.
+    for hour in range(23, 24):
+        record(ledger, utc(27, hour), {})
+    for hour in range(0, 2):
+        record(ledger, utc(28, hour), {})
+    assert plan(ledger, built, now=utc(29, 0)).days == []
+    record(ledger, utc(28, 2), {})  # the ingest hour that covers end of day + 3 h
+    assert plan(ledger, built, now=utc(29, 0)).days == [NOV27]
+    final = {NOV27: MartStamp(NOV27, digest, True, utc(28, 3))}
+    assert plan(ledger, final, now=utc(29, 0)).days == []
 
 
-def test_untouched_days_are_not_requested():
-    decision = propagate(
-        ["2026-11-28T00"], [utc(28, 0)], [NOV27], now=utc(28, 1), lateness=LATENESS
+def test_a_day_waits_while_one_of_its_hours_is_owed(tmp_path):
+    lake = LakeResource(url=str(tmp_path))
+    ledger = Ledger(lake)
+    record(ledger, utc(27, 10), {utc(27, 10): 1, utc(27, 11): 1})
+    stamp(lake, utc(27, 10), [utc(27, 10)])
+    result = plan(ledger)
+    assert (result.event_hours, result.days) == ([utc(27, 11)], [])
+
+
+def test_the_settled_cursor_bounds_the_read_and_advances_only_when_settled(tmp_path):
+    lake = LakeResource(url=str(tmp_path))
+    ledger = Ledger(lake)
+    for hour in range(0, 12):
+        record(ledger, utc(27, hour), {utc(27, hour): 1})
+        stamp(lake, utc(27, hour), [utc(27, hour)])
+    digest = inputs_digest(ledger.day_stamps(NOV27))
+    built = {NOV27: MartStamp(NOV27, digest, False, utc(27, 12))}
+    settled = plan(ledger, built)
+    assert settled.settled_from == utc(27, 12)
+    record(ledger, utc(27, 12), {utc(27, 12): 1})
+    counting = CountingLake(lake)
+    owed = plan(Ledger(counting), built, settled_from=settled.settled_from)
+    assert owed.event_hours == [utc(27, 12)]
+    assert owed.settled_from == utc(27, 12)  # not settled yet: examined again next tick
+    assert counting.reads["read_json"] == 1  # the one new manifest, not the twelve before
+
+
+def test_cleaning_an_hour_after_a_year_of_manifests_reads_a_bounded_ledger(tmp_path):
+    lake = LakeResource(url=str(tmp_path))
+    ledger = Ledger(lake)
+    start = datetime(2025, 11, 28, tzinfo=UTC)
+    for i in range(24 * 365):
+        hour = start + timedelta(hours=i)
+        # Each ingest hour holds its own hour's events and a few late ones of the hour before.
+        ledger.lake.write_json(
+            f"bronze/_manifests/{hour:%Y-%m-%dT%H}.json",
+            record_json(hour, {hour: 10, hour - timedelta(hours=1): 2}),
+        )
+    last = start + timedelta(hours=24 * 365 - 1)
+    for hour in (last - timedelta(hours=1), last):
+        for ingest in (hour, hour + timedelta(hours=1)):
+            if ingest <= last:
+                lake.write_bytes(f"bronze/_index/{hour:%Y-%m-%dT%H}/{ingest:%Y-%m-%dT%H}", b"")
+    counting = CountingLake(lake)
+    cleaned = clean_hour(
+        counting, last - timedelta(hours=1), first_instant=start, now=last + timedelta(hours=1)
     )
-    assert decision.days == [NOV28]
-    assert decision.pending_final == [NOV27, NOV28]
-    assert date(2026, 11, 26) not in decision.days
+    assert cleaned.stamp.inputs == (last - timedelta(hours=1), last)
+    assert counting.reads["read_json"] == 2  # the two manifests that hold the hour
+    assert counting.reads["list"] <= 4  # the manifests once, the hour's index and claims
 
 
-def test_new_data_for_a_pending_day_requests_it_and_keeps_it_pending():
-    decision = propagate(
-        ["2026-11-27T22"], [utc(27, 22)], [NOV27], now=utc(28, 1), lateness=LATENESS
-    )
-    assert decision.days == [NOV27]
-    assert decision.pending_final == [NOV27]
-
-
-def test_a_due_day_and_a_touched_day_in_one_tick():
-    decision = propagate(
-        ["2026-11-28T02", "2026-11-20T07"],
-        [utc(28, 2), utc(20, 7)],
-        [NOV27],
-        now=utc(28, 3, 30),
-        lateness=LATENESS,
-    )
-    assert decision.days == [NOV20, NOV27, NOV28]
-    assert decision.pending_final == [NOV28]
+def record_json(hour: datetime, event_hours: dict[datetime, int]) -> dict:
+    return Manifest(
+        ingest_hour=hour,
+        topic="t",
+        partitions={0: PartitionRange(0, 0, 0, None)},
+        event_hours=event_hours,
+    ).to_json()

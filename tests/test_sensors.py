@@ -1,23 +1,36 @@
-"""The sensors on a real (temporary) Dagster instance: what they request after several landings
-in one tick, when a provisional day is requested again, that the cursor prevents repeats, and the
-lag the landing sensor records."""
+"""The sensors on a real (temporary) Dagster instance: they request exactly what the ledger owes
+(level-triggered: whatever the cursor, the Dagster history or a foreign record says), a day turns
+final on the landed watermark, one writer per partition, and the lag the landing sensor records."""
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
+import duckdb
 import pyarrow as pa
 import pytest
-from dagster import AssetKey, build_sensor_context, instance_for_test, materialize
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    DagsterRunStatus,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+)
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster_duckdb import DuckDBResource
 
 import clickstream_assets.definitions as definitions
-from clickstream_assets.assets import AS_OF_TAG, events, raw_events
+from clickstream_assets.assets import events, raw_events
+from core.ledger import Ledger, MartStamp, inputs_digest, partition_key
+from partitions import AS_OF_TAG, STAGE_TAG, first_instant
+from partitions import RANGE_END_TAG as RANGE_END
+from partitions import RANGE_START_TAG as RANGE_START
 from resources.clock import ClockResource
 from resources.kafka import InMemoryKafka
 from resources.lake import LakeResource
+from resources.warehouse import write_mart_stamp
 from sensors.landing import landing_sensor
 
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
 DAY = datetime(2026, 11, 27, tzinfo=UTC)
 
 
@@ -98,99 +111,151 @@ def log() -> InMemoryKafka:
     return log
 
 
-def test_late_data_sensor_requests_what_the_landings_affect(tmp_path, log):
-    resources = {"kafka": log, "lake": LakeResource(url=str(tmp_path / "lake"))}
-    late_data = sensor("late_data_sensor")
-    marts = sorted(k.to_user_string() for k in definitions.marts.keys)
-    now = at(0, 13, 5)
+def stamp_day(warehouse: str, day: str, lake: LakeResource, *, final: bool) -> None:
+    """Record a mart day as built from its current clean stamps (what the marts asset does
+    after dbt), without running dbt: these tests are about what the sensor asks for."""
+    ledger = Ledger(lake)
+    built = date.fromisoformat(day)
+    digest = inputs_digest(ledger.day_stamps(built))
+    with duckdb.connect(warehouse) as connection:
+        write_mart_stamp(connection, MartStamp(built, digest, final, ledger.landed_through()))
+
+
+@pytest.fixture
+def setup(tmp_path, log):
+    lake = LakeResource(url=str(tmp_path / "lake"))
+    warehouse = str(tmp_path / "warehouse.duckdb")
+    resources = {"kafka": log, "lake": lake, "warehouse": DuckDBResource(database=warehouse)}
     with instance_for_test() as instance:
-        # Three ingest hours land in one run, before the sensor ticks.
-        materialize(
-            [raw_events],
-            resources=resources,
-            instance=instance,
-            tags={
-                RANGE_START: "2026-11-27-10:00",
-                RANGE_END: "2026-11-27-12:00",
-                AS_OF_TAG: now.isoformat(),
-            },
-        )
-        first = tick(late_data, instance, None, now)
-        assert requested(first) == [
-            (("events",), "2026-11-26-23:00..2026-11-26-23:00"),
-            (("events",), "2026-11-27-10:00..2026-11-27-12:00"),
-        ]
-        assert all(r.tags[AS_OF_TAG] == now.isoformat() for r in first.run_requests or [])
-        # The same cursor sees nothing new.
-        assert requested(tick(late_data, instance, first.cursor, now)) == []
-
-        for request in first.run_requests or []:
-            run(request, resources, instance)
-        second = tick(late_data, instance, first.cursor, now)
-        assert requested(second) == [
-            (tuple(marts), "2026-11-26"),
-            (tuple(marts), "2026-11-27"),
-        ]
-        assert json.loads(second.cursor)["pending_final"] == ["2026-11-27"]
-        assert requested(tick(late_data, instance, second.cursor, now)) == []
-
-        # The provisional day comes back once, when its watermark (end of day + 3 h) passes.
-        final_at = at(1, 3)
-        assert (
-            requested(tick(late_data, instance, second.cursor, final_at - timedelta(minutes=1)))
-            == []
-        )
-        due = tick(late_data, instance, second.cursor, final_at)
-        assert requested(due) == [(tuple(marts), "2026-11-27")]
-        assert json.loads(due.cursor)["pending_final"] == []
-        assert requested(tick(late_data, instance, due.cursor, at(1, 9))) == []
+        yield instance, resources, lake, warehouse
 
 
-def test_a_landing_that_failed_its_blocking_check_propagates_nothing(tmp_path, log):
-    lake_root = tmp_path / "lake"
-    resources = {"kafka": log, "lake": LakeResource(url=str(lake_root))}
-    late_data = sensor("late_data_sensor")
+def land(instance, resources, first: str, last: str, now: datetime) -> None:
+    materialize(
+        [raw_events],
+        resources=resources,
+        instance=instance,
+        tags={RANGE_START: first, RANGE_END: last, AS_OF_TAG: now.isoformat()},
+    )
+
+
+def test_reconcile_requests_what_the_ledger_owes_level_triggered(setup, log):
+    instance, resources, lake, warehouse = setup
+    reconcile = sensor("reconcile_sensor")
+    marts = tuple(sorted(k.to_user_string() for k in definitions.marts.keys))
     now = at(0, 13, 5)
-    tags = {AS_OF_TAG: now.isoformat()}
-    with instance_for_test() as instance:
-        materialize(
-            [raw_events],
-            resources=resources,
-            instance=instance,
-            tags=tags | {RANGE_START: "2026-11-27-10:00", RANGE_END: "2026-11-27-12:00"},
-        )
-        cursor = tick(late_data, instance, None, now).cursor
-        # Hour 12's recorded range is corrupted (an overlap) and the hour is re-landed with its
-        # checks: the blocking check fails, and the sensor holds that landing back.
-        path = lake_root / "bronze/_manifests/2026-11-27T12.json"
-        recorded = json.loads(path.read_text())
-        recorded["partitions"]["0"]["start"] -= 1
-        path.write_text(json.dumps(recorded))
-        broken = materialize(
-            [raw_events, *definitions.all_checks[:2]],
-            partition_key="2026-11-27-12:00",
-            resources=resources,
-            instance=instance,
-            tags=tags,
-            raise_on_error=False,
-        )
-        assert not broken.success
-        assert broken.asset_materializations_for_node("raw_events")
-        assert requested(tick(late_data, instance, cursor, now)) == []
+    land(instance, resources, "2026-11-27-10:00", "2026-11-27-12:00", now)
+    first = tick(reconcile, instance, None, now, **resources)
+    assert requested(first) == [
+        (("events",), "2026-11-26-23:00..2026-11-26-23:00"),
+        (("events",), "2026-11-27-10:00..2026-11-27-12:00"),
+    ]
+    assert all(r.tags[AS_OF_TAG] == now.isoformat() for r in first.run_requests or [])
+    # Nothing has run: the same work is still owed, whatever the cursor says.
+    assert requested(tick(reconcile, instance, first.cursor, now, **resources)) == requested(first)
 
-        # Once the ledger is repaired, re-landing the hour propagates again.
-        recorded["partitions"]["0"]["start"] += 1
-        path.write_text(json.dumps(recorded))
-        materialize(
-            [raw_events, *definitions.all_checks[:2]],
-            partition_key="2026-11-27-12:00",
-            resources=resources,
-            instance=instance,
-            tags=tags,
+    for request in first.run_requests or []:
+        run(request, resources, instance)
+    second = tick(reconcile, instance, first.cursor, now, **resources)
+    assert requested(second) == [(marts, "2026-11-26"), (marts, "2026-11-27")]
+    stamp_day(warehouse, "2026-11-26", lake, final=True)
+    stamp_day(warehouse, "2026-11-27", lake, final=False)
+    third = tick(reconcile, instance, second.cursor, now, **resources)
+    assert requested(third) == []
+
+    # A late event of 11-26 lands at 13:00-14:00: its hour, then its day, are owed again.
+    produce(log, 1, [(at(0, 13, 30), at(-1, 23, 45))])
+    land(instance, resources, "2026-11-27-13:00", "2026-11-27-13:00", at(0, 14, 5))
+    late = tick(reconcile, instance, third.cursor, at(0, 14, 5), **resources)
+    assert requested(late) == [(("events",), "2026-11-26-23:00..2026-11-26-23:00")]
+
+
+def test_a_day_turns_final_on_the_landed_watermark_not_the_wall_clock(setup, log):
+    instance, resources, lake, warehouse = setup
+    reconcile = sensor("reconcile_sensor")
+    marts = tuple(sorted(k.to_user_string() for k in definitions.marts.keys))
+    land(instance, resources, "2026-11-27-10:00", "2026-11-27-12:00", at(0, 13, 5))
+    for request in tick(reconcile, instance, None, at(0, 13, 5), **resources).run_requests:
+        run(request, resources, instance)
+    stamp_day(warehouse, "2026-11-26", lake, final=True)
+    stamp_day(warehouse, "2026-11-27", lake, final=False)
+    # Days later by the wall clock, nothing has landed past 13:00: 11-27 stays provisional.
+    assert requested(tick(reconcile, instance, None, at(3, 9), **resources)) == []
+    # Landing through 11-28 02:00 is not enough (end of day + 3 h = 03:00) ...
+    land(instance, resources, "2026-11-27-13:00", "2026-11-28-01:00", at(3, 9))
+    assert requested(tick(reconcile, instance, None, at(3, 9), **resources)) == []
+    # ... the ingest hour 02:00-03:00 on every partition is.
+    land(instance, resources, "2026-11-28-02:00", "2026-11-28-02:00", at(3, 9))
+    assert requested(tick(reconcile, instance, None, at(3, 9), **resources)) == [
+        (marts, "2026-11-27")
+    ]
+    stamp_day(warehouse, "2026-11-27", lake, final=True)
+    assert requested(tick(reconcile, instance, None, at(3, 9), **resources)) == []
+
+
+def test_a_lost_dagster_database_loses_no_work(setup, log, tmp_path):
+    instance, resources, lake, warehouse = setup
+    reconcile = sensor("reconcile_sensor")
+    land(instance, resources, "2026-11-27-10:00", "2026-11-27-12:00", at(0, 13, 5))
+    owed = requested(tick(reconcile, instance, None, at(0, 13, 5), **resources))
+    # A fresh instance (the old one and every cursor gone) sees the same work owed ...
+    with instance_for_test() as fresh:
+        assert requested(tick(reconcile, fresh, None, at(0, 13, 5), **resources)) == owed
+        assert requested(tick(landing_sensor, fresh, None, at(0, 13, 5), **resources)) == []
+
+
+def test_foreign_materializations_without_metadata_change_nothing(setup, log):
+    instance, resources, lake, warehouse = setup
+    reconcile = sensor("reconcile_sensor")
+    land(instance, resources, "2026-11-27-10:00", "2026-11-27-12:00", at(0, 13, 5))
+    before = requested(tick(reconcile, instance, None, at(0, 13, 5), **resources))
+    for key, partition in [("raw_events", "2026-11-27-11:00"), ("events", "2026-11-27-11:00")]:
+        instance.report_runless_asset_event(
+            AssetMaterialization(asset_key=key, partition=partition)
         )
-        assert requested(tick(late_data, instance, cursor, now)) == [
-            (("events",), "2026-11-27-12:00..2026-11-27-12:00")
-        ]
+    assert requested(tick(reconcile, instance, None, at(0, 13, 5), **resources)) == before
+
+
+def test_no_second_writer_while_a_run_is_in_flight(setup, log):
+    instance, resources, lake, warehouse = setup
+    reconcile = sensor("reconcile_sensor")
+    land(instance, resources, "2026-11-27-10:00", "2026-11-27-11:00", at(0, 13, 5))
+    for stage, tags in [
+        ("landing", {RANGE_START: "2026-11-27-12:00", RANGE_END: "2026-11-27-12:00"}),
+        ("cleaning", {RANGE_START: "2026-11-27-10:00", RANGE_END: "2026-11-27-10:00"}),
+    ]:
+        instance.add_run(
+            DagsterRun(
+                job_name="__ASSET_JOB",
+                status=DagsterRunStatus.STARTED,
+                tags=tags | {STAGE_TAG: stage},
+            )
+        )
+    assert requested(tick(landing_sensor, instance, None, at(0, 13, 5), **resources)) == []
+    assert requested(tick(reconcile, instance, None, at(0, 13, 5), **resources)) == [
+        (("events",), "2026-11-26-23:00..2026-11-26-23:00"),
+        (("events",), "2026-11-27-11:00..2026-11-27-11:00"),
+    ]
+
+
+def test_records_received_before_the_start_date_land_in_the_first_hour(tmp_path):
+    log = InMemoryKafka(topic="t", partitions=1)
+    start = first_instant
+    produce(log, 0, [(start - timedelta(days=3), start - timedelta(days=3))])
+    produce(log, 0, [(start + timedelta(minutes=10), start + timedelta(minutes=10))])
+    lake = LakeResource(url=str(tmp_path / "lake"))
+    with instance_for_test() as instance:
+        result = tick(
+            landing_sensor,
+            instance,
+            None,
+            start + timedelta(hours=2, minutes=1),
+            kafka=log,
+            lake=lake,
+        )
+    assert requested(result) == [
+        (("raw_events",), f"{partition_key(start)}..{partition_key(start + timedelta(hours=1))}")
+    ]
 
 
 def test_landing_sensor_requests_closed_hours_and_records_lag(tmp_path, log):

@@ -26,6 +26,16 @@
     cast('{{ value }}' as timestamptz)
 {%- endmacro %}
 
+{% macro landed_through_literal() -%}
+    {#- The landed watermark: every Kafka partition has landed through this instant. -#}
+    {%- set value = var('landed_through') | string -%}
+    {%- if not modules.re.fullmatch('[0-9T:.+ Z-]+', value) -%}
+        {{ exceptions.raise_compiler_error(
+            "var landed_through must be an ISO timestamp, got " ~ value) }}
+    {%- endif -%}
+    cast('{{ value }}' as timestamptz)
+{%- endmacro %}
+
 {% macro allowed_lateness() -%}
     {%- set value = var('allowed_lateness_minutes') | string -%}
     {%- if not modules.re.fullmatch('[0-9]+', value) -%}

@@ -7,7 +7,8 @@
     partition_filter: SQL that selects the stored rows of the day being rebuilt.
     The defaults are a daily mart's: the period is event_date, the partition its day.
 
-    A period is final when as_of >= its end + allowed lateness. Compared with the stored rows of
+    A period is final when every Kafka partition has landed through its end + allowed lateness
+    (var landed_through, the landed watermark; never the wall clock). Compared with the stored rows of
     the same period: identical numbers keep the stored revision and computed_at (is_final may
     only turn true); different numbers after the stored rows were final are a restatement
     (revision + 1); different numbers while provisional keep the revision; a new period starts
@@ -62,7 +63,7 @@ judged as (
         s.stored_revision,
         s.stored_is_final,
         s.stored_computed_at,
-        {{ as_of_literal() }} >= n.period_end + {{ allowed_lateness() }} as is_final_now
+        {{ landed_through_literal() }} >= n.period_end + {{ allowed_lateness() }} as is_final_now
     from (select *, {{ period_end }} as period_end from {{ new_rows }}) as n
     left join stored_periods as s on n.{{ period }} = s.{{ period }}
     left join changed_periods as c on n.{{ period }} = c.{{ period }}

@@ -9,8 +9,9 @@ import pyarrow as pa
 import pytest
 from dagster import instance_for_test, materialize
 
-from clickstream_assets.assets import AS_OF_TAG, raw_events
-from clickstream_assets.landing import read_manifests
+from clickstream_assets.assets import raw_events
+from core.ledger import Ledger
+from partitions import AS_OF_TAG
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from sensors.landing import measure_lag
@@ -79,12 +80,11 @@ def test_lag_and_committed_offsets_match_what_was_produced(broker, tmp_path):
     landed_ends = {p: produced[p] - waiting[p] for p in range(3)}
     assert all(waiting[p] for p in range(3))
 
-    manifests = read_manifests(lake)
-    assert {
-        int(p): e["end"] for p, e in manifests[H + timedelta(hours=1)]["partitions"].items()
-    } == (landed_ends)
+    head = Ledger(lake).head()
+    assert head is not None and head.ingest_hour == H + timedelta(hours=1)
+    assert head.ends == landed_ends
     now = H + timedelta(hours=3, minutes=30)
-    lag = measure_lag(kafka, manifests, now)
+    lag = measure_lag(kafka, head, now)
     assert {p: v["records"] for p, v in lag.items()} == {p: waiting[p] for p in range(3)}
     assert all(v["seconds"] == (now - landed_until).total_seconds() > 0 for v in lag.values())
     assert kafka.committed() == landed_ends

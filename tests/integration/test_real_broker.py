@@ -8,12 +8,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dagster import instance_for_test
 
-from clickstream_assets.landing import read_manifests
 from clickstream_tools.catchup import run_catch_up
 from clickstream_tools.generator import produce
+from core.ledger import Ledger
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
-from tests.helpers import assert_marts_match, configured, local_env, messy_traffic
+from tests.helpers import (
+    all_manifests,
+    assert_marts_match,
+    configured,
+    local_env,
+    messy_traffic,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +52,14 @@ def test_catch_up_over_the_real_broker_matches_the_expectation(landed):
 
 def test_every_message_landed_once(landed):
     settings, _, traffic, _ = landed
-    manifests = read_manifests(LakeResource(url=settings.lake_url))
-    assert sum(m["rows"] for m in manifests.values()) == traffic.messages.num_rows
+    manifests = all_manifests(LakeResource(url=settings.lake_url))
+    assert sum(m.rows for m in manifests.values()) == traffic.messages.num_rows
 
 
 def test_the_consumer_group_holds_the_landed_ends(landed):
     settings, kafka, _, _ = landed
-    manifests = read_manifests(LakeResource(url=settings.lake_url))
-    last = manifests[max(manifests)]
-    landed_ends = {int(p): entry["end"] for p, entry in last["partitions"].items()}
+    last = Ledger(LakeResource(url=settings.lake_url)).head()
+    assert last is not None
+    landed_ends = last.ends
     assert kafka.committed() == landed_ends
     assert kafka.high_watermarks(dict.fromkeys(landed_ends, 0)) == landed_ends

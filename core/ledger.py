@@ -1,0 +1,355 @@
+"""The lake's ledger, typed: the time keys, where every file lives, and what each partition
+records it was built from. It is the system of record; Dagster's history is only a view of it.
+
+- A landed ingest hour records its manifest (`bronze/_manifests/<hour>.json`, written last and
+  exclusively): per Kafka partition the offset range `[start, end)`, the rows that exist there, and
+  any offsets that were gone before they landed; the event-hour histogram; the future-clock
+  corrections; the landing quarantine counts.
+- The index (`bronze/_index/<event hour>/<ingest hour>`, empty objects written before the
+  manifest) says which ingest hours hold events of an event hour, and the claims
+  (`bronze/_claims/<hour>/<ingest hour>`) which ingest hours hold corrected copies whose device
+  claimed that hour, so a run reads ledger files in proportion to its own work.
+- A clean event hour records, in its Parquet footers, the ingest hours it read (`CleanStamp`).
+- A mart day records the clean stamps it read (the warehouse table `mart_stamps`).
+A partition is owed work exactly when what it records differs from what the ledger holds now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+
+# --- time keys --------------------------------------------------------------------------------
+
+HOUR_LABEL_FORMAT = "%Y-%m-%dT%H"
+"""How the lake names an hour (manifest files, histograms, index entries)."""
+HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"
+"""How Dagster names an hourly partition."""
+
+
+def floor_hour(instant: datetime) -> datetime:
+    return instant.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def hour_label(hour: datetime) -> str:
+    return hour.strftime(HOUR_LABEL_FORMAT)
+
+
+def parse_hour_label(label: str) -> datetime:
+    return datetime.strptime(label, HOUR_LABEL_FORMAT).replace(tzinfo=UTC)
+
+
+def partition_key(hour: datetime) -> str:
+    return hour.strftime(HOUR_KEY_FORMAT)
+
+
+def hour_of_key(key: str) -> datetime:
+    return datetime.strptime(key, HOUR_KEY_FORMAT).replace(tzinfo=UTC)
+
+
+def day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+# --- where files live ---------------------------------------------------------------------------
+
+MANIFESTS = "bronze/_manifests"
+INDEX = "bronze/_index"
+CLAIMS = "bronze/_claims"
+
+
+def hour_dir(hour: datetime) -> str:
+    return hour.strftime("date=%Y-%m-%d/hour=%H")
+
+
+def bronze_file(hour: datetime, partition: int) -> str:
+    return f"bronze/{hour_dir(hour)}/partition={partition}.parquet"
+
+
+def landing_quarantine_file(hour: datetime, partition: int) -> str:
+    return f"quarantine/landing/{hour_dir(hour)}/partition={partition}.parquet"
+
+
+def events_file(hour: datetime) -> str:
+    return f"silver/events/{hour_dir(hour)}/part-0000.parquet"
+
+
+def cleaning_quarantine_file(hour: datetime) -> str:
+    return f"quarantine/cleaning/{hour_dir(hour)}/part-0000.parquet"
+
+
+def manifest_path(hour: datetime) -> str:
+    return f"{MANIFESTS}/{hour_label(hour)}.json"
+
+
+# --- what landing records -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartitionRange:
+    """One Kafka partition's part of an ingest hour: offsets `[start, end)`, of which `rows`
+    records exist (compaction and transaction markers leave gaps) and `[lost_start, lost_end)`
+    were deleted by retention before they landed (empty when nothing was lost)."""
+
+    start: int
+    end: int
+    rows: int
+    file: str | None
+    lost_start: int = 0
+    lost_end: int = 0
+
+    @property
+    def lost(self) -> int:
+        return self.lost_end - self.lost_start
+
+
+@dataclass(frozen=True)
+class CorrectedCopy:
+    """A valid copy whose event time was corrected: its coordinates decide which copy counts."""
+
+    event_id: str
+    kafka_partition: int
+    kafka_offset: int
+    kafka_timestamp_ms: int
+    event_hour: str
+    device_hour: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an ingest hour landed; immutable once written."""
+
+    ingest_hour: datetime
+    topic: str
+    partitions: dict[int, PartitionRange]
+    event_hours: dict[datetime, int]
+    quarantined: dict[str, int] = field(default_factory=dict)
+    corrected: tuple[CorrectedCopy, ...] = ()
+    future_timestamps: int = 0
+    landed_at: str = ""
+
+    @property
+    def rows(self) -> int:
+        return sum(r.rows for r in self.partitions.values())
+
+    @property
+    def late_rows(self) -> int:
+        return sum(n for hour, n in self.event_hours.items() if hour < self.ingest_hour)
+
+    @property
+    def ends(self) -> dict[int, int]:
+        return {p: r.end for p, r in self.partitions.items()}
+
+    def lost_ranges(self) -> dict[int, tuple[int, int]]:
+        return {p: (r.lost_start, r.lost_end) for p, r in self.partitions.items() if r.lost}
+
+    def claimed_hours(self) -> set[datetime]:
+        """Hours the devices of corrected copies claimed: an uncorrected retry may sit there."""
+        return {parse_hour_label(c.device_hour) for c in self.corrected}
+
+    def hours_to_rebuild(self) -> list[datetime]:
+        """The event hours this landing affects: those it holds events of, and the claimed
+        hours up to this ingest hour (a retry sits in a claimed hour only once it is no longer
+        in the future, so later claimed hours hold none yet; their own landing names them)."""
+        claimed = {h for h in self.claimed_hours() if h <= self.ingest_hour}
+        return sorted(set(self.event_hours) | claimed)
+
+    def to_json(self) -> dict:
+        return {
+            "ingest_hour": hour_label(self.ingest_hour),
+            "topic": self.topic,
+            "partitions": {str(p): asdict(r) for p, r in sorted(self.partitions.items())},
+            "rows": self.rows,
+            "event_hours": {hour_label(h): n for h, n in sorted(self.event_hours.items())},
+            "quarantined": dict(sorted(self.quarantined.items())),
+            "corrected": [asdict(c) for c in self.corrected],
+            "future_timestamps": self.future_timestamps,
+            "landed_at": self.landed_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Manifest:
+        return cls(
+            ingest_hour=parse_hour_label(data["ingest_hour"]),
+            topic=data["topic"],
+            partitions={int(p): PartitionRange(**r) for p, r in data["partitions"].items()},
+            event_hours={parse_hour_label(h): int(n) for h, n in data["event_hours"].items()},
+            quarantined=dict(data.get("quarantined", {})),
+            corrected=tuple(CorrectedCopy(**c) for c in data.get("corrected", [])),
+            future_timestamps=int(data.get("future_timestamps", 0)),
+            landed_at=data.get("landed_at", ""),
+        )
+
+
+# --- what cleaning and the marts record -------------------------------------------------------
+
+
+STAMP_KEY = b"clickstream.stamp"
+"""Parquet footer key of a clean stamp: the stamp travels inside the file it describes, so one
+rename commits both and no reader can see data with another run's stamp."""
+
+
+@dataclass(frozen=True)
+class CleanStamp:
+    """What a clean event hour was built from, and what it counted."""
+
+    event_hour: datetime
+    inputs: tuple[datetime, ...]
+    """The ingest hours read: the index and the claims of the hour when it was built."""
+    events: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    bronze_rows: int = 0
+    cleaned_at: str = ""
+
+    def to_bytes(self) -> bytes:
+        data = asdict(self) | {
+            "event_hour": hour_label(self.event_hour),
+            "inputs": [hour_label(h) for h in self.inputs],
+        }
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CleanStamp:
+        data = json.loads(raw)
+        return cls(
+            **data
+            | {
+                "event_hour": parse_hour_label(data["event_hour"]),
+                "inputs": tuple(parse_hour_label(h) for h in data["inputs"]),
+            }
+        )
+
+
+def inputs_digest(stamps: Iterable[CleanStamp]) -> str:
+    """A day's inputs as one value: which hours were clean, from which ingest hours."""
+    text = ";".join(
+        f"{hour_label(s.event_hour)}<{','.join(hour_label(h) for h in s.inputs)}"
+        for s in sorted(stamps, key=lambda s: s.event_hour)
+    )
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class MartStamp:
+    """What a mart day was built from (the warehouse table `mart_stamps`)."""
+
+    event_date: date
+    inputs_digest: str
+    is_final: bool
+    landed_through: datetime
+
+
+def day_final_at(day: date, lateness: timedelta) -> datetime:
+    """The landed watermark at which a day becomes final: its end plus the allowed lateness."""
+    return day_start(day) + DAY + lateness
+
+
+# --- reading and writing the ledger -------------------------------------------------------------
+
+
+class LakeFiles(Protocol):
+    """What the ledger needs of the lake (resources.lake.LakeResource provides it)."""
+
+    def list(self, relative: str) -> list[str]: ...
+    def read_json(self, relative: str): ...
+    def write_json(self, relative: str, obj, *, exclusive: bool = False) -> bool: ...
+    def write_bytes(self, relative: str, data: bytes, *, exclusive: bool = False) -> bool: ...
+    def footer_metadata(self, relative: str) -> dict[bytes, bytes] | None: ...
+
+
+def _labels(names: Iterable[str]) -> list[datetime]:
+    # Temporaries start with a dot; anything else that is not an hour is not the ledger's.
+    hours = []
+    for name in names:
+        if name.startswith("."):
+            continue
+        try:
+            hours.append(parse_hour_label(name.removesuffix(".json")))
+        except ValueError:
+            continue
+    return sorted(hours)
+
+
+class Ledger:
+    """The ledger of one lake: every read and write of manifests, index and stamps."""
+
+    def __init__(self, lake: LakeFiles) -> None:
+        self.lake = lake
+
+    def recorded_hours(self) -> list[datetime]:
+        """Ingest hours with a manifest, oldest first: one listing, no manifest read."""
+        return _labels(self.lake.list(MANIFESTS))
+
+    def manifest(self, hour: datetime) -> Manifest:
+        return Manifest.from_json(self.lake.read_json(manifest_path(hour)))
+
+    def manifests(self, hours: Iterable[datetime]) -> dict[datetime, Manifest]:
+        return {hour: self.manifest(hour) for hour in sorted(set(hours))}
+
+    def head(self) -> Manifest | None:
+        """The last recorded manifest: where landing goes on and how far it has come."""
+        hours = self.recorded_hours()
+        return self.manifest(hours[-1]) if hours else None
+
+    def landed_through(self) -> datetime | None:
+        """The instant through which every Kafka partition has landed: the end of the last
+        recorded ingest hour (each manifest covers every partition)."""
+        hours = self.recorded_hours()
+        return hours[-1] + HOUR if hours else None
+
+    def record(self, manifest: Manifest) -> bool:
+        """Write the index and claims, then the manifest, exclusively: False when another
+        landing recorded this hour first (its ranges stand)."""
+        label = hour_label(manifest.ingest_hour)
+        for hour in manifest.event_hours:
+            self.lake.write_bytes(f"{INDEX}/{hour_label(hour)}/{label}", b"")
+        for hour in manifest.claimed_hours():
+            self.lake.write_bytes(f"{CLAIMS}/{hour_label(hour)}/{label}", b"")
+        return self.lake.write_json(
+            manifest_path(manifest.ingest_hour), manifest.to_json(), exclusive=True
+        )
+
+    def _listed(self, root: str, hour: datetime, recorded: set[datetime] | None) -> list[datetime]:
+        hours = _labels(self.lake.list(f"{root}/{hour_label(hour)}"))
+        # An entry whose manifest is missing is a landing that crashed before its commit.
+        known = recorded if recorded is not None else set(self.recorded_hours())
+        return [h for h in hours if h in known]
+
+    def sources(
+        self, event_hour: datetime, recorded: set[datetime] | None = None
+    ) -> list[datetime]:
+        """The ingest hours holding events of `event_hour` (the index)."""
+        return self._listed(INDEX, event_hour, recorded)
+
+    def claims(self, hour: datetime, recorded: set[datetime] | None = None) -> list[datetime]:
+        """The ingest hours holding corrected copies whose device claimed `hour`."""
+        return self._listed(CLAIMS, hour, recorded)
+
+    def inputs(self, event_hour: datetime, recorded: set[datetime] | None = None) -> tuple:
+        """What a clean `event_hour` must be built from now: its sources and its claims."""
+        recorded = recorded if recorded is not None else set(self.recorded_hours())
+        sources = set(self.sources(event_hour, recorded))
+        if not sources:
+            return ()
+        return tuple(sorted(sources | set(self.claims(event_hour, recorded))))
+
+    def day_stamps(self, day: date) -> list[CleanStamp]:
+        """The clean stamps of a day's 24 event hours (footer reads only)."""
+        start = day_start(day)
+        stamps = (self.clean_stamp(start + i * HOUR) for i in range(24))
+        return [s for s in stamps if s is not None]
+
+    def clean_stamp(self, event_hour: datetime) -> CleanStamp | None:
+        """The stamp in the hour's silver file, or None when it has never been cleaned."""
+        metadata = self.lake.footer_metadata(events_file(event_hour))
+        if not metadata or STAMP_KEY not in metadata:
+            return None
+        return CleanStamp.from_bytes(metadata[STAMP_KEY])

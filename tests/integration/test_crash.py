@@ -1,0 +1,124 @@
+"""Crash safety, for real: `clickstream catch-up` runs as a subprocess against the embedded broker
+and is killed (SIGKILL) while landing, while cleaning and while dbt builds the marts, or stopped
+with SIGTERM; then it runs again to the end, and the marts equal the generator's independent
+expectation. Losing the Dagster instance entirely after landing loses nothing either.
+
+Nothing is mocked: the kill lands wherever the process happens to be when the lake shows the
+stage has begun, and the next run must work out what is owed from the lake alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from clickstream_tools.generator import produce
+from resources.kafka import KafkaResource
+from tests.helpers import assert_marts_match, local_env, messy_traffic
+
+pytestmark = pytest.mark.integration
+
+START = datetime(2026, 6, 10, 1, tzinfo=UTC)
+END = START + timedelta(hours=20)
+UNTIL = END + timedelta(hours=5)
+
+
+def _started(stage: str, root: Path) -> bool:
+    """Whether the lake shows `stage` under way."""
+    lake = root / "lake"
+    if stage == "landing":
+        return any((lake / "bronze").glob("date=*/hour=*/*.parquet")) or any(
+            (lake / "bronze").glob("date=*/hour=*/.*.tmp")
+        )
+    if stage == "cleaning":
+        return (lake / "silver").exists()
+    return (root / "warehouse.duckdb").exists()
+
+
+def _catch_up(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "clickstream_tools.cli", "catch-up", "--until", UNTIL.isoformat()],
+        env=os.environ | env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.fixture
+def traffic_in(broker, tmp_path, request):
+    topic = f"it.crash.{request.node.name[-40:].replace('[', '.').replace(']', '')}"
+    kafka = KafkaResource(bootstrap_servers=broker.bootstrap, topic=topic)
+    kafka.create_topic(3)
+    traffic = messy_traffic(START, END, events=6_000, seed=21, max_late=timedelta(hours=4))
+    produce(kafka, traffic.messages, chunk_rows=6_000)
+    env = local_env(
+        tmp_path,
+        CLICKSTREAM_KAFKA_BOOTSTRAP=broker.bootstrap,
+        CLICKSTREAM_TOPIC=topic,
+        CLICKSTREAM_START_DATE=START.date().isoformat(),
+        DBT_SEND_ANONYMOUS_USAGE_STATS="false",
+    )
+    return traffic, env, tmp_path
+
+
+@pytest.mark.parametrize(
+    ("stage", "sig"),
+    [
+        ("landing", signal.SIGKILL),
+        ("cleaning", signal.SIGKILL),
+        ("marts", signal.SIGKILL),
+        ("cleaning", signal.SIGTERM),
+    ],
+)
+def test_a_killed_catch_up_is_repaired_by_the_next(traffic_in, stage, sig):
+    traffic, env, root = traffic_in
+    process = _catch_up(env)
+    deadline = time.monotonic() + 300
+    while not _started(stage, root):
+        assert process.poll() is None, f"catch-up ended before {stage}: {process.stdout.read()}"
+        assert time.monotonic() < deadline, f"{stage} never started"
+        time.sleep(0.05)
+    process.send_signal(sig)
+    stopped = time.monotonic()
+    process.wait(timeout=60)
+    if sig == signal.SIGTERM:
+        assert time.monotonic() - stopped < 15, "SIGTERM must stop catch-up promptly"
+    assert process.returncode != 0
+
+    began = time.monotonic()
+    rerun = _catch_up(env)
+    output, _ = rerun.communicate(timeout=900)
+    print(f"recovery after {sig.name} during {stage}: {time.monotonic() - began:.1f} s")
+    assert rerun.returncode == 0, output
+    assert_marts_match(env["CLICKSTREAM_WAREHOUSE"], traffic.truth)
+    # And a third run finds nothing owed.
+    settled = _catch_up(env)
+    output, _ = settled.communicate(timeout=300)
+    assert settled.returncode == 0, output
+    assert "landing " not in output and "cleaning " not in output and "marts " not in output
+
+
+def test_a_lost_dagster_instance_loses_nothing(traffic_in):
+    traffic, env, root = traffic_in
+    process = _catch_up(env)
+    deadline = time.monotonic() + 300
+    while not _started("cleaning", root):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    # Every run record, event, cursor and concurrency slot goes.
+    shutil.rmtree(env["DAGSTER_HOME"])
+    rerun = _catch_up(env)
+    output, _ = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, output
+    assert_marts_match(env["CLICKSTREAM_WAREHOUSE"], traffic.truth)

@@ -1,0 +1,249 @@
+"""Edges of Kafka and time, one rule at a time, with hand-counted answers: a far-future Kafka
+timestamp never stalls a partition, records from before the start date land and events dated
+before it are quarantined, optional fields are typed, ranges are offsets (compaction, markers),
+offsets deleted before they landed are recorded and never shrink bronze, copies re-stamped into
+other hours count once, RFC 3339's edge cases are decided."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+import pytest
+
+from clickstream_assets.checks import bronze_row_problems, lost_offset_problems
+from clickstream_assets.cleaning import clean_hour
+from clickstream_assets.landing import cut_timestamps, land_hours
+from core.contract import parse_events
+from core.ledger import Ledger, bronze_file, events_file
+from resources.kafka import InMemoryKafka, OffsetsGone
+from resources.lake import LakeResource
+from tests.helpers import START, at, produce, to_ms, value
+
+H10, H11, H12 = at(10), at(11), at(12)
+
+
+@pytest.fixture
+def lake(tmp_path) -> LakeResource:
+    return LakeResource(url=str(tmp_path / "lake"))
+
+
+def land(log, lake, *hours, now=None):
+    return land_hours(log, lake, list(hours), now=now or at(13, 5), first_instant=START)
+
+
+def parse(*bodies, received: datetime = H10) -> list[dict]:
+    records = pa.table(
+        {
+            "kafka_timestamp": pa.array([to_ms(received)] * len(bodies), pa.int64()).cast(
+                pa.timestamp("ms", tz="UTC")
+            ),
+            "value": pa.array([json.dumps(b).encode() for b in bodies], pa.binary()),
+        }
+    )
+    return parse_events(records, start=START).to_pylist()
+
+
+def event(**fields) -> dict:
+    body = {"event_id": "e", "event_type": "click", "event_time": "2026-11-27T10:00:00Z"}
+    return body | {"device_id": "d"} | fields
+
+
+# --- a far-future Kafka timestamp --------------------------------------------------------------
+
+
+def test_a_future_timestamp_counts_as_the_one_before_it():
+    stamps = pa.array(
+        [to_ms(at(10, 10)), to_ms(datetime(2031, 1, 1, tzinfo=UTC)), to_ms(at(11, 5))], pa.int64()
+    ).cast(pa.timestamp("ms", tz="UTC"))
+    cut_by, future = cut_timestamps(stamps, carry=H10, now=at(13))
+    assert cut_by.to_pylist() == [at(10, 10), at(10, 10), at(11, 5)]
+    assert future.to_pylist() == [False, True, False]
+    # A future first record takes the carry (the hour being cut).
+    cut_by, _ = cut_timestamps(stamps.slice(1), carry=H10, now=at(13))
+    assert cut_by.to_pylist() == [H10, at(11, 5)]
+
+
+def test_a_future_timestamp_mid_partition_never_stalls_later_hours(lake):
+    log = InMemoryKafka(topic="t", partitions=1)
+    far = datetime(2031, 5, 1, tzinfo=UTC)
+    produce(
+        log,
+        0,
+        [
+            (at(10, 10), value("a", at(10, 10))),  # 0
+            (far, value("b", at(10, 20))),  # 1: a broken collector clock
+            (at(10, 40), value("c", at(10, 40))),  # 2
+            (at(11, 10), value("d", at(11, 10))),  # 3
+            (at(12, 30), value("e", at(12, 30))),  # 4
+        ],
+    )
+    manifests = land(log, lake, H10, H11, H12)
+    assert [(m.partitions[0].start, m.partitions[0].end) for m in manifests] == [
+        (0, 3),
+        (3, 4),
+        (4, 5),
+    ]
+    assert [m.future_timestamps for m in manifests] == [1, 0, 0]
+    bronze = lake.read_parquet([bronze_file(H10, 0)]).sort_by("kafka_offset")
+    assert bronze.column("kafka_timestamp")[1].as_py() == far  # kept as received
+
+
+# --- the start date ----------------------------------------------------------------------------
+
+
+def test_records_before_the_start_date_land_and_events_before_it_are_quarantined(lake):
+    log = InMemoryKafka(topic="t", partitions=1)
+    before = START - timedelta(days=2)
+    produce(
+        log,
+        0,
+        [
+            (before, value("old", before)),  # received and dated before the start
+            (START + timedelta(minutes=20), value("new", START + timedelta(minutes=15))),
+            (START + timedelta(minutes=30), value("back", START - timedelta(hours=1))),
+        ],
+    )
+    (manifest,) = land_hours(
+        log, lake, [START], now=START + timedelta(hours=1, minutes=5), first_instant=START
+    )
+    assert (manifest.partitions[0].start, manifest.partitions[0].end) == (0, 3)
+    assert manifest.event_hours == {START: 1}
+    assert manifest.quarantined == {"before_start_date": 2}
+
+
+# --- typed optional fields, RFC 3339 ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"user_id": False}, "wrong_type:user_id"),
+        ({"user_id": 0}, "wrong_type:user_id"),
+        ({"user_id": {"id": "u"}}, "wrong_type:user_id"),
+        ({"session_id": 7}, "wrong_type:session_id"),
+        ({"title_id": 5}, "wrong_type:title_id"),
+        ({"app_version": ["1"]}, "wrong_type:app_version"),
+        ({"position_ms": "12"}, "wrong_type:position_ms"),
+        ({"position_ms": 1.5}, "wrong_type:position_ms"),
+        ({"schema_version": "2"}, "wrong_type:schema_version"),
+        ({"properties": "x"}, "wrong_type:properties"),
+        ({"user_id": None, "position_ms": None, "properties": None}, None),
+        ({"user_id": "u-1", "position_ms": -5, "schema_version": 2}, None),
+        ({"platform": 5}, None),  # anything that is not a known platform is `other`
+    ],
+)
+def test_optional_fields_are_typed(fields, reason):
+    (row,) = parse(event(**fields))
+    assert row["reason"] == reason
+
+
+def test_a_non_string_platform_is_other_and_an_empty_user_is_none():
+    (row,) = parse(event(platform=5, user_id=""))
+    assert (row["platform"], row["user_id"], row["reason"]) == ("other", None, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-06-30T23:59:60Z", datetime(2026, 6, 30, 23, 59, 59, 999999, tzinfo=UTC)),
+        ("2026-06-30T23:59:60.25Z", datetime(2026, 6, 30, 23, 59, 59, 999999, tzinfo=UTC)),
+        ("2026-07-01T05:59:60+06:00", datetime(2026, 6, 30, 23, 59, 59, 999999, tzinfo=UTC)),
+        ("2026-06-30t23:00:00z", datetime(2026, 6, 30, 23, tzinfo=UTC)),
+        ("2026-06-30T24:00:00Z", None),
+        ("2026-06-30T10:00:00+99:99", None),
+        ("2026-06-30T10:00:00+24:00", None),
+        ("2026-06-30T10:60:00Z", None),
+        ("2026-06-30T10:30:60Z", None),  # a leap second is the 60th second of minute 59
+        ("2026-02-30T10:00:00Z", None),
+    ],
+)
+def test_rfc3339_edges(text, expected):
+    (row,) = parse(event(event_time=text), received=datetime(2026, 7, 1, 1, tzinfo=UTC))
+    if expected is None:
+        assert row["reason"] == "unparseable_event_time"
+    else:
+        assert (row["reason"], row["event_time"]) == (None, expected)
+
+
+# --- offsets, not counts -------------------------------------------------------------------
+
+
+def test_compacted_offsets_and_markers_chain_by_offset(lake):
+    log = InMemoryKafka(topic="t", partitions=1)
+    produce(log, 0, [(at(10, m), value(f"a{m}", at(10, m))) for m in (1, 2, 3, 4)])  # 0-3
+    produce(log, 0, [(at(11, m), value(f"b{m}", at(11, m))) for m in (1, 2)])  # 4-5
+    log.compact(0, {2, 3, 4})  # the last two of hour 10 and the first of hour 11
+    log.append_marker(0)  # 6: a transaction marker ends the partition
+    h10, h11 = land(log, lake, H10, H11)
+    assert (h10.partitions[0].start, h10.partitions[0].end, h10.partitions[0].rows) == (0, 5, 2)
+    assert (h11.partitions[0].start, h11.partitions[0].end, h11.partitions[0].rows) == (5, 7, 1)
+    rows = {p: len(lake.read_parquet([r.file])) for p, r in h11.partitions.items() if r.file}
+    assert bronze_row_problems(h11, rows) == []
+    produce(log, 0, [(at(12, 5), value("c", at(12, 5)))])  # 7
+    (h12,) = land(log, lake, H12)
+    assert (h12.partitions[0].start, h12.partitions[0].end) == (7, 8)
+
+
+# --- offsets deleted before they landed ------------------------------------------------------
+
+
+def test_a_read_below_the_beginning_is_an_error_not_a_jump():
+    log = InMemoryKafka(topic="t", partitions=1)
+    produce(log, 0, [(at(10, m), value(f"a{m}", at(10, m))) for m in range(4)])
+    log.truncate_before(0, 2)
+    with pytest.raises(OffsetsGone, match="no longer holds offset 0"):
+        next(log.read(0, 0))
+
+
+def test_lost_offsets_are_recorded_named_and_never_shrink_bronze(lake):
+    log = InMemoryKafka(topic="t", partitions=1)
+    produce(log, 0, [(at(10, m), value(f"a{m}", at(10, m))) for m in (1, 2, 3)])  # 0-2
+    (h10,) = land(log, lake, H10, now=at(11, 5))
+    produce(log, 0, [(at(11, m), value(f"b{m}", at(11, m))) for m in (1, 2, 3, 4)])  # 3-6
+    log.truncate_before(0, 5)  # retention passed during an outage: 3 and 4 never landed
+    (h11,) = land(log, lake, H11)
+    entry = h11.partitions[0]
+    assert (entry.start, entry.end, entry.rows, entry.lost_start, entry.lost_end) == (
+        3,
+        7,
+        2,
+        3,
+        5,
+    )
+    assert lost_offset_problems(h11) == [
+        "2026-11-27T11 p0: offsets 3-4 (2 records) were deleted from the log before they landed"
+    ]
+    assert lost_offset_problems(h10) == []
+    # Re-running hour 10 once its offsets are gone keeps its bronze file whole.
+    before = lake.read_parquet([bronze_file(H10, 0)]).num_rows
+    land(log, lake, H10)
+    assert lake.read_parquet([bronze_file(H10, 0)]).num_rows == before == 3
+
+
+# --- copies re-stamped into other hours --------------------------------------------------------
+
+
+def test_copies_restamped_into_other_hours_count_once_at_the_first_received(lake):
+    log = InMemoryKafka(topic="t", partitions=2)
+    produce(log, 0, [(at(10, 59, 30), value("x", at(10, 59, 20)))])  # first received
+    produce(log, 1, [(at(11, 0, 40), value("x", at(11, 0, 30)))])  # retry, re-stamped
+    produce(log, 1, [(at(11, 20), value("y", at(11, 20)))])
+    land(log, lake, H10, H11)
+    recorded = set(Ledger(lake).recorded_hours())
+    ten = clean_hour(lake, H10, first_instant=START, now=at(13), recorded=recorded)
+    eleven = clean_hour(lake, H11, first_instant=START, now=at(13), recorded=recorded)
+    assert (ten.stamp.events, eleven.stamp.events) == (1, 1)
+    assert lake.read_parquet([events_file(H10)]).column("event_id").to_pylist() == ["x"]
+    assert lake.read_parquet([events_file(H11)]).column("event_id").to_pylist() == ["y"]
+    assert eleven.stamp.duplicates == 1
+
+
+def test_an_invalid_copy_elsewhere_never_wins(lake):
+    log = InMemoryKafka(topic="t", partitions=2)
+    produce(log, 0, [(at(10, 59, 30), value("x", at(10, 59, 20), event_type="nope"))])
+    produce(log, 1, [(at(11, 0, 40), value("x", at(11, 0, 30)))])
+    land(log, lake, H10, H11)
+    eleven = clean_hour(lake, H11, first_instant=START, now=at(13))
+    assert eleven.stamp.events == 1
