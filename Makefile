@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: venv test lint demo ui docs bench clean
+.PHONY: venv postgres test lint demo ui docs bench clean
 
 $(BIN)/clickstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
-test: venv
+# PostgreSQL 15 for the `postgres` tests (Dagster's instance storage); idempotent, needs root.
+postgres:
+	bash deploy/postgres-setup.sh
+
+test: venv postgres
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: venv
@@ -39,6 +43,7 @@ docs: venv
 bench: venv
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/collector_bench.py
 
 clean:
 	rm -rf data .dagster_home dbt_project/target

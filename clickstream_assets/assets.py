@@ -21,6 +21,7 @@ from dagster import (
 
 from clickstream_assets.cleaning import clean_hour
 from clickstream_assets.landing import land_hours
+from clickstream_assets.pods import CLEANING_POD, LANDING_POD
 from core.ledger import HOUR, Ledger, Manifest, hour_label, partition_key
 from partitions import AS_OF_TAG, event_hours, first_instant, ingest_hours
 from resources.clock import parse_instant
@@ -80,6 +81,7 @@ def landing_metadata(manifest: Manifest) -> dict:
     deps=[kafka_topic],
     pool="landing",
     retry_policy=TRANSIENT_RETRIES,
+    op_tags=LANDING_POD,
 )
 def raw_events(
     context: AssetExecutionContext, kafka: ResourceParam[EventLog], lake: LakeResource
@@ -108,6 +110,7 @@ def raw_events(
     deps=[raw_events],
     pool="cleaning",
     retry_policy=TRANSIENT_RETRIES,
+    op_tags=CLEANING_POD,
 )
 def events(context: AssetExecutionContext, lake: LakeResource) -> None:
     """Silver: valid, deduplicated events of an event hour, rebuilt from all bronze holding it."""

@@ -6,6 +6,7 @@ from dagster import AssetSpec, Definitions, FreshnessPolicy, apply_freshness_pol
 
 from clickstream_assets import checks
 from clickstream_assets.assets import events, kafka_topic, raw_events
+from clickstream_assets.maintenance import maintenance_schedules
 from clickstream_assets.marts import marts
 from core.settings import Settings, load
 from partitions import allowed_lateness
@@ -68,5 +69,6 @@ defs = Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     sensors=all_sensors,
+    schedules=maintenance_schedules,
     resources=build_resources(load()),
 ).map_resolved_asset_specs(func=with_freshness)

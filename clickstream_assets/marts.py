@@ -12,6 +12,7 @@ from typing import Any
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    BackfillPolicy,
     Config,
     Output,
 )
@@ -20,6 +21,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from clickstream_assets.assets import TRANSIENT_RETRIES
+from clickstream_assets.pods import MARTS_POD
 from core.ledger import Ledger, MartStamp, day_final_at, inputs_digest
 from core.settings import Settings, load
 from partitions import AS_OF_TAG, event_days
@@ -110,6 +112,9 @@ def _rows_written(warehouse: DuckDBResource, event_date: str, as_of: str) -> dic
     dagster_dbt_translator=TRANSLATOR,
     pool="warehouse",  # DuckDB allows one writing process: one mart run at a time
     retry_policy=TRANSIENT_RETRIES,
+    op_tags=MARTS_POD,
+    # One day per run: the dbt vars name a single day (dagster-dbt defaults to one run per range).
+    backfill_policy=BackfillPolicy.multi_run(1),
 )
 def marts(
     context: AssetExecutionContext,

@@ -1,4 +1,5 @@
-"""The `clickstream` console script: the embedded broker, synthetic traffic, catch-up and the demo.
+"""The `clickstream` console script: the embedded broker, synthetic traffic, the collector, catch-up
+and the demo.
 
 Catch-up and the demo live in their own modules and are imported only when asked for, so that
 `clickstream broker` starts without loading Dagster.
@@ -69,6 +70,19 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--no-produce", action="store_true", help="generate (and write --expected) only"
     )
+    generate.add_argument(
+        "--via-collector",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="send through the SDK to a running collector (default URL: "
+        "CLICKSTREAM_COLLECTOR_ADDR) instead of producing to the topic; received now",
+    )
+
+    collector = commands.add_parser(
+        "collector", help="run the HTTP edge collector on CLICKSTREAM_COLLECTOR_ADDR"
+    )
+    collector.add_argument("--access-log", action="store_true", help="log every request")
 
     catch_up = commands.add_parser("catch-up", help="land and build every closed hour, headless")
     catch_up.add_argument("--until", type=_moment, help="treat hours before this as closed")
@@ -135,10 +149,13 @@ def _generate(settings: Settings, args: argparse.Namespace) -> int:
         f"({spec.n_events / max(seconds, 1e-9):,.0f} events/s)",
         flush=True,
     )
+    truth = traffic.truth
+    if args.via_collector is not None and not args.no_produce:
+        truth = _send_via_collector(traffic, args.via_collector or settings.collector_addr)
     if args.expected:
-        written = write_expected_marts(traffic.truth, args.expected)
+        written = write_expected_marts(truth, args.expected)
         print(f"expected marts: {len(written)} files in {args.expected}", flush=True)
-    if not args.no_produce:
+    if args.via_collector is None and not args.no_produce:
         log = KafkaResource(bootstrap_servers=settings.kafka_bootstrap, topic=settings.topic)
         try:
             log.create_topic(args.partitions)
@@ -157,6 +174,39 @@ def _generate(settings: Settings, args: argparse.Namespace) -> int:
         print(f" to {settings.topic} on {settings.kafka_bootstrap}", flush=True)
     _summary(traffic.counts)
     return 0
+
+
+def _send_via_collector(traffic, address: str):
+    import urllib.request
+
+    from clickstream_tools.generator import send_via_collector
+
+    url = address if "://" in address else f"http://{address}"
+    try:
+        urllib.request.urlopen(f"{url}/readyz", timeout=5).close()
+    except OSError as error:
+        raise KafkaUnavailable(
+            f"the collector at {url} is not ready ({error}): start it (`clickstream collector`) "
+            "or pass its URL to --via-collector"
+        ) from None
+    began = time.perf_counter()
+
+    def progress(acknowledged: int, total: int) -> None:
+        rate = acknowledged / max(time.perf_counter() - began, 1e-9)
+        print(
+            f"\racknowledged {acknowledged:,}/{total:,} ({rate:,.0f} events/s)", end="", flush=True
+        )
+
+    try:
+        truth = send_via_collector(traffic, url, progress=progress)
+    except TimeoutError as error:
+        raise KafkaUnavailable(f"{error}: is `clickstream collector` running there?") from None
+    print(
+        f" through the SDK and {url} ({traffic.truth.height - truth.height:,} messages that "
+        "are not JSON objects with the SDK's fields left out)",
+        flush=True,
+    )
+    return truth
 
 
 def _summary(counts: dict) -> None:
@@ -190,6 +240,13 @@ def _summary(counts: dict) -> None:
         print(f"  {name:<14} {text}")
 
 
+def _collector(settings: Settings, args: argparse.Namespace) -> int:
+    from collector.server import serve
+
+    serve(settings, access_log=args.access_log)
+    return 0
+
+
 def _stop_on_term(signum, frame):
     raise KeyboardInterrupt
 
@@ -211,7 +268,13 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"broker": _broker, "generate": _generate, "catch-up": _catch_up, "demo": _demo}
+_COMMANDS = {
+    "broker": _broker,
+    "generate": _generate,
+    "catch-up": _catch_up,
+    "demo": _demo,
+    "collector": _collector,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

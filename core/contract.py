@@ -15,6 +15,8 @@ EVENT_TYPES = ("page_view", "click", "play", "pause", "seek", "ad_impression", "
 PLATFORMS = ("web", "ios", "android", "tv", "stb")
 TITLE_EVENTS = ("play", "pause", "seek")
 FUTURE_CLOCK_TOLERANCE = "5 minutes"
+SENT_AT_DEADBAND_US = 60_000_000
+"""A device offset (receive time minus `sent_at`) up to this is transit delay, never corrected."""
 DEDUP_BUCKETS = 256
 
 LANDING_REASONS = (
@@ -46,7 +48,7 @@ _STRING_FIELDS = (
 _OPTIONAL_STRINGS = ("user_id", "session_id", "title_id", "campaign_id", "ad_id", "page")
 _OPTIONAL_STRINGS += ("app_version",)
 _OPTIONAL_INTEGERS = ("position_ms", "schema_version")
-_FIELDS = (*_STRING_FIELDS, *_OPTIONAL_INTEGERS, "properties")
+_FIELDS = (*_STRING_FIELDS, *_OPTIONAL_INTEGERS, "properties", "sent_at")
 # RFC 3339: hours 00-23, minutes and seconds 00-59, offsets within +-23:59. A leap second is
 # written 23:59:60 in UTC but HH:59:60 in other offsets, so second 60 is accepted after minute
 # 59; it counts as the last microsecond of that minute, which keeps it in its hour and day.
@@ -90,7 +92,18 @@ def _wrong_type(name: str, json_types: tuple[str, ...]) -> str:
 
 _PATHS = ", ".join(f"'$.\"{name}\"'" for name in _FIELDS)
 
-_start_filter = "case when clock_corrected then received_at else device_time end < $start"
+
+def _timestamp(name: str) -> str:
+    """`name` as a naive UTC timestamp when it is an RFC 3339 string, else null."""
+    return (
+        f"case when json_type({_field(name)}) = 'VARCHAR' "
+        f"and regexp_matches({_field(name)} ->> '$', '{_RFC3339}') "
+        f"then try_cast(upper(regexp_replace({_field(name)} ->> '$', '{_LEAP_SECOND}', "
+        f"'\\159.999999')) as timestamptz)::timestamp end"
+    )
+
+
+_start_filter = "case when clock_corrected then corrected_time else device_time end < $start"
 
 PARSE_SQL = f"""
 with decoded as (
@@ -107,24 +120,31 @@ fields as (
     from json
 ),
 timed as (
-    select *,
-        case
-            when json_type({_field("event_time")}) = 'VARCHAR'
-                and regexp_matches({_field("event_time")} ->> '$', '{_RFC3339}')
-            then try_cast(
-                upper(regexp_replace({_field("event_time")} ->> '$', '{_LEAP_SECOND}',
-                    '\\159.999999')) as timestamptz
-            )::timestamp
-        end as device_time
-    from fields
+    select *, {_timestamp("event_time")} as device_time from fields
 ),
-corrected as (
+sent as (
     select *,
         kafka_timestamp::timestamp as received_at,
-        coalesce(
-            device_time > kafka_timestamp::timestamp + interval {FUTURE_CLOCK_TOLERANCE}, false
-        ) as clock_corrected
+        {_timestamp("sent_at")} as device_sent_at,
+        coalesce(json_type({_field("sent_at")}), 'NULL') <> 'NULL' as has_sent_at
     from timed
+),
+corrected as (
+    -- The device clock rule: with sent_at, the device's offset measured when it sent is removed
+    -- once it exceeds the deadband (below it, it is transit delay); without, only a clock in
+    -- the future is caught, and the receive time is the best estimate left.
+    select *,
+        case
+            when device_sent_at is not null then abs(
+                epoch_us(received_at) - epoch_us(device_sent_at)
+            ) > {SENT_AT_DEADBAND_US}
+            else coalesce(device_time > received_at + interval {FUTURE_CLOCK_TOLERANCE}, false)
+        end as clock_corrected,
+        case
+            when device_sent_at is not null then device_time + (received_at - device_sent_at)
+            else received_at
+        end as corrected_time
+    from sent
 ),
 classified as (
     select *,
@@ -151,13 +171,17 @@ classified as (
             {"".join(_wrong_type(name, ("VARCHAR",)) for name in _OPTIONAL_STRINGS)}
             {"".join(_wrong_type(name, ("BIGINT", "UBIGINT")) for name in _OPTIONAL_INTEGERS)}
             {_wrong_type("properties", ("OBJECT",))}
+            when has_sent_at and device_sent_at is null then 'wrong_type:sent_at'
         end as reason,
-        case when clock_corrected then received_at else device_time end
+        case when clock_corrected then corrected_time else device_time end
             as event_time
     from corrected
 )
 select
-    * exclude (text, json_kind, f, device_time, received_at, event_time, clock_corrected, reason),
+    * exclude (
+        text, json_kind, f, device_time, received_at, device_sent_at, has_sent_at,
+        corrected_time, event_time, clock_corrected, reason
+    ),
     reason,
     {_field("event_id")} ->> '$' as event_id,
     -- A stable hash (md5, not DuckDB's version-dependent hash): copies of an event always share
@@ -197,7 +221,7 @@ def parse_events(records: pa.Table | pa.RecordBatch, *, start: datetime) -> pa.T
 
     Input columns: at least `kafka_timestamp` and `value` (binary); all input columns are kept.
     Output adds `reason` (null when valid), the typed event fields, `event_time` (UTC, after the
-    future-clock rule), `event_hour`, `clock_corrected`, `device_hour` (the hour the device
+    device-clock rule), `event_hour`, `clock_corrected`, `device_hour` (the hour the device
     claimed, for corrected events) and `dedup_bucket` (of the event_id).
     """
     con = duckdb.connect()

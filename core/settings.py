@@ -19,6 +19,10 @@ DEFAULTS = {
     "CLICKSTREAM_START_DATE": "2026-01-01",
     "CLICKSTREAM_ALLOWED_LATENESS": "3h",
     "DAGSTER_HOME": ".dagster_home",
+    "CLICKSTREAM_RETENTION_BRONZE": "forever",
+    "CLICKSTREAM_RETENTION_SILVER": "forever",
+    "CLICKSTREAM_RETENTION_QUARANTINE": "forever",
+    "CLICKSTREAM_COLLECTOR_ADDR": "127.0.0.1:8088",
 }
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -40,6 +44,52 @@ def parse_duration(text: str, *, variable: str) -> timedelta:
     return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
 
 
+FOREVER = "forever"
+
+
+def parse_retention(text: str, *, variable: str) -> timedelta | None:
+    """`forever` (None: never deleted) or a whole number of days, such as `400d`."""
+    if text.strip().lower() == FOREVER:
+        return None
+    match = _DURATION.match(text)
+    if not match or match[2] != "d" or int(match[1]) < 1:
+        raise ConfigError(
+            f"{variable}={text!r} is not a retention: use forever or a whole number of days, "
+            "such as 400d"
+        )
+    return timedelta(days=int(match[1]))
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long each lake tier keeps a partition after its period ends; None keeps it forever."""
+
+    bronze: timedelta | None
+    silver: timedelta | None
+    quarantine: timedelta | None
+
+    @classmethod
+    def from_values(cls, value: Mapping[str, str]) -> Retention:
+        days = {
+            tier: parse_retention(value[name], variable=name)
+            for tier, name in (
+                ("bronze", "CLICKSTREAM_RETENTION_BRONZE"),
+                ("silver", "CLICKSTREAM_RETENTION_SILVER"),
+                ("quarantine", "CLICKSTREAM_RETENTION_QUARANTINE"),
+            )
+        }
+        bronze, silver = days["bronze"], days["silver"]
+        # A silver hour inside its horizon must stay rebuildable from bronze.
+        if bronze is not None and (silver is None or silver > bronze):
+            raise ConfigError(
+                f"CLICKSTREAM_RETENTION_BRONZE={value['CLICKSTREAM_RETENTION_BRONZE']!r} is "
+                f"shorter than CLICKSTREAM_RETENTION_SILVER="
+                f"{value['CLICKSTREAM_RETENTION_SILVER']!r}: silver is rebuilt from bronze, so "
+                "keep bronze at least as long as silver (or forever)"
+            )
+        return cls(**days)
+
+
 def _absolute(url: str) -> str:
     if "://" in url:
         return url.rstrip("/")
@@ -55,6 +105,8 @@ class Settings:
     start_date: date
     allowed_lateness: timedelta
     dagster_home: str
+    retention: Retention
+    collector_addr: str = DEFAULTS["CLICKSTREAM_COLLECTOR_ADDR"]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -85,6 +137,8 @@ class Settings:
             start_date=start_date,
             allowed_lateness=lateness,
             dagster_home=os.path.abspath(value["DAGSTER_HOME"]),
+            retention=Retention.from_values(value),
+            collector_addr=value["CLICKSTREAM_COLLECTOR_ADDR"],
         )
 
     @property

@@ -425,3 +425,105 @@ def test_platform_normalisation(platform, expected):
     row = parse_one(encode(event(platform=platform)))
     assert row["reason"] is None
     assert row["platform"] == expected
+
+
+# --- device clocks with sent_at -------------------------------------------------------------
+# K is the receive time (11:58:00). With sent_at, the device's offset K - sent_at is removed once
+# it exceeds 60 s: event_time + (K - sent_at). Each expectation below is that sum done by hand.
+
+
+@pytest.mark.parametrize(
+    ("event_time", "sent_at", "corrected", "expected"),
+    [
+        # A clock 1 h ahead: offset -59:58, so 12:50:00 - 59:58 = 11:50:02.
+        ("2026-11-27T12:50:00Z", "2026-11-27T12:57:58Z", True, utc(2026, 11, 27, 11, 50, 2)),
+        # The same instants with an offset: 13:57:58+01:00 is 12:57:58Z.
+        (
+            "2026-11-27T13:50:00+01:00",
+            "2026-11-27T13:57:58+01:00",
+            True,
+            utc(2026, 11, 27, 11, 50, 2),
+        ),
+        # A clock 1 h behind: offset +1:00:00.5, so 10:55:00 + 1:00:00.5 = 11:55:00.5.
+        (
+            "2026-11-27T10:55:00Z",
+            "2026-11-27T10:57:59.500Z",
+            True,
+            utc(2026, 11, 27, 11, 55, 0, 500_000),
+        ),
+        # Exactly 60 s: the deadband, the event time is kept to the microsecond.
+        (
+            "2026-11-27T11:56:30.123456Z",
+            "2026-11-27T11:57:00Z",
+            False,
+            utc(2026, 11, 27, 11, 56, 30, 123_456),
+        ),
+        ("2026-11-27T11:59:10Z", "2026-11-27T11:59:00Z", False, utc(2026, 11, 27, 11, 59, 10)),
+        # 60.001 s: corrected, 11:56:00 + 60.001 s = 11:57:00.001.
+        (
+            "2026-11-27T11:56:00Z",
+            "2026-11-27T11:56:59.999Z",
+            True,
+            utc(2026, 11, 27, 11, 57, 0, 1_000),
+        ),
+        # sent_at within the deadband overrides the future-clock rule: 32 min ahead is kept.
+        ("2026-11-27T12:30:00Z", "2026-11-27T11:58:10Z", False, utc(2026, 11, 27, 12, 30)),
+        # An old event sent now by a correct clock (an offline queue): kept.
+        ("2026-11-20T08:00:00Z", "2026-11-27T11:57:59Z", False, utc(2026, 11, 20, 8)),
+    ],
+)
+def test_sent_at_removes_the_device_offset(event_time, sent_at, corrected, expected):
+    row = parse_one(encode(event(event_time=event_time, sent_at=sent_at)), received=K)
+    assert row["reason"] is None
+    assert row["clock_corrected"] is corrected
+    assert row["event_time"] == expected
+    assert row["event_hour"] == expected.replace(minute=0, second=0, microsecond=0)
+
+
+def test_sent_at_correction_records_the_hour_the_device_claimed():
+    row = parse_one(
+        encode(event(event_time="2026-11-27T12:50:00Z", sent_at="2026-11-27T12:57:58Z")), K
+    )
+    assert row["event_hour"] == utc(2026, 11, 27, 11)
+    assert row["device_hour"] == utc(2026, 11, 27, 12)
+
+
+def test_sent_at_uses_each_rows_own_receive_time_and_sent_at():
+    # Two tries of one event from a clock 1 h ahead, 10 min apart, each stamped when sent:
+    # 12:50 - (12:57:58 - 11:58:00) = 11:50:02 and 12:50 - (13:08:01 - 12:08:00.25) = 11:49:59.25.
+    values = [
+        encode(event(event_time="2026-11-27T12:50:00Z", sent_at="2026-11-27T12:57:58Z")),
+        encode(event(event_time="2026-11-27T12:50:00Z", sent_at="2026-11-27T13:08:01Z")),
+    ]
+    table = parse_events(records(values, [K, utc(2026, 11, 27, 12, 8, 0, 250_000)]), start=START)
+    assert table.column("clock_corrected").to_pylist() == [True, True]
+    assert table.column("event_time").to_pylist() == [
+        utc(2026, 11, 27, 11, 50, 2),
+        utc(2026, 11, 27, 11, 49, 59, 250_000),
+    ]
+
+
+def test_a_null_sent_at_is_absent_and_the_future_clock_rule_applies():
+    row = parse_one(encode(event(event_time="2027-01-01T00:00:00Z", sent_at=None)), K)
+    assert row["reason"] is None
+    assert row["clock_corrected"] is True
+    assert row["event_time"] == K
+
+
+@pytest.mark.parametrize(
+    "sent_at",
+    [123, 1.5, True, {}, [], "yesterday", "2026-02-30T10:00:00Z", "2026-11-27T11:58:00", ""],
+)
+def test_a_wrong_typed_or_unparseable_sent_at_is_quarantined(sent_at):
+    row = parse_one(encode(event(sent_at=sent_at)), K)
+    assert row["reason"] == "wrong_type:sent_at"
+    assert row["clock_corrected"] is False
+
+
+def test_an_invalid_event_with_sent_at_is_not_marked_corrected():
+    value = encode(
+        event(event_type="nope", event_time="2026-11-27T12:50:00Z", sent_at="2026-11-27T12:57:58Z")
+    )
+    row = parse_one(value, K)
+    assert row["reason"] == "unknown_event_type"
+    assert row["clock_corrected"] is False

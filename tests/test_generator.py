@@ -14,6 +14,7 @@ from clickstream_tools.generator import (
     MALFORMED_KINDS,
     PLATFORMS,
     TrafficSpec,
+    accepted_events,
     expected_marts,
     generate,
     produce,
@@ -71,11 +72,20 @@ def naive_read(value: bytes | None) -> dict | None:
         return None
     if event["event_type"] == "ad_impression" and not isinstance(event.get("campaign_id"), str):
         return None
+    sent_at = event.get("sent_at")
+    if sent_at is not None:
+        try:
+            sent = datetime.fromisoformat(sent_at) if isinstance(sent_at, str) else None
+        except ValueError:
+            sent = None
+        if sent is None or sent.tzinfo is None:
+            return None
+        event["_sent_at"] = sent.astimezone(UTC)
     return event | {"_time": moment.astimezone(UTC)}
 
 
 def naive_events(traffic) -> list[dict]:
-    """First received valid copy per event_id, with the future-clock rule, by a plain loop."""
+    """First received valid copy per event_id, with the device-clock rule, by a plain loop."""
     seen: set[str] = set()
     kept = []
     rows = zip(
@@ -89,7 +99,10 @@ def naive_events(traffic) -> list[dict]:
             continue
         seen.add(event["event_id"])
         received = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
-        if event["_time"] - received > timedelta(minutes=5):
+        if "_sent_at" in event:
+            if abs(received - event["_sent_at"]) > timedelta(seconds=60):
+                event["_time"] += received - event["_sent_at"]
+        elif event["_time"] - received > timedelta(minutes=5):
             event["_time"] = received
         event["_actor"] = event.get("user_id") or "device:" + event["device_id"]
         kept.append(event)
@@ -247,3 +260,25 @@ def test_produce_sends_in_chunks_with_progress():
     assert sent == total and seen[-1] == (total, total) and len(seen) == -(-total // 1000)
     landed = sum(log.high_watermarks({p: 0 for p in log.partitions()}).values())
     assert landed == total
+
+
+def test_sdk_clocks_send_sent_at_and_are_corrected_to_within_the_transit(traffic):
+    truth = traffic.truth
+    share = truth["sent_at"].is_not_null().mean()
+    assert 0.55 < share < 0.85  # the devices whose SDK stamps sent_at
+    accepted = accepted_events(truth).filter(pl.col("sent_at").is_not_null())
+    skewed = accepted.filter(pl.col("is_skewed"))
+    claimed = truth.filter(pl.col("is_skewed") & pl.col("sent_at").is_not_null())
+    assert (claimed["event_time"] < claimed["true_time"] - timedelta(minutes=10)).any()  # behind
+    assert (claimed["event_time"] > claimed["true_time"] + timedelta(minutes=10)).any()  # ahead
+    assert skewed.height > 0 and skewed["clock_corrected"].all()
+    # Corrected = true time + transit (at most 5 s), less the stamp's truncation (under 1 s).
+    error = (skewed["event_time"] - skewed["true_time"]).dt.total_microseconds()
+    assert error.min() > -1_000_000 and error.max() <= 5_000_000
+    # A clock within the deadband (most, and the slightly drifting ones) is left exactly.
+    kept = accepted.filter(~pl.col("is_skewed"))
+    assert not kept["clock_corrected"].any()
+    original = truth.filter(pl.col("valid")).unique("event_id").select("event_id", "event_time")
+    assert kept.join(original, on="event_id")["event_time_right"].equals(
+        kept.join(original, on="event_id")["event_time"]
+    )

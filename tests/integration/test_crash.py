@@ -78,6 +78,7 @@ def traffic_in(broker, tmp_path, request):
         ("marts", signal.SIGKILL),
         ("cleaning", signal.SIGTERM),
     ],
+    ids=["kill-landing", "kill-cleaning", "kill-dbt", "term-cleaning"],
 )
 def test_a_killed_catch_up_is_repaired_by_the_next(traffic_in, stage, sig):
     traffic, env, root = traffic_in

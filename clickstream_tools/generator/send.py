@@ -1,0 +1,114 @@
+"""Delivering generated traffic: straight to the topic (receive times as generated), or through the
+SDK and the collector (receive times are now, stamped by the collector)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import polars as pl
+import pyarrow as pa
+
+from clickstream_tools.generator.spec import Traffic
+from resources.kafka import EventLog
+
+_TRACKED = ("event_id", "event_type", "event_time", "device_id")
+"""An element the SDK can send as generated has these keys (whatever their values)."""
+
+
+def produce(
+    log: EventLog,
+    messages: pa.Table,
+    *,
+    chunk_rows: int = 50_000,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Send `messages` in receive-time order, `chunk_rows` at a time; returns the count sent."""
+    total = messages.num_rows
+    sent = 0
+    for offset in range(0, total, chunk_rows):
+        chunk = messages.slice(offset, chunk_rows)
+        log.produce(chunk)
+        sent += chunk.num_rows
+        if progress is not None:
+            progress(sent, total)
+    return sent
+
+
+def send_via_collector(
+    traffic: Traffic,
+    endpoint: str,
+    *,
+    queue_dir: str | Path | None = None,
+    timeout_s: float = 600.0,
+    progress: Callable[[int, int], None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> pl.DataFrame:
+    """Replay the traffic as devices would: every message that is a JSON object with the four
+    keys the SDK always writes goes through `clickstream_sdk.Tracker.track` (its own event_id,
+    event_time and device_id kept) to the collector at `endpoint`. The SDK stamps sent_at with
+    this machine's clock and the collector the receive time, so the generated receive times and
+    sent_at values do not apply: returns the ground truth of what was sent, with
+    `kafka_timestamp` and `sent_at` set to the moment each message was tracked (within the
+    transit delay of what the collector stamps: never a correction). `clock` is the devices'
+    clock, the same as the collector's."""
+    from clickstream_sdk import Tracker
+
+    values = traffic.messages.column("value").to_pylist()
+    # A broken sent_at stays (the collector keeps an element's own), so that the event stays as
+    # invalid as generated; a generated valid one gives way to the SDK's.
+    broken_sent_at = (traffic.truth["malformed_reason"] == "bad_sent_at").fill_null(False)
+    with tempfile.TemporaryDirectory(dir=queue_dir) as tmp:
+        tracker = Tracker(
+            endpoint,
+            "clickstream-generate",
+            queue_path=Path(tmp) / "queue.sqlite3",
+            max_queue_events=len(values) + 1,
+            batch_size=500,
+            clock=clock,
+        )
+        sent_rows: list[int] = []
+        tracked_ms: list[int] = []
+        # One call per event, as devices make them: the SDK's API is per event.
+        for index, (value, keep_sent_at) in enumerate(zip(values, broken_sent_at, strict=True)):
+            event = _object(value)
+            if event is None:
+                continue
+            if not keep_sent_at:
+                event.pop("sent_at", None)
+            tracker.track(event.pop("event_type"), **event)
+            sent_rows.append(index)
+            tracked_ms.append(int(clock() * 1000))
+            if progress is not None and len(sent_rows) % 10_000 == 0:
+                progress(tracker.sent, len(values))
+        delivered = tracker.flush(timeout_s)
+        tracker.close(0)
+        if not delivered:
+            raise TimeoutError(
+                f"the collector at {endpoint} acknowledged {tracker.sent:,} of "
+                f"{len(sent_rows):,} events within {timeout_s:.0f} s"
+            )
+        if progress is not None:
+            progress(tracker.sent, len(values))
+    received = pl.Series("kafka_timestamp_ms", tracked_ms, dtype=pl.Int64)
+    moment = pl.from_epoch(received, "ms").dt.replace_time_zone("UTC")
+    return (
+        traffic.truth[sent_rows]
+        .with_columns(kafka_timestamp_ms=received)
+        .with_columns(kafka_timestamp=moment, sent_at=moment.cast(pl.Datetime("us", "UTC")))
+    )
+
+
+def _object(value: bytes | None) -> dict | None:
+    if value is None:
+        return None
+    try:
+        event = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(event, dict) or not all(key in event for key in _TRACKED):
+        return None
+    return event

@@ -1,0 +1,146 @@
+"""Run the collector: the Kafka sink, the ASGI app and uvicorn (chosen by measurement; see the
+README's "Collection" section), with access logs off."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import uvicorn
+
+from collector.app import CollectorApp
+from collector.sink import KafkaSink, SinkConfig
+from core.settings import ConfigError, Settings
+from resources.kafka import KafkaUnavailable
+
+
+def listen_address(addr: str) -> tuple[str, int]:
+    """`host:port` of CLICKSTREAM_COLLECTOR_ADDR."""
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(
+            f"CLICKSTREAM_COLLECTOR_ADDR={addr!r}: use host:port, such as 127.0.0.1:8088"
+        )
+    return host.strip("[]"), int(port)
+
+
+TOPIC_PARTITIONS = 4
+"""Partitions of the topic when the collector has to create it (as `clickstream generate` does)."""
+
+
+def open_sink(settings: Settings, **options) -> KafkaSink:
+    """The producer on the configured topic (created if missing); fails at start, saying what to
+    fix, when the broker does not answer."""
+    from kafka.errors import KafkaError
+
+    from resources.kafka import KafkaResource
+
+    try:
+        KafkaResource(
+            bootstrap_servers=settings.kafka_bootstrap, topic=settings.topic
+        ).create_topic(TOPIC_PARTITIONS)
+        sink = KafkaSink(
+            SinkConfig(bootstrap=settings.kafka_bootstrap, topic=settings.topic, **options)
+        )
+    except KafkaError as error:
+        raise KafkaUnavailable(
+            f"no Kafka broker answers at {settings.kafka_bootstrap} ({error!r}): start one "
+            "(`clickstream broker`) or set CLICKSTREAM_KAFKA_BOOTSTRAP"
+        ) from None
+    return sink
+
+
+def create_app() -> CollectorApp:
+    """The app for this process's settings (a factory, for servers that import it)."""
+    from core.settings import load
+
+    return CollectorApp(open_sink(load()))
+
+
+def serve(settings: Settings, *, access_log: bool = False, **options) -> None:
+    """Serve on CLICKSTREAM_COLLECTOR_ADDR in the foreground until SIGINT or SIGTERM."""
+    host, port = listen_address(settings.collector_addr)
+    app = CollectorApp(open_sink(settings, **options))
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=access_log,
+        log_level="info" if access_log else "warning",
+        server_header=False,
+    )
+    print(f"collector listening on http://{host}:{port} -> {settings.topic}", flush=True)
+    uvicorn.Server(config).run()
+
+
+class CollectorProcess:
+    """`clickstream collector` in a child process on a free port, for tests, benchmarks and the
+    demo; start() waits until /healthz answers. `kill()` is SIGKILL: nothing is flushed."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        argv: list[str] | None = None,
+        startup_timeout_s: float = 30.0,
+    ) -> None:
+        from resources.broker import free_port
+
+        self.argv = argv or [sys.executable, "-m", "clickstream_tools.cli", "collector"]
+        self.port = free_port()
+        self.env = {**os.environ, **env, "CLICKSTREAM_COLLECTOR_ADDR": f"127.0.0.1:{self.port}"}
+        self.startup_timeout_s = startup_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> CollectorProcess:
+        self.process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the collector exited at start with {self.process.returncode}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response,
+            ):
+                if response.status == 200:
+                    return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the collector did not answer on {self.url}")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            self.process = None
+
+    def __enter__(self) -> CollectorProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,357 @@
+"""The deployment shape on PostgreSQL: a code server, `dagster-daemon` and instance storage on
+Postgres (dagster.yaml + deploy/dagster-postgres.yaml), traffic in the embedded broker, and the
+sensors doing the work on the wall clock, no catch-up.
+
+- The sensors land, clean and build the marts, and the marts equal the generator's expectation.
+- While a backfill of a past week runs (`dagster/backfill`), a freshly closed hour still lands
+  first and the run queue's limits hold: asserted on the run records, never on durations.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+
+from clickstream_assets.definitions import all_sensors
+from clickstream_tools.generator import produce
+from core.ledger import Ledger, floor_hour
+from resources.kafka import KafkaResource
+from resources.lake import LakeResource
+from sensors.landing import landing_sensor
+from tests.helpers import assert_marts_match, configured, local_env, messy_traffic
+
+pytestmark = pytest.mark.postgres
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+STAGES = ("landing", "cleaning", "marts")
+SENSOR_NAMES = {sensor.name for sensor in all_sensors}
+FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+SETTLE_DEADLINE = timedelta(minutes=30)
+"""Only a guard against a hang: nothing is asserted about how long anything takes."""
+
+PG = {
+    "DAGSTER_PG_HOST": os.environ.get("DAGSTER_PG_HOST", "127.0.0.1"),
+    "DAGSTER_PG_PORT": os.environ.get("DAGSTER_PG_PORT", "5432"),
+    "DAGSTER_PG_USERNAME": os.environ.get("DAGSTER_PG_USERNAME", "clickstream"),
+    "DAGSTER_PG_PASSWORD": os.environ.get("DAGSTER_PG_PASSWORD", "clickstream"),
+}
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL (deploy/postgres-setup.sh), dropped afterwards."""
+    import psycopg2
+
+    params = {
+        "host": PG["DAGSTER_PG_HOST"],
+        "port": int(PG["DAGSTER_PG_PORT"]),
+        "user": PG["DAGSTER_PG_USERNAME"],
+        "password": PG["DAGSTER_PG_PASSWORD"],
+        "dbname": "postgres",
+    }
+    try:
+        admin = psycopg2.connect(**params)
+    except psycopg2.OperationalError as error:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {params['host']}:{params['port']} as "
+            f"{params['user']} ({error}): run `bash deploy/postgres-setup.sh` as root"
+        )
+    admin.autocommit = True
+    name = f"dagster_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cursor:
+        cursor.execute(f'create database "{name}"')
+    try:
+        yield name
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'drop database if exists "{name}" with (force)')
+        admin.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Deployment:
+    """A code server and (once started) a daemon on one Postgres-backed instance."""
+
+    root: Path
+    env: dict[str, str]
+    instance: DagsterInstance
+    workspace: Path
+    processes: list[subprocess.Popen]
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(
+            [str(BIN / args[0]), *args[1:]], env=self.env, stdout=log, stderr=log, cwd=REPO
+        )
+        self.processes.append(process)
+        return process
+
+    def cli(self, *args: str) -> None:
+        subprocess.run(
+            [str(BIN / "dagster"), *args, "-w", str(self.workspace)],
+            env=self.env,
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
+
+    def start_daemon(self) -> None:
+        self._spawn("daemon", "dagster-daemon", "run", "-w", str(self.workspace))
+
+    def runs(self) -> list:
+        return list(self.instance.get_run_records(ascending=True))
+
+    def latest_ticks(self) -> dict[str, object]:
+        states = self.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        ticks = {}
+        for state in states:
+            found = self.instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+            if found:
+                ticks[state.instigator_name] = found[0]
+        return ticks
+
+    def wait(self, condition, what: str) -> None:
+        deadline = time.monotonic() + SETTLE_DEADLINE.total_seconds()
+        while not condition():
+            for process in self.processes:
+                if process.poll() is not None:
+                    pytest.fail(f"{process.args[:2]} exited: see {self.root}/*.log")
+            if time.monotonic() > deadline:
+                summary = [(r.dagster_run.status.value, _stage(r)) for r in self.runs()]
+                pytest.fail(f"{what} did not happen; runs: {summary}; logs in {self.root}")
+            time.sleep(2)
+
+    def settled(self) -> bool:
+        """No run waits or runs, and every sensor has skipped a tick since the last run ended."""
+        runs = self.runs()
+        if not runs or any(r.dagster_run.status not in FINISHED for r in runs):
+            return False
+        last_end = max(r.end_time or 0 for r in runs)
+        ticks = self.latest_ticks()
+        return set(ticks) == SENSOR_NAMES and all(
+            t.timestamp > last_end and t.status == TickStatus.SKIPPED for t in ticks.values()
+        )
+
+
+@contextmanager
+def deployment(root: Path, database: str, **clickstream: str) -> Iterator[Deployment]:
+    """The repository's instance settings + Postgres storage, a workspace on a gRPC code server."""
+    home = root / "dagster_home"
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").write_text(
+        (REPO / "dagster.yaml").read_text() + (REPO / "deploy/dagster-postgres.yaml").read_text()
+    )
+    port = _free_port()
+    workspace = root / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n  - grpc_server:\n"
+        f"      host: 127.0.0.1\n      port: {port}\n      location_name: clickstream\n"
+    )
+    env = local_env(root, **clickstream) | PG | {"DAGSTER_PG_DB": database}
+    env["DAGSTER_HOME"] = str(home)
+    with configured(env):
+        full_env = {
+            **os.environ,
+            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        }
+        running = Deployment(
+            root=root,
+            env=full_env,
+            instance=DagsterInstance.from_config(str(home)),
+            workspace=workspace,
+            processes=[],
+        )
+        try:
+            running._spawn(
+                "code-server",
+                "dagster",
+                "code-server",
+                "start",
+                "-m",
+                "clickstream_assets.definitions",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "--location-name",
+                "clickstream",
+            )
+            running.wait(lambda: _serving(port, full_env), "the code server answering")
+            yield running
+        finally:
+            for process in reversed(running.processes):
+                process.terminate()
+            for process in running.processes:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            running.instance.dispose()
+
+
+def _serving(port: int, env: dict[str, str]) -> bool:
+    check = [str(BIN / "dagster"), "api", "grpc-health-check", "-p", str(port), "-h", "127.0.0.1"]
+    return subprocess.run(check, env=env, capture_output=True).returncode == 0
+
+
+def _stage(record) -> str:
+    names = {key.to_user_string() for key in record.dagster_run.asset_selection or []}
+    return {"raw_events": "landing", "events": "cleaning"}.get(",".join(sorted(names)), "marts")
+
+
+def _kafka(broker, topic: str) -> KafkaResource:
+    kafka = KafkaResource(bootstrap_servers=broker.bootstrap, topic=topic)
+    kafka.create_topic(3)
+    return kafka
+
+
+def test_the_daemon_and_sensors_build_the_expected_marts(broker, pg_database, tmp_path):
+    # Ingest hours that have all closed: events of 3 h, received at most 2 h late.
+    top = floor_hour(datetime.now(UTC))
+    topic = f"pg.{uuid.uuid4().hex[:8]}"
+    kafka = _kafka(broker, topic)
+    traffic = messy_traffic(
+        top - timedelta(hours=6),
+        top - timedelta(hours=3),
+        events=3_000,
+        seed=23,
+        max_late=timedelta(hours=2),
+    )
+    produce(kafka, traffic.messages, chunk_rows=5_000)
+    with deployment(
+        tmp_path, pg_database, CLICKSTREAM_KAFKA_BOOTSTRAP=broker.bootstrap, CLICKSTREAM_TOPIC=topic
+    ) as running:
+        assert type(running.instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(running.instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        running.start_daemon()
+        running.wait(
+            lambda: (
+                {"landing", "cleaning", "marts"} <= {_stage(r) for r in running.runs()}
+                and running.settled()
+            ),
+            "landing, cleaning and marts runs, then two quiet sensor ticks",
+        )
+        runs = running.runs()
+        for process in running.processes:
+            process.terminate()  # the warehouse is read only once no run can write it
+        for process in running.processes:
+            process.wait(timeout=30)
+
+    assert [r.dagster_run.status for r in runs] == [DagsterRunStatus.SUCCESS] * len(runs)
+    # Every run was requested by a sensor (a landing's materializations, not its run's end,
+    # are what the late-data sensor reacts to), and each stage was first requested in order.
+    assert {r.dagster_run.tags.get("dagster/sensor_name") for r in runs} <= SENSOR_NAMES
+    first = {s: min(r.create_timestamp for r in runs if _stage(r) == s) for s in STAGES}
+    assert first["landing"] < first["cleaning"] < first["marts"]
+    assert_marts_match(str(tmp_path / "warehouse.duckdb"), traffic.truth)
+
+
+def test_a_fresh_hour_lands_first_while_a_week_is_backfilled(broker, pg_database, tmp_path):
+    top = floor_hour(datetime.now(UTC))
+    topic = f"pg.{uuid.uuid4().hex[:8]}"
+    kafka = _kafka(broker, topic)
+    fresh = messy_traffic(
+        top - timedelta(hours=2),
+        top - timedelta(hours=1),
+        events=600,
+        seed=29,
+        max_late=timedelta(minutes=30),
+    )
+    produce(kafka, fresh.messages, chunk_rows=5_000)
+    with deployment(
+        tmp_path, pg_database, CLICKSTREAM_KAFKA_BOOTSTRAP=broker.bootstrap, CLICKSTREAM_TOPIC=topic
+    ) as running:
+        # Operators' CLI: hold the sensors, so the backfill is queued before the hour is seen.
+        for name in sorted(SENSOR_NAMES):
+            running.cli("sensor", "stop", name)
+        from clickstream_assets.definitions import defs
+        from clickstream_assets.marts import marts
+
+        week = [(top.date() - timedelta(days=d)).isoformat() for d in range(8, 1, -1)]
+        backfill_id = f"week{uuid.uuid4().hex[:6]}"
+        running.instance.add_backfill(
+            PartitionBackfill.from_asset_partitions(
+                backfill_id=backfill_id,
+                asset_graph=defs.resolve_asset_graph(),
+                partition_names=week,
+                asset_selection=list(marts.keys),
+                backfill_timestamp=time.time(),
+                tags={},
+                dynamic_partitions_store=running.instance,
+                all_partitions=False,
+                title="reprocess a past week",
+                description=None,
+                run_config=None,
+            )
+        )
+        running.start_daemon()
+
+        def backfill_runs():
+            return [r for r in running.runs() if r.dagster_run.tags.get("dagster/backfill")]
+
+        def queue_is_holding_the_backfill() -> bool:
+            statuses = {r.dagster_run.status for r in backfill_runs()}
+            return DagsterRunStatus.QUEUED in statuses and len(backfill_runs()) >= 2
+
+        running.wait(queue_is_holding_the_backfill, "backfill runs waiting in the queue")
+        running.cli("sensor", "start", landing_sensor.name)
+        running.wait(
+            lambda: (
+                running.instance.get_backfill(backfill_id).status != BulkActionStatus.REQUESTED
+                and all(r.dagster_run.status in FINISHED for r in running.runs())
+                and any(_stage(r) == "landing" for r in running.runs())
+            ),
+            "the backfill and the landing finishing",
+        )
+        runs = running.runs()
+
+    backfill = [r for r in runs if r.dagster_run.tags.get("dagster/backfill") == backfill_id]
+    landing = [r for r in runs if _stage(r) == "landing"]
+    # One run per day (the marts' backfill policy), each under the backfill's tag.
+    assert (
+        sorted(r.dagster_run.tags["dagster/asset_partition_range_start"] for r in backfill) == week
+    )
+    assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in runs)
+    assert len(landing) == 1 and landing[0].dagster_run.tags["dagster/priority"] == "10"
+    land = landing[0]
+    # Landed first: backfill runs queued before the landing was requested started after it.
+    overtaken = [
+        r
+        for r in backfill
+        if r.create_timestamp < land.create_timestamp and r.start_time > land.start_time
+    ]
+    assert overtaken, [(r.create_timestamp, r.start_time) for r in backfill]
+    # The queue's limits: one backfill run at a time, never more than max_concurrent_runs.
+    spans = sorted((r.start_time, r.end_time) for r in backfill)
+    assert all(end <= next_start for (_, end), (next_start, _) in pairwise(spans))
+    edges = sorted([(r.start_time, 1) for r in runs] + [(r.end_time, -1) for r in runs])
+    in_progress = [sum(step for _, step in edges[: i + 1]) for i in range(len(edges))]
+    assert max(in_progress) <= 4
+    # And the fresh hour holds what was produced in it.
+    ledger = Ledger(LakeResource(url=str(tmp_path / "lake")))
+    manifests = ledger.manifests(ledger.recorded_hours())
+    assert sum(m.rows for m in manifests.values()) == fresh.messages.num_rows
+    assert AssetKey("raw_events") in {k for r in landing for k in r.dagster_run.asset_selection}

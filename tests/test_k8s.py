@@ -1,0 +1,146 @@
+"""Kubernetes without a cluster: the Helm values keep dagster.yaml's run queue, and the Jobs that
+dagster-k8s builds from them (a run pod, and a step pod per asset sized by its
+`dagster-k8s/config` tag) are valid Kubernetes objects, checked strictly against the API's schemas
+offline (kubernetes-validate), with the sizes the tags ask for."""
+
+import json
+from pathlib import Path
+
+import kubernetes
+import kubernetes_validate
+import pytest
+import yaml
+from dagster_k8s.job import (
+    DagsterK8sJobConfig,
+    UserDefinedDagsterK8sConfig,
+    construct_dagster_k8s_job,
+    get_user_defined_k8s_config,
+)
+
+from clickstream_assets.assets import events, raw_events
+from clickstream_assets.marts import marts
+from clickstream_assets.pods import K8S_CONFIG_TAG
+
+pytestmark = pytest.mark.k8s
+
+REPO = Path(__file__).resolve().parent.parent
+VALUES = yaml.safe_load((REPO / "deploy/helm/values.yaml").read_text())
+INSTANCE = yaml.safe_load((REPO / "dagster.yaml").read_text())
+KUBERNETES_VERSION = "1.33.0"
+"""The API version the specs are checked against (a release the managed services still run)."""
+
+CHART_TO_DAGSTER = {
+    "containerConfig": "container_config",
+    "podSpecConfig": "pod_spec_config",
+    "podTemplateSpecMetadata": "pod_template_spec_metadata",
+    "jobConfig": "job_config",
+    "jobMetadata": "job_metadata",
+    "jobSpecConfig": "job_spec_config",
+}
+"""How the chart renders `runK8sConfig` into the instance's `run_k8s_config`."""
+
+
+def test_the_helm_run_queue_pools_and_monitoring_are_dagster_yamls():
+    runs, pools = INSTANCE["concurrency"]["runs"], INSTANCE["concurrency"]["pools"]
+    helm = VALUES["concurrency"]
+    assert helm["enabled"] is True
+    assert helm["runs"]["maxConcurrentRuns"] == runs["max_concurrent_runs"]
+    assert helm["runs"]["tagConcurrencyLimits"] == runs["tag_concurrency_limits"]
+    assert helm["pools"]["defaultLimit"] == pools["default_limit"]
+    monitoring, helm_monitoring = (
+        INSTANCE["run_monitoring"],
+        VALUES["dagsterDaemon"]["runMonitoring"],
+    )
+    assert helm_monitoring["enabled"] is monitoring["enabled"] is True
+    assert helm_monitoring["startTimeoutSeconds"] == monitoring["start_timeout_seconds"]
+    assert helm_monitoring["maxRuntimeSeconds"] == monitoring["max_runtime_seconds"]
+    assert helm_monitoring["pollIntervalSeconds"] == monitoring["poll_interval_seconds"]
+    assert VALUES["runLauncher"]["type"] == "K8sRunLauncher"
+    assert VALUES["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
+
+
+def _launcher() -> dict:
+    return VALUES["runLauncher"]["config"]["k8sRunLauncher"]
+
+
+def _job_config() -> DagsterK8sJobConfig:
+    """What the K8sRunLauncher configured by the values hands to dagster-k8s's job builder."""
+    launcher = _launcher()
+    deployment = VALUES["dagster-user-deployments"]["deployments"][0]
+    image = deployment["image"]
+    return DagsterK8sJobConfig(
+        job_image=f"{image['repository']}:{image['tag']}",
+        dagster_home="/opt/dagster/dagster_home",
+        image_pull_policy=launcher["imagePullPolicy"],
+        instance_config_map="dagster-instance",
+        postgres_password_secret=VALUES["global"]["postgresqlSecretName"],
+        env_config_maps=launcher["envConfigMaps"],
+        env_secrets=[secret["name"] for secret in launcher["envSecrets"]],
+        env_vars=launcher["envVars"],
+        volume_mounts=launcher["volumeMounts"],
+        volumes=launcher["volumes"],
+    )
+
+
+def _manifest(job: kubernetes.client.V1Job) -> dict:
+    return kubernetes.client.ApiClient().sanitize_for_serialization(job)
+
+
+def _validate(manifest: dict) -> None:
+    kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_run_pod_is_a_valid_job_with_the_default_size():
+    chart = _launcher()["runK8sConfig"]
+    run_config = UserDefinedDagsterK8sConfig.from_dict(
+        {CHART_TO_DAGSTER[key]: value for key, value in chart.items()}
+    )
+    job = construct_dagster_k8s_job(
+        _job_config(),
+        args=["dagster", "api", "execute_run", "{}"],
+        job_name="dagster-run-0123456789abcdef",
+        user_defined_k8s_config=run_config,
+        component="run_worker",
+        labels={"dagster/job": "__ASSET_JOB", "dagster/run-id": "0123456789abcdef"},
+    )
+    manifest = _manifest(job)
+    _validate(manifest)
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    container = pod["containers"][0]
+    assert container["resources"] == chart["containerConfig"]["resources"]
+    assert container["image"] == "registry.example.com/clickstream-platform:0.1.0"
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/warehouse"}
+    assert {"secretRef": {"name": "clickstream-env"}} in container["envFrom"]
+
+
+@pytest.mark.parametrize(
+    ("op", "cpu", "memory"),
+    [(raw_events.op, "4", "4Gi"), (events.op, "2", "8Gi"), (marts.op, "2", "8Gi")],
+    ids=["landing", "cleaning", "marts"],
+)
+def test_each_assets_pod_is_a_valid_job_of_the_size_its_tag_asks(op, cpu, memory):
+    # The step pod: what dagster-k8s's executor builds from the step's tags.
+    step_config = get_user_defined_k8s_config(op.tags)
+    job = construct_dagster_k8s_job(
+        _job_config(),
+        args=["dagster", "api", "execute_step", "{}"],
+        job_name=f"dagster-step-{op.name.replace('_', '-')}"[:63],
+        user_defined_k8s_config=step_config,
+        component="step_worker",
+        labels={"dagster/op": op.name},
+    )
+    manifest = _manifest(job)
+    _validate(manifest)
+    resources = manifest["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
+    assert json.loads(op.tags[K8S_CONFIG_TAG])["container_config"]["resources"] == resources
+
+
+def test_strict_validation_rejects_what_kubernetes_would():
+    manifest = _manifest(
+        construct_dagster_k8s_job(_job_config(), args=["true"], job_name="dagster-run-x")
+    )
+    manifest["spec"]["template"]["spec"]["containers"][0]["resourcez"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(manifest)
