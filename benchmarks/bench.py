@@ -185,8 +185,8 @@ def bench_landing(results: Results, bootstrap: str, topic: str, lake_dir: str, n
     hours = closed_hours(DAY, until, limit=1000)
     workers = max(1, min(PARTITIONS, os.cpu_count() or 1, 16))  # as landing's pool
     with Timer() as ours:
-        manifests = land_hours(log, LakeResource(url=lake_dir), hours, now=until)
-    landed = sum(m["rows"] for m in manifests)
+        manifests = land_hours(log, LakeResource(url=lake_dir), hours, now=until, first_instant=DAY)
+    landed = sum(m.rows for m in manifests)
     with Timer() as bare, ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         kept = sum(pool.map(_bare_consume, [bootstrap] * 4, [topic] * 4, range(PARTITIONS)))
     assert landed == kept == n, (landed, kept, n)
@@ -204,7 +204,7 @@ def bench_landing(results: Results, bootstrap: str, topic: str, lake_dir: str, n
 def _parquet_log(path: str):
     """An EventLog over a Parquet file of one partition's records, streamed in batches: the log
     itself holds almost nothing in memory."""
-    from resources.kafka import RECORD_SCHEMA, EventLog
+    from resources.kafka import RECORD_SCHEMA, EventLog, Positioned
 
     class _Log(EventLog):
         topic = "bench"
@@ -215,10 +215,12 @@ def _parquet_log(path: str):
         def beginning_offset(self, partition: int) -> int:
             return 0
 
-        def read(self, partition, start_offset, end_offset=None) -> Iterator[pa.RecordBatch]:
+        def read(self, partition, start_offset, end_offset=None) -> Iterator[Positioned]:
             file = pq.ParquetFile(path)
+            position = 0
             for batch in file.iter_batches(batch_size=20_000, columns=RECORD_SCHEMA.names):
-                yield pa.RecordBatch.from_arrays(batch.columns, schema=RECORD_SCHEMA)
+                position += batch.num_rows
+                yield pa.RecordBatch.from_arrays(batch.columns, schema=RECORD_SCHEMA), position
 
         def high_watermarks(self, positions):
             return {p: pq.ParquetFile(path).metadata.num_rows for p in positions}
@@ -279,7 +281,7 @@ def write_hour_records(path: str, events: int, hour: datetime) -> int:
 def hour_stage(stage: str, records: str, lake_dir: str, hour_iso: str) -> dict:
     """Run in a fresh process: land or clean one hour; time it and its peak RSS above start."""
     from clickstream_assets.cleaning import clean_hour
-    from clickstream_assets.landing import land_hours, read_manifests
+    from clickstream_assets.landing import land_hours
     from resources.lake import LakeResource
 
     hour = datetime.fromisoformat(hour_iso)
@@ -287,13 +289,13 @@ def hour_stage(stage: str, records: str, lake_dir: str, hour_iso: str) -> dict:
     start = rss_bytes()
     with Timer() as timer:
         if stage == "landing":
-            manifest = land_hours(
-                _parquet_log(records), lake, [hour], now=hour + timedelta(hours=1)
-            )
-            rows = manifest[0]["rows"]
+            end = hour + timedelta(hours=1)
+            landed = land_hours(_parquet_log(records), lake, [hour], now=end, first_instant=DAY)
+            rows = landed[0].rows
         else:
-            counts = clean_hour(lake, hour, read_manifests(lake))
-            rows = counts["bronze_rows"]
+            end = hour + timedelta(hours=1)
+            cleaned = clean_hour(lake, hour, first_instant=DAY, now=end)
+            rows = cleaned.stamp.bronze_rows
     return {
         "rows": rows,
         "seconds": timer.wall,
