@@ -186,15 +186,18 @@ def _bucket_filter(event_hour: datetime | None, bucket: int, count: int) -> ds.E
     return hour & members
 
 
-def _nearby_files(ledger: Ledger, inputs: tuple, recorded: set[datetime]) -> list[str]:
-    """The bronze files of the ingest hours within CROSS_HOUR_WINDOW of the hour's inputs."""
-    if not inputs:
+def _nearby_files(
+    ledger: Ledger, manifests: dict[datetime, Manifest], recorded: set[datetime]
+) -> list[str]:
+    """The bronze files of the ingest hours within CROSS_HOUR_WINDOW of the hour's inputs
+    (`manifests`, already read; only the neighbours are read here)."""
+    if not manifests:
         return []
-    low, high = min(inputs) - CROSS_HOUR_WINDOW, max(inputs) + CROSS_HOUR_WINDOW
-    near = [h for h in recorded if low <= h <= high]
+    low, high = min(manifests) - CROSS_HOUR_WINDOW, max(manifests) + CROSS_HOUR_WINDOW
+    near = [h for h in recorded if low <= h <= high and h not in manifests]
     return [
         entry.file
-        for manifest in ledger.manifests(near).values()
+        for manifest in [*manifests.values(), *ledger.manifests(near).values()]
         for entry in manifest.partitions.values()
         if entry.file
     ]
@@ -275,7 +278,7 @@ def clean_hour(
     winners = winners_for(ledger, manifests, recorded)
     files = source_files(manifests.values(), event_hour)
     expected = bronze_rows(manifests.values(), event_hour)
-    nearby = _nearby_files(ledger, inputs, recorded)
+    nearby = _nearby_files(ledger, manifests, recorded)
     buckets = bucket_count(expected, bucket_rows)
     columns = [*RECORD_SCHEMA.names, "ingest_hour"]
     counts = Counter()

@@ -8,8 +8,10 @@ Catch-up and the demo live in their own modules and are imported only when asked
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -251,12 +253,20 @@ def _stop_on_term(signum, frame):
     raise KeyboardInterrupt
 
 
+def _terminate(signum, frame):
+    """Stop catch-up at once: interrupt it, and if the run in progress swallows the interrupt,
+    exit 5 s later anyway. Every file is written then renamed and every stage is level-
+    triggered, so an exit at any line leaves only work the next catch-up finds owed."""
+    threading.Timer(5.0, os._exit, args=(128 + signum,)).start()
+    raise KeyboardInterrupt
+
+
 def _catch_up(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream_tools.catchup import run_catch_up
 
     # `kill` (SIGTERM) stops catch-up at once; the next catch-up fails the interrupted run,
     # frees its slots and does what the stamps say is still owed.
-    signal.signal(signal.SIGTERM, _stop_on_term)
+    signal.signal(signal.SIGTERM, _terminate)
     run_catch_up(settings, until=args.until or datetime.now(UTC))
     return 0
 

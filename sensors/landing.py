@@ -5,7 +5,7 @@ in seconds since the end of the last landed hour while records wait. It is recor
 observation of the topic's source asset and logged as a warning past `LAG_WARNING`.
 """
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pyarrow.compute as pc
 from dagster import (
@@ -101,7 +101,10 @@ def landing_sensor(
         },
     )
     first = head.ingest_hour + HOUR if head else first_ingest_hour(kafka, not_before=first_instant)
-    hours = closed_hours(first, now, limit=MAX_HOURS_PER_RUN) if first else []
+    # An hour exists as a partition once it has closed by the wall clock too: a clock pinned
+    # in the future (catch-up --until) never names an hour Dagster does not know yet.
+    closed_by = min(now, datetime.now(UTC))
+    hours = closed_hours(first, closed_by, limit=MAX_HOURS_PER_RUN) if first else []
     if not hours:
         return SensorResult(
             asset_events=[observation], skip_reason=SkipReason("no closed hour to land")

@@ -7,6 +7,7 @@ small; losing it costs one full read of the ledger, never a missed or repeated p
 """
 
 import json
+from datetime import UTC, datetime
 
 from dagster import (
     AssetKey,
@@ -63,7 +64,7 @@ def build_reconcile_sensor(mart_keys: list[AssetKey]) -> SensorDefinition:
             stamps,
             settled_from=parse_hour_label(settled) if settled else None,
             first_hour=first_instant,
-            now=now,
+            now=min(now, datetime.now(UTC)),  # only partitions that exist by the wall clock
             lateness=allowed_lateness,
         )
         busy_hours = set(in_flight(context.instance, "cleaning"))

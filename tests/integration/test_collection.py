@@ -49,7 +49,7 @@ def topic_records(bootstrap: str, topic: str) -> pa.Table:
     batches = [
         batch
         for partition in log.partitions()
-        for batch in log.read(partition, log.beginning_offset(partition))
+        for batch, _ in log.read(partition, log.beginning_offset(partition))
     ]
     return (
         pa.Table.from_batches(batches)
