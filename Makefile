@@ -71,7 +71,8 @@ docs: venv
 	cd dbt_project && PATH=$(CURDIR)/$(BIN):$$PATH ../$(BIN)/dbt docs generate --profiles-dir . && ../$(BIN)/dbt docs serve --profiles-dir . --port 8081
 
 bench: venv
-	$(BIN)/python benchmarks/pipeline_bench.py
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/collector_bench.py
 
 clean:

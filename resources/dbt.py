@@ -1,29 +1,93 @@
-"""dbt: the project, the CLI resource that runs it, and a manifest that exists on a clean clone.
+"""dbt: the project, its preparer, and a resource that runs dbt inside this process.
 
-The dbt executable is the one installed beside this Python, so a venv never picks up another dbt
-from PATH.
+dbt runs through its programmatic runner (dbtRunner) rather than a `dbt` subprocess per day: the
+project is parsed once per process (partial parsing keeps even that short) and every build
+reuses the parsed manifest, so a day rebuilt costs its SQL, not dbt's start-up and a parse. The
+manifest depends only on `lake_url` and `warehouse_path` (sources' locations, the catalog);
+every other var is read when a model runs, so one parse serves every day.
+
+dbt's own log lines go to the Dagster run log (one message per build, and each error as it
+happens), never to the console of a catch-up or demo.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import subprocess
-import sys
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from dagster_dbt import DbtCliResource, DbtProject
+from dagster import AssetExecutionContext, ConfigurableResource
+from dagster_dbt import DagsterDbtTranslator, DbtProject
 
 from core.settings import Settings, load
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
+PARSE_VARS = ("lake_url", "warehouse_path")
+"""The vars that shape the parsed manifest (sources' locations, the warehouse catalog); the
+others are rendered when models run."""
+
+
+class DbtError(RuntimeError):
+    """dbt failed; the message holds dbt's errors."""
+
+
+def _common_args(project_dir: Path, target: str | None, target_path: Path) -> list[str]:
+    args = ["--project-dir", os.fspath(project_dir), "--profiles-dir", os.fspath(project_dir)]
+    args += ["--target-path", os.fspath(target_path)]
+    # No console or file log from dbt: callbacks receive every event (see `_invoke`).
+    args += ["--log-level", "none", "--log-level-file", "none"]
+    return args + (["--target", target] if target else [])
+
+
+_lock = threading.Lock()  # dbt keeps global state (flags, adapters): one invocation at a time
+
+
+def _release_warehouse() -> None:
+    """dbt-duckdb keeps its DuckDB instance open between invocations; close it, so that the
+    caller (and the next process) can open the warehouse file, which has one writer at a time."""
+    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+
+    if DuckDBConnectionManager._ENV is not None:
+        DuckDBConnectionManager.env().close()
+        DuckDBConnectionManager.close_all_connections()
+
+
+def _invoke(args: list[str], manifest: Any = None) -> tuple[Any, list[Any]]:
+    from dbt.adapters.factory import cleanup_connections
+    from dbt.cli.main import dbtRunner
+
+    events: list[Any] = []
+    with _lock:
+        try:
+            result = dbtRunner(manifest=manifest, callbacks=[events.append]).invoke(args)
+        finally:
+            cleanup_connections()
+            _release_warehouse()
+    if not result.success and result.exception is not None:
+        raise DbtError(f"dbt {args[0]} failed: {result.exception}") from result.exception
+    return result, events
+
+
+def parse(project_dir: Path, *, target: str | None = None, vars: Mapping[str, Any] = {}) -> Any:
+    """Parse the project in-process (partial parsing on) and return dbt's Manifest; also writes
+    target/manifest.json, which @dbt_assets reads at import."""
+    target_path = project_dir / "target"
+    args = ["parse", *_common_args(project_dir, target, target_path)]
+    result, events = _invoke(args + (["--vars", json.dumps(dict(vars))] if vars else []))
+    if not result.success:
+        raise DbtError("dbt parse failed:\n" + "\n".join(_messages(events, errors_only=True)))
+    return result.result
+
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
-
-
-def dbt_executable() -> str:
-    """The `dbt` next to sys.executable (the venv's), else whatever `dbt` is on PATH."""
-    beside = Path(sys.executable).with_name("dbt")
-    return os.fspath(beside) if beside.exists() else "dbt"
+# @dbt_assets reads the manifest at import. Under `dagster dev` the project's preparer re-parses
+# to pick up edits; a clean clone parses once, in-process (never a `dbt parse` subprocess).
+dbt_project.prepare_if_dev()
+if not dbt_project.manifest_path.exists():
+    parse(DBT_PROJECT_DIR)
 
 
 def dbt_target(settings: Settings) -> str:
@@ -31,36 +95,86 @@ def dbt_target(settings: Settings) -> str:
     return "s3" if settings.lake_url.startswith("s3://") else "local"
 
 
-def ensure_manifest(project: DbtProject = dbt_project) -> Path:
-    """Return the path of target/manifest.json, running `dbt parse` first if it is missing.
+def _messages(events: list[Any], *, errors_only: bool = False) -> list[str]:
+    from dbt_common.events.base_types import EventLevel
 
-    The manifest is a build artifact (not committed), and @dbt_assets needs it at import time,
-    so a clean clone must be able to produce it without a warehouse or a lake.
-    """
-    manifest = Path(project.manifest_path)
-    if not manifest.exists():
-        subprocess.run(
-            [
-                dbt_executable(),
-                "parse",
-                "--quiet",
-                "--project-dir",
-                os.fspath(project.project_dir),
-                "--profiles-dir",
-                os.fspath(project.profiles_dir or project.project_dir),
-            ],
-            check=True,
-            cwd=project.project_dir,
-            env={**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+    wanted = {EventLevel.ERROR} if errors_only else {EventLevel.INFO, EventLevel.WARN}
+    wanted |= {EventLevel.ERROR}
+    return [e.info.msg for e in events if e.info.level in wanted and e.info.msg]
+
+
+_parsed: dict[tuple, Any] = {}
+"""Manifests parsed in this process, by (project, target, parse vars)."""
+
+
+class DbtRunnerResource(ConfigurableResource):
+    """Runs dbt commands in this process against the project, reusing one parsed manifest."""
+
+    project_dir: str = os.fspath(DBT_PROJECT_DIR)
+    target: str = "local"
+
+    def manifest(self, run_vars: Mapping[str, Any]) -> Any:
+        project = Path(self.project_dir)
+        parse_vars = {k: run_vars[k] for k in PARSE_VARS if k in run_vars}
+        key = (os.fspath(project), self.target, json.dumps(parse_vars, sort_keys=True))
+        if key not in _parsed:
+            _parsed[key] = parse(project, target=self.target, vars=parse_vars)
+        return _parsed[key]
+
+    def build(
+        self,
+        context: AssetExecutionContext,
+        run_vars: Mapping[str, Any],
+        translator: DagsterDbtTranslator,
+        *,
+        extra_args: tuple[str, ...] = (),
+    ) -> Iterator[Any]:
+        """`dbt build` of the context's selection with `run_vars`; yields Dagster events (an
+        Output per model, an AssetCheckResult per test) and raises DbtError if dbt failed."""
+        from dagster_dbt.asset_utils import (
+            get_manifest_and_translator_from_dbt_assets,
+            get_subset_selection_for_context,
         )
-    return manifest
+        from dagster_dbt.core.dbt_cli_event import DbtCoreCliEventMessage
+        from dbt_common.events.base_types import EventLevel
+        from dbt_common.events.functions import msg_to_dict
+
+        project = Path(self.project_dir)
+        manifest_json, _, _ = get_manifest_and_translator_from_dbt_assets([context.assets_def])
+        selection, indirect = get_subset_selection_for_context(
+            context=context,
+            manifest=manifest_json,
+            select="fqn:*",
+            exclude=None,
+            selector=None,
+            dagster_dbt_translator=translator,
+            current_dbt_indirect_selection_env=None,
+        )
+        args = ["build", *_common_args(project, self.target, project / "target")]
+        args += ["--no-write-json", "--vars", json.dumps(dict(run_vars)), *selection, *extra_args]
+        if indirect:
+            args += ["--indirect-selection", indirect]
+        result, events = _invoke(args, manifest=self.manifest(run_vars))
+        for event in events:
+            if event.info.level == EventLevel.ERROR and event.info.msg:
+                context.log.error(event.info.msg)
+            message = DbtCoreCliEventMessage(
+                raw_event=msg_to_dict(event), event_history_metadata={}
+            )
+            yield from message.to_default_asset_events(
+                manifest=manifest_json,
+                dagster_dbt_translator=translator,
+                context=context,
+                project=dbt_project,
+            )
+        # The whole dbt log as one message: the run log keeps it without an event per line.
+        context.log.info("dbt build " + " ".join(selection) + "\n" + "\n".join(_messages(events)))
+        if not result.success:
+            errors = "\n".join(_messages(events, errors_only=True))
+            raise DbtError(f"dbt build failed:\n{errors}")
 
 
-def dbt_resource(settings: Settings | None = None) -> DbtCliResource:
-    """The dbt CLI resource for this project and the settings' lake."""
+def dbt_resource(settings: Settings | None = None) -> DbtRunnerResource:
+    """The in-process dbt resource for this project and the settings' lake."""
     settings = settings or load()
-    return DbtCliResource(
-        project_dir=dbt_project,
-        dbt_executable=dbt_executable(),
-        target=dbt_target(settings),
-    )
+    return DbtRunnerResource(target=dbt_target(settings))

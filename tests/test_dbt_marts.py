@@ -7,7 +7,9 @@ rebuilds it unchanged; the tests read the snapshots it took after each step.
 
 import json
 import os
+import re
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +28,7 @@ from core.settings import Settings
 from core.warehouse import MARTS as CONTRACT_MARTS
 from partitions import AS_OF_TAG
 from resources.clock import parse_instant
-from resources.dbt import DBT_PROJECT_DIR, dbt_executable, dbt_resource
+from resources.dbt import DBT_PROJECT_DIR, dbt_resource
 from resources.lake import LakeResource
 from resources.warehouse import read_table, warehouse_resource
 
@@ -393,7 +395,12 @@ def test_dbt_vars_carry_the_settings():
 
 def run_dbt(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [dbt_executable(), *args, "--target-path", str(tmp_path / "target")],
+        [
+            str(Path(sys.executable).with_name("dbt")),
+            *args,
+            "--target-path",
+            str(tmp_path / "target"),
+        ],
         cwd=DBT_PROJECT_DIR,
         env={
             **os.environ,
@@ -425,3 +432,19 @@ def test_dbt_parse_and_docs_generate_work_offline(tmp_path: Path):
     )
     assert docs.returncode == 0, docs.stdout
     assert (tmp_path / "target" / "catalog.json").exists()
+
+
+def test_dbt_unit_tests_pass(tmp_path: Path):
+    # A day's build skips the unit tests (they check the SQL's logic, not the day's data).
+    tested = run_dbt(
+        "test",
+        "--select",
+        "test_type:unit",
+        "--vars",
+        json.dumps(
+            {"lake_url": str(tmp_path / "lake"), "warehouse_path": str(tmp_path / "w.duckdb")}
+        ),
+        tmp_path=tmp_path,
+    )
+    assert tested.returncode == 0, tested.stdout
+    assert re.search(r"PASS=[1-9]\d* WARN=0 ERROR=0", tested.stdout), tested.stdout

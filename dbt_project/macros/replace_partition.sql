@@ -1,16 +1,29 @@
-{#- Incremental strategy `replace_partition`: delete the rows that match the model's
-    incremental_predicates (the day being built), then insert the new rows. Unlike dbt's
-    delete+insert it also clears rows whose key vanished from the rebuild. -#}
+{#- Incremental strategy `replace_partition`: delete the rows of the day being built (var
+    event_date), then insert the new rows. Unlike dbt's delete+insert it also clears rows whose
+    key vanished from the rebuild. A model names the column that holds its period in
+    meta.partition_column (event_date, or event_hour for an hourly mart). The day is rendered
+    here, when the model runs, never in the model's config (which dbt renders once, at parse
+    time), so that one parsed manifest serves every day. -#}
 {% macro get_incremental_replace_partition_sql(arg_dict) -%}
-    {%- set predicates = arg_dict['incremental_predicates'] -%}
-    {%- if not predicates -%}
+    {%- set column = (config.get('meta') or {}).get('partition_column') -%}
+    {%- if not column -%}
         {{ exceptions.raise_compiler_error(
-            "replace_partition needs incremental_predicates that select the partition") }}
+            "replace_partition needs meta.partition_column: the column that holds the period") }}
     {%- endif -%}
     {%- set columns = arg_dict['dest_columns'] | map(attribute='quoted') | join(', ') -%}
     delete from {{ arg_dict['target_relation'] }}
-    where {{ predicates | join(' and ') }};
+    where {{ day_partition_filter(column) }};
 
     insert into {{ arg_dict['target_relation'] }} ({{ columns }})
     select {{ columns }} from {{ arg_dict['temp_relation'] }}
+{%- endmacro %}
+
+{% macro day_partition_filter(column) -%}
+    {#- The rows of the run's day: a date column equals it, a timestamp column falls in it. -#}
+    {%- if column == 'event_date' -%}
+        {{ event_date_filter() }}
+    {%- else -%}
+        {{ column }} >= {{ day_start_literal() }}
+        and {{ column }} < {{ day_start_literal() }} + interval 1 day
+    {%- endif -%}
 {%- endmacro %}

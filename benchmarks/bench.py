@@ -1,0 +1,485 @@
+"""`make bench`: each stage of the pipeline beside its peer, measured in one run on this machine.
+
+    .venv/bin/python benchmarks/bench.py [--events 200000] [--hour-sizes 1000000,2000000]
+                                         [--no-spark] [--only producer,landing,...]
+
+Sections (each prints as it finishes; a Markdown table of everything comes last):
+- producer: KafkaResource.produce vs a bare kafka-python producer (default settings), same
+  messages, embedded broker, 4 partitions.
+- landing: land_hours from that broker vs bare kafka-python consumers reading the same topic and
+  partitions in as many worker processes.
+- hour: landing and cleaning one ingest hour of each size in --hour-sizes, each in a fresh
+  subprocess, for throughput and peak resident memory above the process's start. The records
+  come from a Parquet file through the EventLog interface (no broker, no Kafka client), so the
+  figures are the pipeline's own.
+- day: the realistic day landed above, end to end through the headless catch-up (landing,
+  cleaning, marts as Dagster runs); the marts' cost per day rebuilt and for an empty day (the
+  fixed cost), then silver rows/s.
+- spark: the same bronze -> silver -> marts job on Spark local[2] (pip install -e '.[bench]'),
+  beside this pipeline's cleaning + marts from the same bronze.
+
+Wall-clock figures on a shared machine move with its load; CPU seconds are printed beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from multiprocessing import get_context
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+DAY = datetime(2026, 11, 20, tzinfo=UTC)
+PARTITIONS = 4
+
+
+@dataclass
+class Results:
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    def add(self, stage: str, measured: str, peer: str = "", ratio: str = "") -> None:
+        self.rows.append((stage, measured, peer, ratio))
+        print(f"  {stage}: {measured}" + (f" | {peer}" if peer else "") + f" {ratio}", flush=True)
+
+    def table(self) -> str:
+        lines = ["| stage | measured | peer in the same run | ratio |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in self.rows]
+        return "\n".join(lines)
+
+
+class Timer:
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set (VmHWM): unlike getrusage's ru_maxrss, which Linux
+    carries over from the parent across exec, it starts afresh in a new process."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def day_traffic(events: int):
+    from clickstream_tools.generator import TrafficSpec, generate
+
+    spec = TrafficSpec(
+        start=DAY,
+        end=DAY + timedelta(days=1),
+        events=events,
+        seed=1,
+        receive_until=DAY + timedelta(days=1, hours=6),
+    )
+    return generate(spec)
+
+
+# -- producer ------------------------------------------------------------------------------------
+
+
+def bare_produce(bootstrap: str, topic: str, messages: pa.Table) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=[bootstrap])
+    for key, value, ts in zip(
+        messages.column("key").to_pylist(),
+        messages.column("value").to_pylist(),
+        messages.column("timestamp_ms").to_pylist(),
+        strict=True,
+    ):
+        producer.send(topic, key=key, value=value, timestamp_ms=ts)
+    producer.flush()
+    producer.close()
+
+
+def bench_producer(results: Results, bootstrap: str, messages: pa.Table, topic: str) -> None:
+    from resources.kafka import KafkaResource
+
+    log = KafkaResource(bootstrap_servers=bootstrap, topic=topic)
+    log.create_topic(PARTITIONS)
+    KafkaResource(bootstrap_servers=bootstrap, topic=topic + ".bare").create_topic(PARTITIONS)
+    with Timer() as ours:
+        log.produce(messages)
+    with Timer() as bare:
+        bare_produce(bootstrap, topic + ".bare", messages)
+    n = messages.num_rows
+    results.add(
+        f"producer, {n:,} messages, {PARTITIONS} partitions",
+        f"{n / ours.wall:,.0f} msg/s (CPU {ours.cpu:.1f} s)",
+        f"bare kafka-python producer: {n / bare.wall:,.0f} msg/s (CPU {bare.cpu:.1f} s)",
+        f"{bare.wall / ours.wall:.2f}x",
+    )
+
+
+# -- landing -------------------------------------------------------------------------------------
+
+
+def _bare_consume(bootstrap: str, topic: str, partition: int) -> int:
+    """What any consumer that keeps the records does: assign, seek, poll to the high watermark,
+    take each record's offset, timestamp, key and value."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=[bootstrap],
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    tp = TopicPartition(topic, partition)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    kept = 0
+    position = 0
+    while True:
+        polled = consumer.poll(timeout_ms=500, max_records=20_000).get(tp, [])
+        if polled:
+            columns = (
+                [r.offset for r in polled],
+                [r.timestamp for r in polled],
+                [r.key for r in polled],
+                [r.value for r in polled],
+            )
+            kept += len(columns[0])
+            position = polled[-1].offset + 1
+        high = consumer.highwater(tp)
+        if high is not None and position >= high:
+            break
+    consumer.close()
+    return kept
+
+
+def bench_landing(results: Results, bootstrap: str, topic: str, lake_dir: str, n: int) -> None:
+    from clickstream_assets.landing import land_hours
+    from resources.kafka import KafkaResource
+    from resources.lake import LakeResource
+    from sensors.plan import closed_hours
+
+    log = KafkaResource(bootstrap_servers=bootstrap, topic=topic)
+    until = DAY + timedelta(days=1, hours=7)
+    hours = closed_hours(DAY, until, limit=1000)
+    workers = max(1, min(PARTITIONS, os.cpu_count() or 1, 16))  # as landing's pool
+    with Timer() as ours:
+        manifests = land_hours(log, LakeResource(url=lake_dir), hours, now=until, first_instant=DAY)
+    landed = sum(m.rows for m in manifests)
+    with Timer() as bare, ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        kept = sum(pool.map(_bare_consume, [bootstrap] * 4, [topic] * 4, range(PARTITIONS)))
+    assert landed == kept == n, (landed, kept, n)
+    results.add(
+        f"landing, {n:,} records, {PARTITIONS} partitions, {workers} processes",
+        f"{n / ours.wall:,.0f} rec/s",
+        f"bare kafka-python consumer, same topic and processes: {n / bare.wall:,.0f} rec/s",
+        f"{bare.wall / ours.wall:.2f}x",
+    )
+
+
+# -- one hour, in a subprocess -------------------------------------------------------------------
+
+
+def _parquet_log(path: str):
+    """An EventLog over a Parquet file of one partition's records, streamed in batches: the log
+    itself holds almost nothing in memory."""
+    from resources.kafka import RECORD_SCHEMA, EventLog, Positioned
+
+    class _Log(EventLog):
+        topic = "bench"
+
+        def partitions(self) -> list[int]:
+            return [0]
+
+        def beginning_offset(self, partition: int) -> int:
+            return 0
+
+        def read(self, partition, start_offset, end_offset=None) -> Iterator[Positioned]:
+            file = pq.ParquetFile(path)
+            position = 0
+            for batch in file.iter_batches(batch_size=20_000, columns=RECORD_SCHEMA.names):
+                position += batch.num_rows
+                yield pa.RecordBatch.from_arrays(batch.columns, schema=RECORD_SCHEMA), position
+
+        def high_watermarks(self, positions):
+            return {p: pq.ParquetFile(path).metadata.num_rows for p in positions}
+
+        def commit(self, offsets) -> None:
+            pass
+
+        def committed(self):
+            return {}
+
+        def produce(self, records) -> None:
+            raise NotImplementedError
+
+        def create_topic(self, partitions: int) -> None:
+            pass
+
+    return _Log()
+
+
+def write_hour_records(path: str, events: int, hour: datetime) -> int:
+    """Generate `events` events of one hour, all received within it, as Kafka records of one
+    partition, in chunks of 1M so that generating 8M does not need 8M in memory at once."""
+    from clickstream_tools.generator import TrafficSpec, generate
+    from resources.kafka import RECORD_SCHEMA
+
+    rows = 0
+    with pq.ParquetWriter(path, RECORD_SCHEMA) as writer:
+        for seed, offset in enumerate(range(0, events, 1_000_000)):
+            chunk = min(1_000_000, events - offset)
+            spec = TrafficSpec(
+                start=hour,
+                end=hour + timedelta(hours=1),
+                events=chunk,
+                seed=100 + seed,
+                late_rate=0.0,
+                skew_rate=0.0,
+                receive_until=hour + timedelta(hours=1),
+            )
+            messages = generate(spec).messages.sort_by("timestamp_ms")
+            n = messages.num_rows
+            writer.write_table(
+                pa.table(
+                    [
+                        pa.array([0] * n, pa.int32()),
+                        pa.array(range(rows, rows + n), pa.int64()),
+                        messages.column("timestamp_ms").cast(pa.timestamp("ms", tz="UTC")),
+                        messages.column("key").cast(pa.binary()),
+                        messages.column("value").cast(pa.binary()),
+                    ],
+                    schema=RECORD_SCHEMA,
+                ),
+                row_group_size=100_000,
+            )
+            rows += n
+    return rows
+
+
+def hour_stage(stage: str, records: str, lake_dir: str, hour_iso: str) -> dict:
+    """Run in a fresh process: land or clean one hour; time it and its peak RSS above start."""
+    from clickstream_assets.cleaning import clean_hour
+    from clickstream_assets.landing import land_hours
+    from resources.lake import LakeResource
+
+    hour = datetime.fromisoformat(hour_iso)
+    lake = LakeResource(url=lake_dir)
+    start = rss_bytes()
+    with Timer() as timer:
+        if stage == "landing":
+            end = hour + timedelta(hours=1)
+            landed = land_hours(_parquet_log(records), lake, [hour], now=end, first_instant=DAY)
+            rows = landed[0].rows
+        else:
+            end = hour + timedelta(hours=1)
+            cleaned = clean_hour(lake, hour, first_instant=DAY, now=end)
+            rows = cleaned.stamp.bronze_rows
+    return {
+        "rows": rows,
+        "seconds": timer.wall,
+        "cpu": timer.cpu,
+        "peak_above_start_mib": (peak_rss_bytes() - start) / 2**20,
+    }
+
+
+def _in_subprocess(*args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--hour-stage", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_hours(results: Results, sizes: list[int], workdir: Path) -> None:
+    hour = DAY + timedelta(hours=20)
+    measured = {}
+    for size in sizes:
+        records = str(workdir / f"hour-{size}.parquet")
+        lake = str(workdir / f"hour-lake-{size}")
+        write_hour_records(records, size, hour)
+        measured[size] = {
+            stage: _in_subprocess(stage, records, lake, hour.isoformat())
+            for stage in ("landing", "cleaning")
+        }
+        os.remove(records)
+    for stage in ("landing", "cleaning"):
+        for size in sizes:
+            m = measured[size][stage]
+            results.add(
+                f"{stage} one hour of {size / 1e6:g}M events (from a Parquet log, one process)",
+                f"{m['rows'] / m['seconds']:,.0f} ev/s, peak +{m['peak_above_start_mib']:,.0f} MiB",
+                "",
+                f"{m['seconds']:.1f} s (CPU {m['cpu']:.1f} s)",
+            )
+
+
+# -- the realistic day, end to end ---------------------------------------------------------------
+
+
+def bench_day(results: Results, bootstrap: str, topic: str, workdir: Path, n: int) -> dict:
+    """Catch-up from the broker topic into a fresh lake and warehouse: every stage as the demo
+    runs it. Returns the stage seconds for the Spark comparison."""
+    root = workdir / "day"
+    os.environ.update(
+        {
+            "CLICKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "CLICKSTREAM_TOPIC": topic,
+            "CLICKSTREAM_LAKE_URL": str(root / "lake"),
+            "CLICKSTREAM_WAREHOUSE": str(root / "warehouse.duckdb"),
+            "DAGSTER_HOME": str(root / "dagster"),
+        }
+    )
+    from dagster import instance_for_test, materialize
+
+    from clickstream_assets.definitions import all_assets, all_checks, build_resources
+    from clickstream_assets.marts import marts
+    from clickstream_tools.catchup import run_catch_up
+    from core.settings import Settings
+
+    settings = Settings.from_env()
+    until = DAY + timedelta(days=1, hours=7)
+    with instance_for_test() as instance, Timer() as total:
+        report = run_catch_up(settings, until=until, instance=instance, log=lambda _: None)
+    stages = report.seconds_by_stage()
+    days = [r for r in report.runs if r["stage"] == "marts"]
+    results.add(
+        f"end to end: catch-up of {n:,} records (a day) from the broker",
+        f"{n / total.wall:,.0f} ev/s",
+        ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in stages.items())
+        + f"; {len(days)} mart days",
+        f"{total.wall:.1f} s",
+    )
+
+    def build(day: str) -> Timer:
+        with instance_for_test() as instance:
+            with Timer() as timer:
+                result = materialize(
+                    [*all_assets, *all_checks],
+                    selection=list(marts.keys),
+                    partition_key=day,
+                    resources=build_resources(settings, as_of=until),
+                    instance=instance,
+                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                )
+            assert result.success
+            return timer
+
+    import duckdb
+
+    with duckdb.connect(settings.warehouse, read_only=True) as con:
+        silver = con.execute(
+            "select count(*) from stg_events where event_date = ?", [DAY.date()]
+        ).fetchone()[0]
+    # The catch-up above already parsed the dbt project in this process: these are warm runs.
+    full = build(DAY.date().isoformat())
+    empty = build((DAY - timedelta(days=5)).date().isoformat())
+    results.add(
+        "marts, one day rebuilt (a Dagster run: dbt in-process, 8 models, 32 data tests)",
+        f"{full.wall:.1f} s (CPU {full.cpu:.1f} s) for {silver:,} silver rows",
+        f"an empty day, the fixed cost: {empty.wall:.1f} s (CPU {empty.cpu:.1f} s)",
+        f"{silver / max(full.wall - empty.wall, 1e-9):,.0f} rows/s above the fixed cost",
+    )
+    return {"root": root, "stages": stages, "silver_rows": silver}
+
+
+# -- Spark ---------------------------------------------------------------------------------------
+
+SPARK_JOB = Path(__file__).with_name("spark_job.py")
+
+
+def bench_spark(results: Results, day: dict, workdir: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(SPARK_JOB), str(day["root"] / "lake"), str(workdir / "spark-out")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    total, job_only, rows = out.stdout.strip().splitlines()[-1].split()
+    ours = day["stages"].get("cleaning", 0.0) + day["stages"].get("marts", 0.0)
+    results.add(
+        "bronze -> silver -> marts (the realistic day)",
+        f"this pipeline (cleaning + marts runs): {ours:.1f} s",
+        f"Spark local[2], same parse/validate/dedup/marts: {float(total):.1f} s "
+        f"({float(job_only):.1f} s after the JVM is up), {int(rows):,} clean rows",
+        f"{float(total) / ours:.2f}x",
+    )
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000, help="events in the realistic day")
+    parser.add_argument(
+        "--hour-sizes",
+        default="1000000,2000000",
+        help="events in the one-hour runs (the README's memory row uses 1000000,8000000)",
+    )
+    parser.add_argument("--no-spark", action="store_true")
+    parser.add_argument("--only", default="producer,landing,hour,day,spark")
+    parser.add_argument("--hour-stage", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.hour_stage:
+        print(json.dumps(hour_stage(*args.hour_stage)))
+        return
+
+    from resources.broker import EmbeddedBroker
+
+    only = set(args.only.split(","))
+    if args.no_spark:
+        only.discard("spark")
+    results = Results()
+    workdir = Path(tempfile.mkdtemp(prefix="clickstream-bench-"))
+    print(f"working in {workdir}", flush=True)
+    with EmbeddedBroker.on_free_port() as broker:
+        topic = f"bench.{int(time.time())}"
+        if only & {"producer", "landing", "day", "spark"}:
+            with Timer() as generated:
+                traffic = day_traffic(args.events)
+            n = traffic.messages.num_rows
+            print(f"generated {n:,} messages of a day in {generated.wall:.1f} s", flush=True)
+            bench_producer(results, broker.bootstrap, traffic.messages, topic)
+            del traffic
+        if "landing" in only:
+            bench_landing(results, broker.bootstrap, topic, str(workdir / "landing-lake"), n)
+        if "hour" in only:
+            bench_hours(results, [int(s) for s in args.hour_sizes.split(",")], workdir)
+        day = None
+        if only & {"day", "spark"}:
+            day = bench_day(results, broker.bootstrap, topic, workdir, n)
+        if "spark" in only and day is not None:
+            bench_spark(results, day, workdir)
+    print()
+    print(f"`{' '.join([Path(sys.executable).name, 'benchmarks/bench.py', *sys.argv[1:]])}`")
+    print(f"on {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
+    print()
+    print(results.table())
+
+
+if __name__ == "__main__":
+    main()
