@@ -24,6 +24,7 @@ from clickstream_assets.assets import TRANSIENT_RETRIES
 from clickstream_assets.pods import MARTS_POD
 from core.ledger import Ledger, MartStamp, day_final_at, inputs_digest
 from core.settings import Settings, load
+from core.warehouse import MART_PERIODS
 from partitions import AS_OF_TAG, event_days
 from resources.clock import parse_instant
 from resources.dbt import DbtRunnerResource, dbt_project
@@ -33,14 +34,13 @@ from resources.warehouse import write_mart_stamp
 MARTS_GROUP = "marts"
 SILVER_EVENTS_KEY = AssetKey("events")
 
+_PERIOD_DAY = {
+    "event_date": "event_date",
+    "event_hour": "cast(timezone('UTC', event_hour) as date)",
+}
 # How to select one day of each table, to report the rows a run wrote.
-_DAY_FILTERS = {
-    "fct_daily_active_users": "event_date = $day",
-    "fct_daily_active_users_by_platform": "event_date = $day",
-    "fct_daily_title_plays": "event_date = $day",
-    "fct_daily_campaign_impressions": "event_date = $day",
-    "fct_hourly_events": "cast(timezone('UTC', event_hour) as date) = $day",
-    "mart_revisions": "event_date = $day and revised_at = cast($as_of as timestamptz)",
+_DAY_FILTERS = {mart: f"{_PERIOD_DAY[period]} = $day" for mart, period in MART_PERIODS.items()} | {
+    "mart_revisions": "event_date = $day and revised_at = cast($as_of as timestamptz)"
 }
 
 

@@ -23,8 +23,8 @@ from dagster import AssetExecutionContext, ConfigurableResource
 from dagster_dbt import DagsterDbtTranslator, DbtProject
 
 from core.settings import Settings, load
+from core.warehouse import DBT_PROJECT_DIR
 
-DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 PARSE_VARS = ("lake_url", "warehouse_path")
 """The vars that shape the parsed manifest (sources' locations, the warehouse catalog); the
 others are rendered when models run."""
