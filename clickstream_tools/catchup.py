@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,19 +137,15 @@ def run_catch_up(
         for request in requests:
             selection = list(request.asset_selection or [])
             started = time.perf_counter()
-            # Off the main thread: Dagster takes over SIGTERM on the thread that executes, and
-            # catch-up must stop within seconds of one.
-            with ThreadPoolExecutor(1) as runner:
-                result = runner.submit(
-                    materialize,
-                    [*all_assets, *all_checks],
-                    selection=selection,
-                    partition_key=request.partition_key,
-                    tags=dict(request.tags) | owner,
-                    resources=bound,
-                    instance=instance,
-                    run_config={"loggers": {"console": {"config": {"log_level": console_level}}}},
-                ).result()
+            result = materialize(
+                [*all_assets, *all_checks],
+                selection=selection,
+                partition_key=request.partition_key,
+                tags=dict(request.tags) | owner,
+                resources=bound,
+                instance=instance,
+                run_config={"loggers": {"console": {"config": {"log_level": console_level}}}},
+            )
             seconds = time.perf_counter() - started
             stage = _stage(selection)
             partitions = (

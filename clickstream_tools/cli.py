@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -275,7 +276,12 @@ def _catch_up(settings: Settings, args: argparse.Namespace) -> int:
     # `kill` (SIGTERM) stops catch-up at once; the next catch-up fails the interrupted run,
     # frees its slots and does what the stamps say is still owed.
     signal.signal(signal.SIGTERM, _terminate)
-    run_catch_up(settings, until=args.until or datetime.now(UTC), verbose=args.verbose)
+    signal.signal(signal.SIGINT, _terminate)  # Ctrl-C too
+    # The work runs on a thread of its own: Dagster takes over SIGTERM on the main thread while
+    # it executes a run or a sensor tick, and this thread must stay free to stop at once.
+    with ThreadPoolExecutor(1) as worker:
+        until = args.until or datetime.now(UTC)
+        worker.submit(run_catch_up, settings, until=until, verbose=args.verbose).result()
     return 0
 
 
