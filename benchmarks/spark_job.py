@@ -13,6 +13,8 @@ from pyspark.sql import SparkSession, Window  # noqa: E402  (the import is timed
 from pyspark.sql import functions as F  # noqa: E402
 from pyspark.sql import types as T  # noqa: E402
 
+from core.contract import STRING_FIELDS  # noqa: E402  (the contract's own field list)
+
 spark = (
     SparkSession.builder.master("local[2]")
     .appName("bench")
@@ -29,25 +31,7 @@ spark.sparkContext.setLogLevel("ERROR")
 started = time.perf_counter()
 lake, out = sys.argv[1], sys.argv[2]
 bronze = spark.read.parquet(lake + "/bronze/*/*/*.parquet")
-schema = T.StructType(
-    [
-        T.StructField(n, T.StringType())
-        for n in (
-            "event_id",
-            "event_type",
-            "event_time",
-            "device_id",
-            "user_id",
-            "session_id",
-            "platform",
-            "title_id",
-            "campaign_id",
-            "ad_id",
-            "page",
-            "app_version",
-        )
-    ]
-)
+schema = T.StructType([T.StructField(n, T.StringType()) for n in STRING_FIELDS])
 parsed = bronze.withColumn("j", F.from_json(F.col("value").cast("string"), schema))
 e = parsed.select("kafka_partition", "kafka_offset", "kafka_timestamp", "j.*")
 device_time = F.to_timestamp("event_time")

@@ -31,7 +31,7 @@ LANDING_REASONS = (
 """Reasons that leave an event without an event hour among the partitions (none at all, or one
 before the first): landing quarantines these, by ingest hour."""
 
-_STRING_FIELDS = (
+STRING_FIELDS = (
     "event_id",
     "event_type",
     "event_time",
@@ -48,7 +48,7 @@ _STRING_FIELDS = (
 _OPTIONAL_STRINGS = ("user_id", "session_id", "title_id", "campaign_id", "ad_id", "page")
 _OPTIONAL_STRINGS += ("app_version",)
 _OPTIONAL_INTEGERS = ("position_ms", "schema_version")
-_FIELDS = (*_STRING_FIELDS, *_OPTIONAL_INTEGERS, "properties", "sent_at")
+_FIELDS = (*STRING_FIELDS, *_OPTIONAL_INTEGERS, "properties", "sent_at")
 # RFC 3339: hours 00-23, minutes and seconds 00-59, offsets within +-23:59. A leap second is
 # written 23:59:60 in UTC but HH:59:60 in other offsets, so second 60 is accepted after minute
 # 59; it counts as the last microsecond of that minute, which keeps it in its hour and day.

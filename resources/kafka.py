@@ -116,6 +116,17 @@ def _batch(partition: int, offsets, timestamps, keys, values) -> pa.RecordBatch:
     )
 
 
+def _sendable(records: pa.Table, partitions: list) -> Iterator[tuple]:
+    """(key, value, timestamp_ms, partition) of each record to produce."""
+    return zip(
+        records.column("key").to_pylist(),
+        records.column("value").to_pylist(),
+        records.column("timestamp_ms").to_pylist(),
+        partitions,
+        strict=True,
+    )
+
+
 def partition_for_key(key: bytes | None, partitions: int, fallback: int) -> int:
     """The Java client's partitioner (murmur2), so the fake places keys as Kafka does."""
     if key is None:
@@ -326,13 +337,7 @@ class KafkaResource(ConfigurableResource, EventLog):
             else:
                 count = len(producer.partitions_for(self.topic))
                 partitions = key_partitions(records.column("key"), count)
-            for key, value, ts, partition in zip(
-                records.column("key").to_pylist(),
-                records.column("value").to_pylist(),
-                records.column("timestamp_ms").to_pylist(),
-                partitions,
-                strict=True,
-            ):
+            for key, value, ts, partition in _sendable(records, partitions):
                 producer.send(
                     self.topic, key=key, value=value, timestamp_ms=ts, partition=partition
                 )
@@ -427,13 +432,7 @@ class InMemoryKafka(EventLog):
             else [None] * records.num_rows
         )
         with self._lock:
-            for key, value, ts, partition in zip(
-                records.column("key").to_pylist(),
-                records.column("value").to_pylist(),
-                records.column("timestamp_ms").to_pylist(),
-                partitions,
-                strict=True,
-            ):
+            for key, value, ts, partition in _sendable(records, partitions):
                 if partition is None:
                     partition = partition_for_key(key, n, self._round_robin)
                     self._round_robin += 1

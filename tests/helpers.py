@@ -19,7 +19,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from clickstream_tools.generator import Traffic, TrafficSpec, expected_marts, generate
-from core.ledger import Ledger, Manifest
+from core.ledger import Ledger, Manifest, hour_label
 from core.settings import Settings
 from core.warehouse import MARTS
 from resources.kafka import InMemoryKafka
@@ -68,6 +68,11 @@ def produce(log: InMemoryKafka, partition: int, rows: list[tuple[datetime, bytes
             }
         )
     )
+
+
+def histogram(manifest: Manifest) -> dict[str, int]:
+    """A manifest's event-hour histogram by hour label."""
+    return {hour_label(h): n for h, n in manifest.event_hours.items()}
 
 
 def all_manifests(lake: LakeResource) -> dict[datetime, Manifest]:

@@ -27,11 +27,10 @@ from core.ledger import (
     Manifest,
     cleaning_quarantine_file,
     events_file,
-    hour_label,
 )
 from resources.kafka import InMemoryKafka
 from resources.lake import LakeResource
-from tests.helpers import START, all_manifests, at, produce, to_ms, value
+from tests.helpers import START, all_manifests, at, histogram, produce, to_ms, value
 
 CLEANED_AT = at(23)
 """The clock of every cleaning run here: a re-run with the same clock writes the same bytes."""
@@ -70,15 +69,6 @@ def reconciles(cleaned: Cleaned) -> bool:
         == stamp.bronze_rows
         == cleaned.expected_bronze_rows
     )
-
-
-def histogram(manifest: Manifest) -> dict[str, int]:
-    return {hour_label(h): n for h, n in manifest.event_hours.items()}
-
-
-@pytest.fixture
-def lake(tmp_path) -> LakeResource:
-    return LakeResource(url=str(tmp_path / "lake"))
 
 
 @pytest.fixture

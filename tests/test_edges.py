@@ -18,15 +18,9 @@ from clickstream_assets.landing import cut_timestamps, land_hours
 from core.contract import parse_events
 from core.ledger import Ledger, bronze_file, events_file
 from resources.kafka import InMemoryKafka, OffsetsGone
-from resources.lake import LakeResource
 from tests.helpers import START, at, produce, to_ms, value
 
 H10, H11, H12 = at(10), at(11), at(12)
-
-
-@pytest.fixture
-def lake(tmp_path) -> LakeResource:
-    return LakeResource(url=str(tmp_path / "lake"))
 
 
 def land(log, lake, *hours, now=None):

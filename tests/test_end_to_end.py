@@ -3,6 +3,7 @@ the headless catch-up, compared row by row with marts the generator computes on 
 its ground truth, never from the pipeline's output."""
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import duckdb
 import polars as pl
@@ -32,20 +33,16 @@ def pipeline(tmp_path_factory):
         kafka = InMemoryKafka(partitions=3)
         kafka.produce(traffic.messages)
         with instance_for_test() as instance:
-            first = run_catch_up(
+            catch_up = partial(
+                run_catch_up,
                 settings,
                 until=UNTIL,
                 instance=instance,
                 resources={"kafka": kafka},
                 log=lambda _: None,
             )
-            again = run_catch_up(
-                settings,
-                until=UNTIL,
-                instance=instance,
-                resources={"kafka": kafka},
-                log=lambda _: None,
-            )
+            first = catch_up()
+            again = catch_up()
             yield settings, traffic, first, again
 
 

@@ -19,14 +19,13 @@ from core.ledger import (
     Ledger,
     Manifest,
     bronze_file,
-    hour_label,
     landing_quarantine_file,
     manifest_path,
 )
 from resources.kafka import InMemoryKafka
 from resources.lake import LakeResource
 from sensors.landing import first_ingest_hour
-from tests.helpers import START, all_manifests, at, produce, to_ms, value
+from tests.helpers import START, all_manifests, at, histogram, produce, to_ms, value
 
 H10 = at(10)
 H11 = H10 + timedelta(hours=1)
@@ -40,15 +39,6 @@ def land(log: InMemoryKafka, lake: LakeResource, hours, *, now) -> list[Manifest
 
 def ranges(manifest: Manifest) -> dict[int, tuple[int, int]]:
     return {p: (e.start, e.end) for p, e in manifest.partitions.items()}
-
-
-def histogram(manifest: Manifest) -> dict[str, int]:
-    return {hour_label(h): n for h, n in manifest.event_hours.items()}
-
-
-@pytest.fixture
-def lake(tmp_path) -> LakeResource:
-    return LakeResource(url=str(tmp_path / "lake"))
 
 
 @pytest.fixture
