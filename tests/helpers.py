@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pytest
+from dagster import materialize
 from polars.testing import assert_frame_equal
 
 from clickstream_tools.generator import Traffic, TrafficSpec, expected_marts, generate
@@ -67,6 +68,21 @@ def produce(log: InMemoryKafka, partition: int, rows: list[tuple[datetime, bytes
                 "partition": pa.array([partition] * len(rows), pa.int32()),
             }
         )
+    )
+
+
+def land_range(instance, resources: dict, first: str, last: str, as_of: str, **options):
+    """Materialize `raw_events` over the ingest hours `first`..`last` (partition keys) at the
+    clock `as_of`, as a landing run requested by the sensor is."""
+    from clickstream_assets.assets import raw_events
+    from partitions import AS_OF_TAG, RANGE_END_TAG, RANGE_START_TAG
+
+    return materialize(
+        [raw_events],
+        resources=resources,
+        instance=instance,
+        tags={RANGE_START_TAG: first, RANGE_END_TAG: last, AS_OF_TAG: as_of},
+        **options,
     )
 
 

@@ -11,7 +11,7 @@ from core.ledger import Ledger, events_file
 from partitions import AS_OF_TAG, RANGE_END_TAG, RANGE_START_TAG
 from resources.kafka import InMemoryKafka
 from resources.lake import LakeResource
-from tests.helpers import at, produce, value
+from tests.helpers import at, land_range, produce, value
 
 
 @pytest.fixture
@@ -130,15 +130,12 @@ def test_raw_events_refuses_an_hour_that_has_not_closed(log, tmp_path):
 def test_raw_events_reads_the_as_of_tag_as_an_instant(log, tmp_path, as_of):
     lake = LakeResource(url=str(tmp_path / "lake"))
     with instance_for_test() as instance:
-        result = materialize(
-            [raw_events],
-            resources={"kafka": log, "lake": lake},
-            instance=instance,
-            tags={
-                RANGE_START_TAG: "2026-11-27-10:00",
-                RANGE_END_TAG: "2026-11-27-11:00",
-                AS_OF_TAG: as_of,
-            },
+        result = land_range(
+            instance,
+            {"kafka": log, "lake": lake},
+            "2026-11-27-10:00",
+            "2026-11-27-11:00",
+            as_of,
             raise_on_error=False,
         )
     assert result.success

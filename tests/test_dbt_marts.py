@@ -425,13 +425,18 @@ def test_dbt_parse_and_docs_generate_work_offline(tmp_path: Path):
         "docs",
         "generate",
         "--vars",
-        json.dumps(
-            {"lake_url": str(tmp_path / "lake"), "warehouse_path": str(tmp_path / "w.duckdb")}
-        ),
+        offline_vars(tmp_path),
         tmp_path=tmp_path,
     )
     assert docs.returncode == 0, docs.stdout
     assert (tmp_path / "target" / "catalog.json").exists()
+
+
+def offline_vars(tmp_path: Path) -> str:
+    """The vars of a dbt command that needs no data: an empty lake and a scratch warehouse."""
+    return json.dumps(
+        {"lake_url": str(tmp_path / "lake"), "warehouse_path": str(tmp_path / "w.duckdb")}
+    )
 
 
 def test_dbt_unit_tests_pass(tmp_path: Path):
@@ -441,9 +446,7 @@ def test_dbt_unit_tests_pass(tmp_path: Path):
         "--select",
         "test_type:unit",
         "--vars",
-        json.dumps(
-            {"lake_url": str(tmp_path / "lake"), "warehouse_path": str(tmp_path / "w.duckdb")}
-        ),
+        offline_vars(tmp_path),
         tmp_path=tmp_path,
     )
     assert tested.returncode == 0, tested.stdout

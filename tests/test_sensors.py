@@ -30,6 +30,7 @@ from resources.kafka import InMemoryKafka
 from resources.lake import LakeResource
 from resources.warehouse import write_mart_stamp
 from sensors.landing import landing_sensor
+from tests.helpers import land_range
 
 DAY = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -131,12 +132,7 @@ def setup(tmp_path, log):
 
 
 def land(instance, resources, first: str, last: str, now: datetime) -> None:
-    materialize(
-        [raw_events],
-        resources=resources,
-        instance=instance,
-        tags={RANGE_START: first, RANGE_END: last, AS_OF_TAG: now.isoformat()},
-    )
+    land_range(instance, resources, first, last, now.isoformat())
 
 
 def test_reconcile_requests_what_the_ledger_owes_level_triggered(setup, log):

@@ -7,14 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
-from dagster import instance_for_test, materialize
+from dagster import instance_for_test
 
-from clickstream_assets.assets import raw_events
 from core.ledger import Ledger
-from partitions import AS_OF_TAG
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from sensors.landing import measure_lag
+from tests.helpers import land_range
 
 pytestmark = pytest.mark.integration
 
@@ -57,15 +56,12 @@ def test_lag_and_committed_offsets_match_what_was_produced(broker, tmp_path):
 
     lake = LakeResource(url=str(tmp_path / "lake"))
     with instance_for_test() as instance:
-        result = materialize(
-            [raw_events],
-            resources={"kafka": kafka, "lake": lake},
-            instance=instance,
-            tags={
-                "dagster/asset_partition_range_start": "2026-11-27-10:00",
-                "dagster/asset_partition_range_end": "2026-11-27-11:00",
-                AS_OF_TAG: (H + timedelta(hours=2, minutes=5)).isoformat(),
-            },
+        result = land_range(
+            instance,
+            {"kafka": kafka, "lake": lake},
+            "2026-11-27-10:00",
+            "2026-11-27-11:00",
+            (H + timedelta(hours=2, minutes=5)).isoformat(),
         )
         assert result.success
 
