@@ -69,12 +69,10 @@ already_listed as (
         from {{ this }}
         where event_date = {{ event_date_literal() }}
     {% else %}
-        select
-            cast(null as varchar) as model,
-            cast(null as date) as event_date,
-            cast(null as timestamptz) as event_hour,
-            cast(null as timestamptz) as ingest_hour
-        where false
+        {{ empty_relation({
+            'model': 'varchar', 'event_date': 'date', 'event_hour': 'timestamptz',
+            'ingest_hour': 'timestamptz'
+        }) }}
     {% endif %}
 ),
 

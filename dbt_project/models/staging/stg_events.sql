@@ -6,31 +6,17 @@ with source as (
     {% if lake_has_files(lake_path('silver/events/*/*/*.parquet')) %}
         select * from {{ silver }}
     {% else %}
-        select
-            cast(null as varchar) as event_id,
-            cast(null as varchar) as event_type,
-            cast(null as timestamptz) as event_time,
-            cast(null as timestamptz) as event_hour,
-            cast(null as varchar) as device_id,
-            cast(null as varchar) as user_id,
-            cast(null as varchar) as session_id,
-            cast(null as varchar) as platform,
-            cast(null as varchar) as title_id,
-            cast(null as varchar) as campaign_id,
-            cast(null as varchar) as ad_id,
-            cast(null as varchar) as page,
-            cast(null as varchar) as app_version,
-            cast(null as bigint) as position_ms,
-            cast(null as bigint) as schema_version,
-            cast(null as varchar) as properties,
-            cast(null as boolean) as clock_corrected,
-            cast(null as timestamptz) as received_at,
-            cast(null as integer) as kafka_partition,
-            cast(null as bigint) as kafka_offset,
-            cast(null as timestamptz) as ingest_hour,
-            cast(null as date) as date,
-            cast(null as bigint) as hour
-        where false
+        {{ empty_relation({
+            'event_id': 'varchar', 'event_type': 'varchar', 'event_time': 'timestamptz',
+            'event_hour': 'timestamptz', 'device_id': 'varchar', 'user_id': 'varchar',
+            'session_id': 'varchar', 'platform': 'varchar', 'title_id': 'varchar',
+            'campaign_id': 'varchar', 'ad_id': 'varchar', 'page': 'varchar',
+            'app_version': 'varchar', 'position_ms': 'bigint', 'schema_version': 'bigint',
+            'properties': 'varchar', 'clock_corrected': 'boolean',
+            'received_at': 'timestamptz', 'kafka_partition': 'integer',
+            'kafka_offset': 'bigint', 'ingest_hour': 'timestamptz', 'date': 'date',
+            'hour': 'bigint'
+        }) }}
     {% endif %}
 ),
 

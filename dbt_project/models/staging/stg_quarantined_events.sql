@@ -21,17 +21,11 @@ with source as (
             event_hour
         from read_parquet([{{ files | join(', ') }}], union_by_name = true)
     {% else %}
-        select
-            cast(null as varchar) as stage,
-            cast(null as varchar) as reason,
-            cast(null as integer) as kafka_partition,
-            cast(null as bigint) as kafka_offset,
-            cast(null as timestamptz) as kafka_timestamp,
-            cast(null as blob) as kafka_key,
-            cast(null as blob) as value,
-            cast(null as timestamptz) as ingest_hour,
-            cast(null as timestamptz) as event_hour
-        where false
+        {{ empty_relation({
+            'stage': 'varchar', 'reason': 'varchar', 'kafka_partition': 'integer',
+            'kafka_offset': 'bigint', 'kafka_timestamp': 'timestamptz', 'kafka_key': 'blob',
+            'value': 'blob', 'ingest_hour': 'timestamptz', 'event_hour': 'timestamptz'
+        }) }}
     {% endif %}
 ),
 
