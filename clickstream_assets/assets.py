@@ -73,14 +73,20 @@ def landing_metadata(manifest: Manifest) -> dict:
     }
 
 
-@asset(
+def hourly_stage(**options):
+    """An hourly stage: one run serves a whole range of hours (single-run backfills), in a
+    pool of its own, and transient failures retry."""
+    return asset(
+        backfill_policy=BackfillPolicy.single_run(), retry_policy=TRANSIENT_RETRIES, **options
+    )
+
+
+@hourly_stage(
     partitions_def=ingest_hours,
-    backfill_policy=BackfillPolicy.single_run(),
     group_name="landing",
     kinds={"kafka", "parquet"},
     deps=[kafka_topic],
     pool="landing",
-    retry_policy=TRANSIENT_RETRIES,
     op_tags=LANDING_POD,
 )
 def raw_events(
@@ -102,14 +108,12 @@ def raw_events(
         )
 
 
-@asset(
+@hourly_stage(
     partitions_def=event_hours,
-    backfill_policy=BackfillPolicy.single_run(),
     group_name="cleaning",
     kinds={"polars", "parquet"},
     deps=[raw_events],
     pool="cleaning",
-    retry_policy=TRANSIENT_RETRIES,
     op_tags=CLEANING_POD,
 )
 def events(context: AssetExecutionContext, lake: LakeResource) -> None:
