@@ -1,23 +1,28 @@
 """Cleaning (silver): event hour E rebuilt whole from every bronze file that holds events of E.
 
-Copies of an event share event_id and event_time, so the dedup state is one event hour. The one
-exception, a future-clock event whose copies took their receive hours, is settled by the small
-set of corrected copies that landing recorded in its manifests.
+Bronze holds each record parsed once by landing, so cleaning reads typed columns and only
+deduplicates. Copies of an event share event_id and event_time, so the dedup state is one event
+hour, cut into buckets of event_ids when the hour is large. The exceptions: a future-clock event
+whose copies took their receive hours is settled by the small set of corrected copies that
+landing recorded in its manifests, and a copy re-stamped into a nearby hour by its arrival.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from clickstream_assets.landing import BRONZE_SCHEMA, QUARANTINE_SCHEMA
-from core.contract import DEDUP_BUCKETS, parse_events
+from core.contract import DEDUP_BUCKETS, EVENT_SCHEMA, UTC_US
 from core.ledger import (
     STAMP_KEY,
     CleanStamp,
@@ -25,36 +30,28 @@ from core.ledger import (
     Manifest,
     cleaning_quarantine_file,
     events_file,
+    hour_label,
 )
-from resources.kafka import RECORD_SCHEMA
 from resources.lake import LakeResource
 
-UTC_US = pa.timestamp("us", tz="UTC")
 SILVER_SCHEMA = pa.schema(
     [
-        ("event_id", pa.string()),
-        ("event_type", pa.string()),
-        ("event_time", UTC_US),
-        ("event_hour", UTC_US),
-        ("device_id", pa.string()),
-        ("user_id", pa.string()),
-        ("session_id", pa.string()),
-        ("platform", pa.string()),
-        ("title_id", pa.string()),
-        ("campaign_id", pa.string()),
-        ("ad_id", pa.string()),
-        ("page", pa.string()),
-        ("app_version", pa.string()),
-        ("position_ms", pa.int64()),
-        ("schema_version", pa.int64()),
-        ("properties", pa.string()),
-        ("clock_corrected", pa.bool_()),
+        *EVENT_SCHEMA,
         ("received_at", pa.timestamp("ms", tz="UTC")),
         ("kafka_partition", pa.int32()),
         ("kafka_offset", pa.int64()),
         ("ingest_hour", UTC_US),
     ]
 )
+SILVER_STATISTICS = [
+    "event_time",
+    "event_hour",
+    "received_at",
+    "kafka_partition",
+    "kafka_offset",
+    "ingest_hour",
+]
+"""The silver columns worth min/max statistics: times and positions, not random ids."""
 ARRIVAL_ORDER = ["received_at", "kafka_partition", "kafka_offset"]
 """The contract's tie-break for the first received copy."""
 
@@ -128,29 +125,39 @@ def _earlier(a: str, b: str) -> pl.Expr:
 
 
 def deduplicate(
-    valid: pl.DataFrame, winners: pl.DataFrame, elsewhere: pl.DataFrame | None = None
+    valid: pl.DataFrame,
+    winners: pl.DataFrame,
+    elsewhere: pl.DataFrame | None = None,
+    *,
+    order: tuple[str, ...] = (),
 ) -> pl.DataFrame:
     """One row per event_id: the first received copy (earliest Kafka timestamp, then lowest
     partition, then lowest offset). A corrected event keeps only its global first copy, and an
     event with a valid copy in another event hour (a client that re-stamps on retry) is kept
-    only where its first received copy is (`elsewhere`: those copies' arrival columns)."""
-    first = valid.sort(ARRIVAL_ORDER).unique("event_id", keep="first", maintain_order=True)
+    only where its first received copy is (`elsewhere`: those copies' arrival columns).
+
+    The choice is made on the key columns alone and the kept rows are gathered once, in `order`
+    when given, so memory is the rows plus their keys, not several copies of every column."""
+    keys = valid.select(*dict.fromkeys(["event_id", *ARRIVAL_ORDER, *order])).with_row_index()
+    first = keys.sort(ARRIVAL_ORDER).unique("event_id", keep="first", maintain_order=True)
     joined = first.join(winners, on="event_id", how="left", suffix="_winner")
     keep = pl.col("kafka_partition_winner").is_null() | (
         (pl.col("kafka_partition") == pl.col("kafka_partition_winner"))
         & (pl.col("kafka_offset") == pl.col("kafka_offset_winner"))
     )
-    kept = joined.filter(keep).drop("kafka_partition_winner", "kafka_offset_winner")
-    if elsewhere is None or elsewhere.is_empty():
-        return kept
-    best = (
-        elsewhere.select("event_id", *ARRIVAL_ORDER)
-        .sort(ARRIVAL_ORDER)
-        .unique("event_id", keep="first", maintain_order=True)
-    )
-    compared = kept.join(best, on="event_id", how="left", suffix="_elsewhere")
-    lost = pl.col("received_at_elsewhere").is_not_null() & _earlier("_elsewhere", "")
-    return compared.filter(~lost).drop(f"{name}_elsewhere" for name in ARRIVAL_ORDER)
+    kept = joined.filter(keep)
+    if elsewhere is not None and not elsewhere.is_empty():
+        best = (
+            elsewhere.select("event_id", *ARRIVAL_ORDER)
+            .sort(ARRIVAL_ORDER)
+            .unique("event_id", keep="first", maintain_order=True)
+        )
+        compared = kept.join(best, on="event_id", how="left", suffix="_elsewhere")
+        lost = pl.col("received_at_elsewhere").is_not_null() & _earlier("_elsewhere", "")
+        kept = compared.filter(~lost)
+    if order:
+        kept = kept.sort(order)
+    return valid.select(pl.all().gather(kept["index"]))
 
 
 CROSS_HOUR_WINDOW = timedelta(hours=1)
@@ -159,7 +166,7 @@ client that re-stamps its events on retry resends within minutes (the SDK backs 
 a few), so one ingest hour each way bounds the read to three hours of event_id columns."""
 
 
-BUCKET_ROWS = 4_000_000
+BUCKET_ROWS = 500_000
 """Rows deduplicated at once: bounds cleaning's memory whatever an event hour's size."""
 
 
@@ -169,21 +176,6 @@ def bucket_count(rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
     while count * bucket_rows < rows and count < DEDUP_BUCKETS:
         count *= 2
     return count
-
-
-def _bucket_filter(event_hour: datetime | None, bucket: int, count: int) -> ds.Expression:
-    """Rows of `event_hour` (any hour when None) in dedup bucket `bucket` of `count`."""
-    hour = (
-        ds.field("event_hour") == pa.scalar(event_hour, UTC_US)
-        if event_hour is not None
-        else ds.scalar(True)
-    )
-    if count == 1:
-        return hour
-    members = ds.field("dedup_bucket").isin(list(range(bucket, DEDUP_BUCKETS, count)))
-    if bucket == 0:  # rows without an event_id (quarantined) go with the first bucket
-        members = members | ds.field("dedup_bucket").is_null()
-    return hour & members
 
 
 def _nearby_files(
@@ -203,44 +195,83 @@ def _nearby_files(
     ]
 
 
-def _copies_elsewhere(
+_EVENT_COLUMNS = {
+    **{name: ds.field(name) for name in EVENT_SCHEMA.names},
+    "received_at": ds.field("kafka_timestamp"),
+    **{name: ds.field(name) for name in ["kafka_partition", "kafka_offset", "ingest_hour"]},
+}
+"""A valid bronze row as cleaning reads it: the typed event and where it arrived."""
+_COPY_COLUMNS = {name: _EVENT_COLUMNS[name] for name in ["event_id", *ARRIVAL_ORDER]}
+"""The arrival of a valid copy in another event hour, to compare with this hour's copies."""
+
+
+SCAN_READAHEAD = {"batch_readahead": 2, "fragment_readahead": 1}
+"""A streaming scan reads a few row groups ahead, not Arrow's default of 16: its memory stays
+that of a few row groups whatever the hour's size."""
+
+
+def _in_buckets(
     lake: LakeResource,
     files: list[str],
-    event_hour: datetime,
-    valid: pl.DataFrame,
-    bucket: int,
+    row_filter: ds.Expression,
+    columns: dict[str, ds.Expression],
     buckets: int,
-    first_instant: datetime,
-) -> pl.DataFrame:
-    """The valid copies, in other event hours nearby, of the events in `valid`: their ids are
-    read from bronze's event_id column, and only the rare matches are parsed."""
-    if not files or valid.is_empty():
-        return valid.clear()
-    other_hours = ~(ds.field("event_hour") == pa.scalar(event_hour, UTC_US))
-    probe = lake.read_parquet(
-        files,
-        columns=["event_id", "event_hour", "kafka_partition", "kafka_offset"],
-        filters=_bucket_filter(None, bucket, buckets) & other_hours,
-        schema=BRONZE_SCHEMA,  # bronze landed before the id column: no ids, no matches
+    spill: str,
+) -> Callable[[int], pl.DataFrame]:
+    """Read the rows of `files` matching `row_filter`, one dedup bucket at a time, in memory
+    bounded by a bucket: with more than one bucket, one streaming pass writes each bucket's rows
+    to local Arrow files under `spill` (copies of an event share a bucket), and each is read
+    back alone. Returns the reader of a bucket."""
+    dataset = lake.dataset(files, BRONZE_SCHEMA)
+    if buckets == 1:
+        frame = _frame(dataset.to_table(columns=columns, filter=row_filter))
+        return lambda _bucket: frame
+    mask = pa.scalar(buckets - 1, pa.uint8())
+    scanner = dataset.scanner(
+        # A row without a bucket (bronze of an older version) goes with the first, to be refused.
+        columns={
+            **columns,
+            "bucket": pc.coalesce(pc.bit_wise_and(ds.field("dedup_bucket"), mask), 0),
+        },
+        filter=row_filter,
+        **SCAN_READAHEAD,
     )
-    ids = pl.from_arrow(probe)
-    assert isinstance(ids, pl.DataFrame)
-    matches = ids.filter(pl.col("event_id").is_in(valid["event_id"].implode()))
-    if matches.is_empty():
-        return valid.clear()
-    rows = lake.read_parquet(
-        files,
-        columns=[*RECORD_SCHEMA.names, "ingest_hour"],
-        filters=ds.field("event_hour").isin(matches["event_hour"].unique().to_list())
-        & ds.field("kafka_offset").isin(matches["kafka_offset"].unique().to_list()),
+    ds.write_dataset(
+        scanner,
+        spill,
+        format="ipc",
+        partitioning=ds.partitioning(pa.schema([("bucket", pa.uint8())])),
+        preserve_order=False,
+        existing_data_behavior="error",
     )
-    parsed = pl.from_arrow(parse_events(rows, start=first_instant))
-    assert isinstance(parsed, pl.DataFrame)
-    return (
-        parsed.join(matches.select("kafka_partition", "kafka_offset"), on=ARRIVAL_ORDER[1:])
-        .filter(pl.col("reason").is_null())
-        .with_columns(received_at=pl.col("kafka_timestamp"))
-    )
+    empty = scanner.projected_schema.remove(scanner.projected_schema.get_field_index("bucket"))
+
+    def read(bucket: int) -> pl.DataFrame:
+        directory = os.path.join(spill, str(bucket))
+        if not os.path.isdir(directory):
+            return _frame(empty.empty_table())
+        return _frame(ds.dataset(directory, format="ipc", schema=empty).to_table())
+
+    return read
+
+
+def _frame(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _check_typed(events: pl.DataFrame) -> None:
+    """Bronze landed before it kept typed events reads as valid rows without types (a column a
+    file lacks reads as nulls): refuse it, by name."""
+    untyped = events.filter(pl.col("event_type").is_null())
+    if not untyped.is_empty():
+        hours = sorted({hour_label(h) for h in untyped["ingest_hour"].unique().to_list()})
+        raise ValueError(
+            f"bronze of ingest hours {', '.join(hours)} was landed before bronze kept typed "
+            "events: re-land those hours (a backfill of raw_events; the same ranges are read "
+            "again) and clean again"
+        )
 
 
 @dataclass(frozen=True)
@@ -280,58 +311,69 @@ def clean_hour(
     expected = bronze_rows(manifests.values(), event_hour)
     nearby = _nearby_files(ledger, manifests, recorded)
     buckets = bucket_count(expected, bucket_rows)
-    columns = [*RECORD_SCHEMA.names, "ingest_hour"]
     counts = Counter()
     reasons: Counter = Counter()
     sources: set[datetime] = set()
     silver_path, quarantine_path = events_file(event_hour), cleaning_quarantine_file(event_hour)
+    this_hour = ds.field("event_hour") == pa.scalar(event_hour, UTC_US)
+    valid = ds.field("reason").is_null()
+    # Valid copies in other event hours (landing left the event hour null where it quarantined).
+    other_hours = ds.field("event_hour").is_valid() & ~this_hour & valid
 
     def newest() -> bool:
         current = ledger.clean_stamp(event_hour)
         return current is None or not set(current.inputs) > set(inputs)
 
     with (
-        lake.parquet_writer(silver_path, SILVER_SCHEMA, keep=newest) as silver_writer,
+        tempfile.TemporaryDirectory(prefix="clickstream-clean-") as spill,
+        lake.parquet_writer(
+            silver_path, SILVER_SCHEMA, keep=newest, statistics=SILVER_STATISTICS
+        ) as silver_writer,
         lake.parquet_writer(quarantine_path, QUARANTINE_SCHEMA, keep=newest) as quarantine_writer,
     ):
+        if files:
+            # Invalid rows need no dedup: streamed to quarantine as received, in ledger order.
+            invalid_rows = lake.dataset(files, BRONZE_SCHEMA).scanner(
+                columns=QUARANTINE_SCHEMA.names[1:], filter=this_hour & ~valid, **SCAN_READAHEAD
+            )
+            for batch in invalid_rows.to_batches():
+                invalid = _frame(pa.Table.from_batches([batch]))
+                quarantine_writer.write_table(
+                    invalid.with_columns(stage=pl.lit("cleaning"))
+                    .select(QUARANTINE_SCHEMA.names)
+                    .to_arrow()
+                    .cast(QUARANTINE_SCHEMA)
+                )
+                counts["quarantined"] += invalid.height
+                reasons.update(dict(invalid.group_by("reason").len().iter_rows()))
+                sources.update(invalid["ingest_hour"].unique().to_list())
+            events_of = _in_buckets(
+                lake, files, this_hour & valid, _EVENT_COLUMNS, buckets, f"{spill}/events"
+            )
+            copies_of = _in_buckets(
+                lake, nearby, other_hours, _COPY_COLUMNS, buckets, f"{spill}/copies"
+            )
         for bucket in range(buckets if files else 0):
-            bronze = lake.read_parquet(
-                files, columns=columns, filters=_bucket_filter(event_hour, bucket, buckets)
-            )
-            parsed = pl.from_arrow(parse_events(bronze, start=first_instant))
-            assert isinstance(parsed, pl.DataFrame)
-            parsed = parsed.with_columns(received_at=pl.col("kafka_timestamp"))
-            invalid = parsed.filter(pl.col("reason").is_not_null())
-            valid = parsed.filter(pl.col("reason").is_null())
-            elsewhere = _copies_elsewhere(
-                lake, nearby, event_hour, valid, bucket, buckets, first_instant
-            )
-            clean = deduplicate(valid, winners, elsewhere).sort("event_time", "event_id")
-            quarantine_writer.write_table(
-                invalid.with_columns(stage=pl.lit("cleaning"))
-                .sort("kafka_partition", "kafka_offset", "ingest_hour")
-                .select(QUARANTINE_SCHEMA.names)
-                .to_arrow()
-                .cast(QUARANTINE_SCHEMA)
-            )
+            events = events_of(bucket)
+            _check_typed(events)
+            copies = copies_of(bucket)
+            elsewhere = copies.filter(pl.col("event_id").is_in(events["event_id"].implode()))
+            clean = deduplicate(events, winners, elsewhere, order=("event_time", "event_id"))
             silver_writer.write_table(
                 clean.select(SILVER_SCHEMA.names).to_arrow().cast(SILVER_SCHEMA)
             )
-            counts["bronze_rows"] += parsed.height
             counts["events"] += clean.height
-            counts["duplicates"] += valid.height - clean.height
-            counts["quarantined"] += invalid.height
+            counts["duplicates"] += events.height - clean.height
             counts["clock_corrected"] += int(clean["clock_corrected"].sum())
             counts["late_events"] += int((clean["ingest_hour"] > event_hour).sum())
-            reasons.update(dict(invalid.group_by("reason").len().iter_rows()))
-            sources.update(parsed["ingest_hour"].unique().to_list())
+            sources.update(events["ingest_hour"].unique().to_list())
         stamp = CleanStamp(
             event_hour=event_hour,
             inputs=tuple(inputs),
             events=counts["events"],
             duplicates=counts["duplicates"],
             quarantined=counts["quarantined"],
-            bronze_rows=counts["bronze_rows"],
+            bronze_rows=counts["events"] + counts["duplicates"] + counts["quarantined"],
             cleaned_at=now.isoformat(),
         )
         # The stamp travels in both footers: one rename commits data and stamp together.

@@ -22,7 +22,7 @@ from functools import partial
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.contract import LANDING_REASONS, parse_events
+from core.contract import LANDING_REASONS, PARSE_SCHEMA, UTC_US, parse_events
 from core.ledger import (
     HOUR,
     HOUR_LABEL_FORMAT,
@@ -42,24 +42,29 @@ ROW_GROUP_ROWS = 100_000
 FUTURE_TIMESTAMP_TOLERANCE = timedelta(minutes=5)
 """A Kafka timestamp this far past the wall clock when read cannot be a receive time."""
 
-BRONZE_SCHEMA = pa.schema(
-    [
-        *RECORD_SCHEMA,
-        ("ingest_hour", pa.timestamp("us", tz="UTC")),
-        ("event_hour", pa.timestamp("us", tz="UTC")),
-        ("dedup_bucket", pa.uint8()),
-        ("event_id", pa.string()),
-    ]
-)
-"""As received, plus where cleaning will look for it: the event hour, the dedup bucket, and the
-event_id (so that copies in other hours are found without parsing their values)."""
+BRONZE_SCHEMA = pa.schema([*RECORD_SCHEMA, ("ingest_hour", UTC_US), *PARSE_SCHEMA])
+"""As received, plus the record parsed once (core.contract.PARSE_SCHEMA): its reason, the typed
+event and its dedup bucket. Cleaning reads the typed columns and never parses again. The event
+hour is null where landing quarantined the record (no event hour among the partitions)."""
+BRONZE_STATISTICS = [
+    "kafka_partition",
+    "kafka_offset",
+    "kafka_timestamp",
+    "ingest_hour",
+    "reason",
+    "event_time",
+    "event_hour",
+    "dedup_bucket",
+]
+"""The bronze columns readers filter on (and the reason's null count, which tells valid row
+groups from invalid ones)."""
 QUARANTINE_SCHEMA = pa.schema(
     [
         ("stage", pa.string()),
         ("reason", pa.string()),
         *RECORD_SCHEMA,
-        ("ingest_hour", pa.timestamp("us", tz="UTC")),
-        ("event_hour", pa.timestamp("us", tz="UTC")),
+        ("ingest_hour", UTC_US),
+        ("event_hour", UTC_US),
     ]
 )
 
@@ -128,13 +133,15 @@ class _Sink:
         self._write_group(combined.slice(0, rows).combine_chunks())
 
     def _write_group(self, received: pa.Table) -> None:
-        # One row group per event hour (offset order within it): row-group statistics then let
-        # cleaning read only the rows of the hour it rebuilds, late rows included.
+        # One row group per event hour and validity (offset order within it): row-group
+        # statistics then let cleaning read only the rows of the hour it rebuilds, late rows
+        # included, and the raw values of only its invalid rows.
         parsed = parse_events(received, start=self.first_instant)
+        valid = pc.is_null(parsed["reason"])
+        order = pa.table([parsed["event_hour"], valid, parsed["kafka_offset"]], ["h", "v", "o"])
         parsed = parsed.take(
             pc.sort_indices(
-                parsed,
-                [("event_hour", "ascending", "at_start"), ("kafka_offset", "ascending")],
+                order, [("h", "ascending", "at_start"), ("v", "ascending"), ("o", "ascending")]
             )
         )
         landing_bad = pc.fill_null(
@@ -146,24 +153,22 @@ class _Sink:
             pa.nulls(1, parsed.schema.field("event_hour").type)[0],
             parsed.column("event_hour"),
         )
-        ingest = pa.repeat(
-            pa.scalar(self.hour, BRONZE_SCHEMA.field("ingest_hour").type), len(parsed)
-        )
+        ingest = pa.repeat(pa.scalar(self.hour, UTC_US), len(parsed))
         bronze = (
-            parsed.select(RECORD_SCHEMA.names)
+            parsed.set_column(parsed.schema.get_field_index("event_hour"), "event_hour", event_hour)
             .append_column("ingest_hour", ingest)
-            .append_column("event_hour", event_hour)
-            .append_column("dedup_bucket", parsed.column("dedup_bucket"))
-            .append_column("event_id", parsed.column("event_id"))
+            .select(BRONZE_SCHEMA.names)
         )
         if self._writer is None:
             self._context = self.lake.parquet_writer(
-                bronze_file(self.hour, self.partition), BRONZE_SCHEMA
+                bronze_file(self.hour, self.partition), BRONZE_SCHEMA, statistics=BRONZE_STATISTICS
             )
             self._writer = self._context.__enter__()
-        runs = pc.run_end_encode(bronze.column("event_hour").combine_chunks())
+        ends = set()
+        for column in (bronze["event_hour"], pc.is_null(bronze["reason"])):
+            ends.update(pc.run_end_encode(column.combine_chunks()).run_ends.to_pylist())
         start = 0
-        for end in runs.run_ends.to_pylist():
+        for end in sorted(ends):
             self._writer.write_table(bronze.slice(start, end - start), row_group_size=end - start)
             start = end
 
@@ -173,11 +178,9 @@ class _Sink:
             self.event_hours[hour_label(hour.as_py())] += count.as_py()
         bad = bronze.filter(landing_bad)
         if bad.num_rows:
-            reasons = parsed.column("reason").filter(landing_bad)
-            self.quarantined.update(reasons.to_pylist())
+            self.quarantined.update(bad.column("reason").to_pylist())
             self._quarantine.append(
-                bad.append_column("reason", reasons)
-                .append_column("stage", pa.repeat(pa.scalar("landing"), bad.num_rows))
+                bad.append_column("stage", pa.repeat(pa.scalar("landing"), bad.num_rows))
                 .select(QUARANTINE_SCHEMA.names)
                 .cast(QUARANTINE_SCHEMA)
             )

@@ -1,7 +1,8 @@
 """The message contract as one vectorized parse: raw Kafka values in, typed events with a reason.
 
-Landing uses it for the event hour (after the future-clock rule) and cleaning for everything else,
-so both stages apply the very same rules. DuckDB's JSON reader does the work, column at a time.
+Landing parses each record once, as it lands, and bronze keeps the typed event beside the value as
+received: the event hour (after the device-clock rule) places it, and cleaning only deduplicates.
+DuckDB's JSON reader does the work, column at a time.
 """
 
 from __future__ import annotations
@@ -89,6 +90,40 @@ def _wrong_type(name: str, json_types: tuple[str, ...]) -> str:
         f"then 'wrong_type:{name}' "
     )
 
+
+UTC_US = pa.timestamp("us", tz="UTC")
+EVENT_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("event_type", pa.string()),
+        ("event_time", UTC_US),
+        ("event_hour", UTC_US),
+        ("device_id", pa.string()),
+        ("user_id", pa.string()),
+        ("session_id", pa.string()),
+        ("platform", pa.string()),
+        ("title_id", pa.string()),
+        ("campaign_id", pa.string()),
+        ("ad_id", pa.string()),
+        ("page", pa.string()),
+        ("app_version", pa.string()),
+        ("position_ms", pa.int64()),
+        ("schema_version", pa.int64()),
+        ("properties", pa.string()),
+        ("clock_corrected", pa.bool_()),
+    ]
+)
+"""A typed event, as silver holds it."""
+PARSE_SCHEMA = pa.schema(
+    [
+        ("reason", pa.string()),
+        *EVENT_SCHEMA,
+        ("device_hour", UTC_US),
+        ("dedup_bucket", pa.uint8()),
+    ]
+)
+"""What `parse_events` adds to the records: the reason (null when valid), the typed event, the
+hour a corrected event's device claimed, and the event_id's dedup bucket."""
 
 _PATHS = ", ".join(f"'$.\"{name}\"'" for name in _FIELDS)
 
@@ -219,10 +254,8 @@ def parse_events(records: pa.Table | pa.RecordBatch, *, start: datetime) -> pa.T
     """Parse and classify Kafka records per the contract; `start` is CLICKSTREAM_START_DATE's
     first instant (events dated before it are `before_start_date`).
 
-    Input columns: at least `kafka_timestamp` and `value` (binary); all input columns are kept.
-    Output adds `reason` (null when valid), the typed event fields, `event_time` (UTC, after the
-    device-clock rule), `event_hour`, `clock_corrected`, `device_hour` (the hour the device
-    claimed, for corrected events) and `dedup_bucket` (of the event_id).
+    Input columns: at least `kafka_timestamp` and `value` (binary); all input columns are kept,
+    followed by PARSE_SCHEMA's (`event_time` is UTC, after the device-clock rule).
     """
     con = duckdb.connect()
     try:
@@ -234,10 +267,5 @@ def parse_events(records: pa.Table | pa.RecordBatch, *, start: datetime) -> pa.T
     finally:
         con.close()
     # DuckDB computes in naive UTC; the lake stores explicit UTC.
-    utc = pa.timestamp("us", tz="UTC")
-    types = {field.name: field.type for field in records.schema}
-    types |= {"event_time": utc, "event_hour": utc, "device_hour": utc}
-    for name, type_ in types.items():
-        index = parsed.schema.get_field_index(name)
-        parsed = parsed.set_column(index, name, parsed.column(name).cast(type_))
-    return parsed
+    types = {field.name: field.type for field in (*records.schema, *PARSE_SCHEMA)}
+    return parsed.select(list(types)).cast(pa.schema(types.items()))

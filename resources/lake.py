@@ -15,6 +15,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 from fsspec.implementations.local import LocalFileSystem
@@ -135,13 +136,22 @@ class LakeResource(ConfigurableResource):
 
     @contextmanager
     def parquet_writer(
-        self, relative: str, schema: pa.Schema, *, keep: Callable[[], bool] = lambda: True
+        self,
+        relative: str,
+        schema: pa.Schema,
+        *,
+        keep: Callable[[], bool] = lambda: True,
+        statistics: list[str] | None = None,
     ) -> Iterator[pq.ParquetWriter]:
         """A streaming Parquet writer whose file appears under `relative` only on success, and
-        only if `keep()` still says so then (checked just before the rename)."""
+        only if `keep()` still says so then (checked just before the rename). `statistics`
+        names the columns readers filter on (all when None): min/max of the others, such as
+        random ids and raw values, cost time to write and prune nothing."""
         temporary, final = self._temporary(relative)
         handle = self.fs.open(temporary, "wb")
-        writer = pq.ParquetWriter(handle, schema, compression="zstd")
+        writer = pq.ParquetWriter(
+            handle, schema, compression="zstd", write_statistics=statistics or True
+        )
         try:
             yield writer
             writer.close()
@@ -176,6 +186,13 @@ class LakeResource(ConfigurableResource):
             columns=columns,
             filters=filters,
             schema=schema,
+        )
+
+    def dataset(self, relatives: list[str], schema: pa.Schema) -> ds.Dataset:
+        """Files as one Arrow dataset of `schema`, for streaming scans (a column an older file
+        lacks reads as nulls)."""
+        return ds.dataset(
+            [self.path(r) for r in relatives], schema=schema, format="parquet", filesystem=self.fs
         )
 
     def remove(self, relative: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -21,10 +22,12 @@ from clickstream_assets.cleaning import (
     deduplicate,
 )
 from clickstream_assets.landing import land_hours
+from core.contract import UTC_US
 from core.ledger import (
     HOUR,
     CorrectedCopy,
     Manifest,
+    bronze_file,
     cleaning_quarantine_file,
     events_file,
 )
@@ -445,6 +448,8 @@ def test_a_huge_hour_cleaned_in_buckets_gives_the_same_events(log, lake, tmp_pat
     rows = [(at(10, m), value(f"e{m}", at(10, m))) for m in range(60)]
     rows += [(at(11, m), value(f"e{m}", at(10, m))) for m in range(60)]
     rows += [(at(10, 30), value(f"bad{i}", at(10, 30), event_type="nope")) for i in range(4)]
+    no_id = b'{"event_type": "click", "event_time": "2026-11-27T10:31:00Z", "device_id": "d"}'
+    rows += [(at(10, 31), no_id)] * 3  # no event_id, so no dedup bucket
     produce(log, 0, sorted(rows, key=lambda r: r[0]))
     land(log, lake, 10, 11)
     bucketed = clean(lake, 10, bucket_rows=8)
@@ -455,7 +460,26 @@ def test_a_huge_hour_cleaned_in_buckets_gives_the_same_events(log, lake, tmp_pat
     assert bucketed_ids == sorted(f"e{m}" for m in range(60))
     for key in ("bronze_rows", "events", "duplicates", "quarantined"):
         assert getattr(bucketed.stamp, key) == getattr(whole.stamp, key)
-    assert counts(bucketed) == (60, 60, 4)
+    assert counts(bucketed) == (60, 60, 7)
+    assert len(quarantined(lake, 10)) == 7
+
+
+def test_bronze_landed_without_typed_events_is_refused_by_name(log, lake):
+    # Bronze of an earlier version held the records as received and no typed columns.
+    produce(log, 0, [(at(10, 5), value("a", at(10, 5)))])
+    land(log, lake, 10, 10)
+    path = lake.path(bronze_file(at(10), 0))
+    received = pq.read_table(path).select(
+        ["kafka_partition", "kafka_offset", "kafka_timestamp", "kafka_key", "value"]
+    )
+    pq.write_table(
+        received.append_column(
+            "ingest_hour", pa.repeat(pa.scalar(at(10), UTC_US), 1)
+        ).append_column("event_hour", pa.repeat(pa.scalar(at(10), UTC_US), 1)),
+        path,
+    )
+    with pytest.raises(ValueError, match=r"ingest hours 2026-11-27T10 .*re-land"):
+        clean(lake, 10)
 
 
 def test_a_corrected_first_copy_landing_late_restates_the_hour_its_retry_was_counted_in(log, lake):

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from clickstream_assets.checks import bronze_row_problems, lost_offset_problems
-from clickstream_assets.cleaning import clean_hour
+from clickstream_assets.cleaning import BUCKET_ROWS, clean_hour
 from clickstream_assets.landing import cut_timestamps, land_hours
 from core.contract import parse_events
 from core.ledger import Ledger, bronze_file, events_file
@@ -219,25 +219,33 @@ def test_lost_offsets_are_recorded_named_and_never_shrink_bronze(lake):
 # --- copies re-stamped into other hours --------------------------------------------------------
 
 
-def test_copies_restamped_into_other_hours_count_once_at_the_first_received(lake):
+# Whole, and cut into one-row dedup buckets (each bucket's copies elsewhere then come from the
+# spilled buckets of the nearby hours).
+BUCKETS = pytest.mark.parametrize("bucket_rows", [BUCKET_ROWS, 1])
+
+
+@BUCKETS
+def test_copies_restamped_into_other_hours_count_once_at_the_first_received(lake, bucket_rows):
     log = InMemoryKafka(topic="t", partitions=2)
     produce(log, 0, [(at(10, 59, 30), value("x", at(10, 59, 20)))])  # first received
     produce(log, 1, [(at(11, 0, 40), value("x", at(11, 0, 30)))])  # retry, re-stamped
     produce(log, 1, [(at(11, 20), value("y", at(11, 20)))])
     land(log, lake, H10, H11)
     recorded = set(Ledger(lake).recorded_hours())
-    ten = clean_hour(lake, H10, first_instant=START, now=at(13), recorded=recorded)
-    eleven = clean_hour(lake, H11, first_instant=START, now=at(13), recorded=recorded)
+    options = {"first_instant": START, "now": at(13), "recorded": recorded}
+    ten = clean_hour(lake, H10, bucket_rows=bucket_rows, **options)
+    eleven = clean_hour(lake, H11, bucket_rows=bucket_rows, **options)
     assert (ten.stamp.events, eleven.stamp.events) == (1, 1)
     assert lake.read_parquet([events_file(H10)]).column("event_id").to_pylist() == ["x"]
     assert lake.read_parquet([events_file(H11)]).column("event_id").to_pylist() == ["y"]
     assert eleven.stamp.duplicates == 1
 
 
-def test_an_invalid_copy_elsewhere_never_wins(lake):
+@BUCKETS
+def test_an_invalid_copy_elsewhere_never_wins(lake, bucket_rows):
     log = InMemoryKafka(topic="t", partitions=2)
     produce(log, 0, [(at(10, 59, 30), value("x", at(10, 59, 20), event_type="nope"))])
     produce(log, 1, [(at(11, 0, 40), value("x", at(11, 0, 30)))])
     land(log, lake, H10, H11)
-    eleven = clean_hour(lake, H11, first_instant=START, now=at(13))
+    eleven = clean_hour(lake, H11, first_instant=START, now=at(13), bucket_rows=bucket_rows)
     assert eleven.stamp.events == 1

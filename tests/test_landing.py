@@ -123,9 +123,27 @@ def test_bronze_keeps_what_was_received(log, lake):
         "kafka_key",
         "value",
         "ingest_hour",
-        "event_hour",
-        "dedup_bucket",
+        # parsed once, as it landed
+        "reason",
         "event_id",
+        "event_type",
+        "event_time",
+        "event_hour",
+        "device_id",
+        "user_id",
+        "session_id",
+        "platform",
+        "title_id",
+        "campaign_id",
+        "ad_id",
+        "page",
+        "app_version",
+        "position_ms",
+        "schema_version",
+        "properties",
+        "clock_corrected",
+        "device_hour",
+        "dedup_bucket",
     ]
     rows = table.to_pylist()
     assert [r["kafka_partition"] for r in rows] == [0, 0, 0]
@@ -135,6 +153,9 @@ def test_bronze_keeps_what_was_received(log, lake):
     assert rows[1]["value"] == value("a1", at(10, 29))
     assert [r["event_hour"] for r in rows] == [H10, H10, H10]
     assert [r["event_id"] for r in rows] == ["a0", "a1", "a2"]
+    assert [r["reason"] for r in rows] == [None] * 3
+    assert rows[1]["event_time"] == at(10, 29)
+    assert rows[1]["device_id"] == json.loads(rows[1]["value"])["device_id"]
 
 
 def test_an_empty_hour_gets_empty_ranges_and_a_manifest(log, lake):
