@@ -15,7 +15,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from dagster import instance_for_test, materialize
 
+from clickstream_assets.assets import build_raw_events, raw_events
 from clickstream_assets.landing import (
     LandingPlan,
     commit_landing,
@@ -24,8 +26,9 @@ from clickstream_assets.landing import (
     plan_landing,
     shard_partitions,
 )
-from core.ledger import PARTIALS, Ledger, Manifest, bronze_file
+from core.ledger import PARTIALS, Ledger, Manifest, bronze_file, partition_key
 from core.settings import ConfigError, Settings
+from partitions import AS_OF_TAG, RANGE_END_TAG, RANGE_START_TAG
 from resources.kafka import InMemoryKafka
 from resources.lake import LakeResource
 from tests.helpers import START, all_manifests, at, produce, value
@@ -196,3 +199,46 @@ def test_a_bad_shard_count_stops_the_code_location_from_loading(tmp_path):
     )
     assert loaded.returncode != 0
     assert "CLICKSTREAM_LANDING_SHARDS='none' is not a shard count" in loaded.stderr
+
+
+def landed_metadata(raw_events, log, lake: LakeResource) -> dict[str, dict]:
+    """Materialize `raw_events` over HOURS at NOW; each partition's metadata."""
+    with instance_for_test() as instance:
+        result = materialize(
+            [raw_events],
+            resources={"kafka": log, "lake": lake},
+            instance=instance,
+            tags={
+                RANGE_START_TAG: partition_key(HOURS[0]),
+                RANGE_END_TAG: partition_key(HOURS[-1]),
+                AS_OF_TAG: NOW.isoformat(),
+            },
+        )
+    assert result.success
+    return {
+        e.materialization.partition: {
+            name: entry.value for name, entry in e.materialization.metadata.items()
+        }
+        for e in result.get_asset_materialization_events()
+    }
+
+
+def test_the_sharded_asset_shows_what_the_one_step_asset_shows(log, tmp_path):
+    sharded = build_raw_events(3)
+    assert sharded.key == raw_events.key
+    assert set(sharded.node_def.node_dict) == {
+        "plan_landing",
+        "land_shard_0",
+        "land_shard_1",
+        "land_shard_2",
+        "commit_landing",
+    }
+    one = landed_metadata(raw_events, log, LakeResource(url=str(tmp_path / "one")))
+    many = landed_metadata(sharded, log, LakeResource(url=str(tmp_path / "many")))
+    assert sorted(many) == [partition_key(h) for h in HOURS]
+    assert many == one
+    expected = expected_ranges()
+    for hour in HOURS:
+        assert many[partition_key(hour)]["offset_ranges"] == {
+            str(p): list(r) for p, r in expected[hour].items()
+        }
