@@ -4,6 +4,11 @@ Ingest hour H of partition p covers [start, end): start is the end that H-1 reco
 beginning for the first hour); end is the first offset whose Kafka timestamp is at or after the
 end of H, or the high watermark seen while reading. Once a manifest records a range it never
 changes; a re-run reads the recorded range and rewrites the same bytes.
+
+A landing is three functions: `plan_landing` (check, re-land recorded hours, plan where each
+partition starts), `land_shard` (the partitions `p mod K == k`, each partition's results kept as
+a partial entry in the lake) and `commit_landing` (the manifests, last). One step runs all three
+(`land_hours`); with K shards they are Dagster steps that share nothing but the lake.
 """
 
 from __future__ import annotations
