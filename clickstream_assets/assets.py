@@ -10,19 +10,32 @@ from datetime import UTC, datetime
 from dagster import (
     AssetCheckExecutionContext,
     AssetExecutionContext,
+    AssetIn,
+    AssetsDefinition,
     AssetSpec,
     BackfillPolicy,
     Backoff,
+    In,
     MetadataValue,
+    Nothing,
     ResourceParam,
     RetryPolicy,
     asset,
+    graph_asset,
+    op,
 )
 
 from clickstream_assets.cleaning import clean_hour
-from clickstream_assets.landing import land_hours
+from clickstream_assets.landing import (
+    LandingPlan,
+    commit_landing,
+    land_hours,
+    land_shard,
+    plan_landing,
+)
 from clickstream_assets.pods import CLEANING_POD, LANDING_POD
 from core.ledger import HOUR, Ledger, Manifest, hour_label, partition_key
+from core.settings import load
 from partitions import AS_OF_TAG, event_hours, first_instant, ingest_hours
 from resources.clock import parse_instant
 from resources.kafka import EventLog
@@ -81,22 +94,9 @@ def hourly_stage(**options):
     )
 
 
-@hourly_stage(
-    partitions_def=ingest_hours,
-    group_name="landing",
-    kinds={"kafka", "parquet"},
-    deps=[kafka_topic],
-    pool="landing",
-    op_tags=LANDING_POD,
-)
-def raw_events(
-    context: AssetExecutionContext, kafka: ResourceParam[EventLog], lake: LakeResource
-) -> None:
-    """Bronze: each ingest hour's exact Kafka offset range per partition, as received."""
-    hours = hours_of(context)
-    for manifest in land_hours(
-        kafka, lake, hours, now=run_clock(context), first_instant=first_instant
-    ):
+def record_landing(context: AssetExecutionContext, manifests: list[Manifest]) -> None:
+    """Each landed hour's manifest as its partition's metadata; lost offsets as an error."""
+    for manifest in manifests:
         lost = manifest.lost_ranges()
         if lost:
             context.log.error(
@@ -106,6 +106,113 @@ def raw_events(
         context.add_asset_metadata(
             landing_metadata(manifest), partition_key=partition_key(manifest.ingest_hour)
         )
+
+
+RAW_EVENTS_DESCRIPTION = (
+    "Bronze: each ingest hour's exact Kafka offset range per partition, as received."
+)
+
+
+def build_raw_events(shards: int) -> AssetsDefinition:
+    """`raw_events`: one step that plans, lands every Kafka partition and commits (1 shard), or
+    a graph of steps, `plan` -> `land_shard_k` for each shard k -> `commit`, so that each shard
+    runs in its own process (or pod, with the k8s executor). The steps share nothing but the
+    lake: the plan and the partial entries live there under the run's id."""
+    if shards == 1:
+
+        @hourly_stage(
+            name="raw_events",
+            description=RAW_EVENTS_DESCRIPTION,
+            partitions_def=ingest_hours,
+            group_name="landing",
+            kinds={"kafka", "parquet"},
+            deps=[kafka_topic],
+            pool="landing",
+            op_tags=LANDING_POD,
+        )
+        def one_step(
+            context: AssetExecutionContext, kafka: ResourceParam[EventLog], lake: LakeResource
+        ) -> None:
+            hours = hours_of(context)
+            now = run_clock(context)
+            record_landing(
+                context, land_hours(kafka, lake, hours, now=now, first_instant=first_instant)
+            )
+
+        return one_step
+
+    def token(context: AssetExecutionContext) -> str:
+        # The first run's id: a re-execution from a failed step finds the plan and the entries.
+        return context.run.root_run_id or context.run_id
+
+    def plan_of(context: AssetExecutionContext, lake: LakeResource) -> LandingPlan:
+        return LandingPlan.read(lake, hours_of(context)[0], token(context))
+
+    # Plan and commit write the ledger: one at a time (the landing pool). The shards only write
+    # their own partitions' files and entries, so they take no pool slot and run side by side.
+    @op(
+        name="plan_landing",
+        ins={"topic": In(Nothing)},
+        pool="landing",
+        tags=LANDING_POD,
+        retry_policy=TRANSIENT_RETRIES,
+    )
+    def plan(
+        context: AssetExecutionContext, kafka: ResourceParam[EventLog], lake: LakeResource
+    ) -> None:
+        plan_landing(
+            kafka,
+            lake,
+            hours_of(context),
+            now=run_clock(context),
+            first_instant=first_instant,
+            shards=shards,
+            token=token(context),
+        )
+
+    def land_shard_step(shard: int):
+        @op(
+            name=f"land_shard_{shard}",
+            ins={"planned": In(Nothing)},
+            tags=LANDING_POD,
+            retry_policy=TRANSIENT_RETRIES,
+        )
+        def step(
+            context: AssetExecutionContext, kafka: ResourceParam[EventLog], lake: LakeResource
+        ) -> None:
+            land_shard(kafka, lake, plan_of(context, lake), shard)
+
+        return step
+
+    @op(
+        name="commit_landing",
+        ins={f"shard_{k}": In(Nothing) for k in range(shards)},
+        pool="landing",
+        tags=LANDING_POD,
+        retry_policy=TRANSIENT_RETRIES,
+    )
+    def commit(
+        context: AssetExecutionContext, kafka: ResourceParam[EventLog], lake: LakeResource
+    ) -> None:
+        record_landing(context, commit_landing(kafka, lake, plan_of(context, lake)))
+
+    @graph_asset(
+        name="raw_events",
+        description=RAW_EVENTS_DESCRIPTION,
+        partitions_def=ingest_hours,
+        group_name="landing",
+        kinds={"kafka", "parquet"},
+        ins={"topic": AssetIn(kafka_topic.key, dagster_type=Nothing)},
+        backfill_policy=BackfillPolicy.single_run(),
+    )
+    def sharded(topic):
+        planned = plan(topic)
+        return commit(**{f"shard_{k}": land_shard_step(k)(planned) for k in range(shards)})
+
+    return sharded
+
+
+raw_events = build_raw_events(load().landing_shards)
 
 
 @hourly_stage(

@@ -4,6 +4,11 @@ Ingest hour H of partition p covers [start, end): start is the end that H-1 reco
 beginning for the first hour); end is the first offset whose Kafka timestamp is at or after the
 end of H, or the high watermark seen while reading. Once a manifest records a range it never
 changes; a re-run reads the recorded range and rewrites the same bytes.
+
+A landing is three functions: `plan_landing` (check, re-land recorded hours, plan where each
+partition starts), `land_shard` (the partitions `p mod K == k`, each partition's results kept as
+a partial entry in the lake) and `commit_landing` (the manifests, last). One step runs all three
+(`land_hours`); with K shards they are Dagster steps that share nothing but the lake.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +36,11 @@ from core.ledger import (
     Manifest,
     bronze_file,
     hour_label,
+    landing_plan_path,
     landing_quarantine_file,
+    parse_hour_label,
+    partial_path,
+    partials_dir,
 )
 from resources.kafka import RECORD_SCHEMA, EventLog
 from resources.lake import LakeResource
@@ -318,6 +328,63 @@ def _land_partition(
     return done
 
 
+@dataclass(frozen=True)
+class LandingPlan:
+    """What one landing run does, decided once before any fresh hour lands: the recorded hours
+    it replayed, the fresh hours, where each Kafka partition starts, and how many shards land
+    them. Kept in the lake (`landing_plan_path`), so that shard and commit steps in other
+    processes or pods read the same plan."""
+
+    topic: str
+    first_hour: datetime
+    """The run's first ingest hour: names the folder of the plan and the partials."""
+    replayed: list[datetime]
+    hours: list[datetime]
+    starts: dict[int, int]
+    now: datetime
+    first_instant: datetime
+    token: str
+    """Names this landing's folder of partial entries (a Dagster run passes its run id), so
+    that overlapping landings of the same hours never read each other's entries."""
+    shards: int = 1
+
+    def to_json(self) -> dict:
+        return {
+            "topic": self.topic,
+            "first_hour": hour_label(self.first_hour),
+            "replayed": [hour_label(h) for h in self.replayed],
+            "hours": [hour_label(h) for h in self.hours],
+            "starts": {str(p): start for p, start in sorted(self.starts.items())},
+            "now": self.now.isoformat(),
+            "first_instant": self.first_instant.isoformat(),
+            "shards": self.shards,
+            "token": self.token,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> LandingPlan:
+        return cls(
+            topic=data["topic"],
+            first_hour=parse_hour_label(data["first_hour"]),
+            replayed=[parse_hour_label(h) for h in data["replayed"]],
+            hours=[parse_hour_label(h) for h in data["hours"]],
+            starts={int(p): start for p, start in data["starts"].items()},
+            now=datetime.fromisoformat(data["now"]),
+            first_instant=datetime.fromisoformat(data["first_instant"]),
+            shards=data["shards"],
+            token=data["token"],
+        )
+
+    @classmethod
+    def read(cls, lake: LakeResource, first_hour: datetime, token: str) -> LandingPlan:
+        return cls.from_json(lake.read_json(landing_plan_path(first_hour, token)))
+
+
+def shard_partitions(partitions: Iterable[int], shard: int, shards: int) -> list[int]:
+    """The Kafka partitions of shard `shard` of `shards`: those with `p mod shards == shard`."""
+    return sorted(p for p in partitions if p % shards == shard)
+
+
 def land_hours(
     event_log: EventLog,
     lake: LakeResource,
@@ -326,11 +393,29 @@ def land_hours(
     now: datetime,
     first_instant: datetime,
 ) -> list[Manifest]:
-    """Land consecutive ingest `hours` in one pass over the log and return their manifests.
+    """Land consecutive ingest `hours` in one pass over the log and return their manifests:
+    plan, the one shard, commit, in this process (the fan-out runs the same three as steps)."""
+    plan = plan_landing(event_log, lake, hours, now=now, first_instant=first_instant)
+    land_shard(event_log, lake, plan, 0)
+    return commit_landing(event_log, lake, plan)
 
-    Hours already recorded are re-landed from their recorded ranges (same bytes); new hours must
-    follow the last recorded one and must have closed before `now`. `first_instant` is the start
-    of the first partition: events dated before it are quarantined.
+
+def plan_landing(
+    event_log: EventLog,
+    lake: LakeResource,
+    hours: list[datetime],
+    *,
+    now: datetime,
+    first_instant: datetime,
+    shards: int = 1,
+    token: str | None = None,
+) -> LandingPlan:
+    """Check `hours`, re-land the recorded ones from their recorded ranges (same bytes), and
+    plan the fresh ones: each Kafka partition starts where the previous hour's manifest ended
+    (the log's beginning for a partition it does not name). The plan is written to the lake.
+
+    New hours must follow the last recorded one and must have closed before `now`.
+    `first_instant` is the start of the first partition: events dated before it are quarantined.
     """
     hours = sorted(hours)
     if any(b - a != HOUR for a, b in zip(hours, hours[1:], strict=False)):
@@ -355,48 +440,93 @@ def land_hours(
     needed = replay + ([fresh[0] - HOUR] if fresh and fresh[0] - HOUR in known_hours else [])
     recorded = ledger.manifests(needed)
     lake.check_writable()
-    manifests = [recorded[h] for h in replay]
     if replay:
         _replay(event_log, lake, [recorded[h] for h in replay], now, first_instant)
+    starts: dict[int, int] = {}
     if fresh:
-        manifests += _land_fresh(
-            event_log, lake, ledger, fresh, recorded.get(fresh[0] - HOUR), now, first_instant
-        )
-        event_log.commit(manifests[-1].ends)
-    return manifests
+        previous = recorded.get(fresh[0] - HOUR)
+        known = previous.ends if previous else {}
+        starts = {
+            p: known[p] if p in known else event_log.beginning_offset(p)
+            for p in event_log.partitions()
+        }
+    plan = LandingPlan(
+        topic=event_log.topic,
+        first_hour=hours[0],
+        replayed=replay,
+        hours=fresh,
+        starts=starts,
+        now=now,
+        first_instant=first_instant,
+        token=token or uuid.uuid4().hex,
+        shards=shards,
+    )
+    lake.write_json(landing_plan_path(plan.first_hour, plan.token), plan.to_json())
+    return plan
 
 
-def _land_fresh(
-    event_log: EventLog,
-    lake: LakeResource,
-    ledger: Ledger,
-    hours: list[datetime],
-    previous: Manifest | None,
-    now: datetime,
-    first_instant: datetime,
-) -> list[Manifest]:
-    partitions = event_log.partitions()
-    known = previous.ends if previous else {}
-    starts = {p: known[p] if p in known else event_log.beginning_offset(p) for p in partitions}
-    jobs = [_Job(p, starts[p], hours, now, first_instant) for p in partitions]
-    with _pool(event_log, len(partitions), lake) as (pool, open_log, open_lake):
+def land_shard(event_log: EventLog, lake: LakeResource, plan: LandingPlan, shard: int) -> None:
+    """Land the plan's fresh hours for the Kafka partitions of `shard` (in parallel workers),
+    writing each partition's bronze files and then its per-hour results as a partial entry."""
+    partitions = shard_partitions(plan.starts, shard, plan.shards)
+    if not partitions:
+        return
+    jobs = [_Job(p, plan.starts[p], plan.hours, plan.now, plan.first_instant) for p in partitions]
+    with _pool(event_log, len(jobs), lake) as (pool, open_log, open_lake):
         futures = {
             job.partition: pool.submit(_land_partition, open_log, open_lake, job) for job in jobs
         }
-        results = {p: future.result() for p, future in futures.items()}
+        for p, future in futures.items():
+            partial = {"partition": p, "hours": future.result()}
+            lake.write_json(partial_path(plan.first_hour, plan.token, p), partial)
+
+
+def commit_landing(event_log: EventLog, lake: LakeResource, plan: LandingPlan) -> list[Manifest]:
+    """Record the plan's fresh hours from the partial entries of every Kafka partition: each
+    hour's manifest last and exclusive, then the consumer group's offsets. Returns the replayed
+    and the recorded manifests, oldest first."""
+    ledger = Ledger(lake)
+    manifests = [ledger.manifest(h) for h in plan.replayed]
+    if plan.hours:
+        results = {p: _partial(lake, plan, p) for p in sorted(plan.starts)}
+        manifests += _record(event_log, lake, ledger, plan, results)
+        event_log.commit(manifests[-1].ends)
+    lake.remove(partials_dir(plan.first_hour, plan.token))
+    return manifests
+
+
+def _partial(lake: LakeResource, plan: LandingPlan, partition: int) -> list[dict]:
+    """A partition's per-hour results; a missing entry fails the commit (nothing is recorded:
+    the next run of these hours lands them again)."""
+    path = partial_path(plan.first_hour, plan.token, partition)
+    if not lake.exists(path):
+        raise RuntimeError(f"{path} is missing: the shard landing partition {partition} failed")
+    return lake.read_json(path)["hours"]
+
+
+def _record(
+    event_log: EventLog,
+    lake: LakeResource,
+    ledger: Ledger,
+    plan: LandingPlan,
+    results: dict[int, list[dict]],
+) -> list[Manifest]:
     landed: list[Manifest] = []
-    for index, hour in enumerate(hours):
-        manifest = _manifest(event_log.topic, hour, {p: results[p][index] for p in partitions}, now)
+    for index, hour in enumerate(plan.hours):
+        parts = {p: per_hour[index] for p, per_hour in results.items()}
+        manifest = _manifest(plan.topic, hour, parts, plan.now)
         if ledger.record(manifest):  # last, and exclusive: the hour now exists
             landed.append(manifest)
             continue
+        winner = ledger.manifest(hour)
+        landed.append(winner)
+        if winner.partitions == manifest.partitions:
+            continue  # the same ranges (a retried commit): the same files, and ours chain on
         # Another landing recorded this hour first: its ranges stand. Our files of this hour may
         # have replaced its files, so write its ranges' bytes back; later hours of ours chained
         # onto ranges that were never recorded, so they are dropped.
-        winner = ledger.manifest(hour)
         log.warning("ingest hour %s was recorded by another landing; keeping its ranges", hour)
-        _replay(event_log, lake, [winner], now, first_instant)
-        landed.append(winner)
+        _replay(event_log, lake, [winner], plan.now, plan.first_instant)
         break
     return landed
 

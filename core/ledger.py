@@ -9,6 +9,9 @@ records it was built from. It is the system of record; Dagster's history is only
   manifest) says which ingest hours hold events of an event hour, and the claims
   (`bronze/_claims/<hour>/<ingest hour>`) which ingest hours hold corrected copies whose device
   claimed that hour, so a run reads ledger files in proportion to its own work.
+- A landing in progress keeps its plan and, per Kafka partition, its per-hour results
+  (`bronze/_partials/<first hour>/<run>/`) until its commit records the manifests: they are
+  not the ledger, and nothing reads them but that landing's own steps.
 - A clean event hour records, in its Parquet footers, the ingest hours it read (`CleanStamp`).
 - A mart day records the clean stamps it read (the warehouse table `mart_stamps`).
 A partition is owed work exactly when what it records differs from what the ledger holds now.
@@ -63,6 +66,7 @@ def day_start(day: date) -> datetime:
 MANIFESTS = "bronze/_manifests"
 INDEX = "bronze/_index"
 CLAIMS = "bronze/_claims"
+PARTIALS = "bronze/_partials"
 
 
 def hour_dir(hour: datetime) -> str:
@@ -87,6 +91,20 @@ def cleaning_quarantine_file(hour: datetime) -> str:
 
 def manifest_path(hour: datetime) -> str:
     return f"{MANIFESTS}/{hour_label(hour)}.json"
+
+
+def partials_dir(first_hour: datetime, token: str) -> str:
+    """Where landing `token` (a run), whose first ingest hour is `first_hour`, keeps its plan
+    and its partial entries until its commit records the manifests (never read as the ledger)."""
+    return f"{PARTIALS}/{hour_label(first_hour)}/{token}"
+
+
+def landing_plan_path(first_hour: datetime, token: str) -> str:
+    return f"{partials_dir(first_hour, token)}/plan.json"
+
+
+def partial_path(first_hour: datetime, token: str, partition: int) -> str:
+    return f"{partials_dir(first_hour, token)}/partition={partition}.json"
 
 
 # --- what landing records -----------------------------------------------------------------------

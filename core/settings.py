@@ -23,6 +23,7 @@ DEFAULTS = {
     "CLICKSTREAM_RETENTION_SILVER": "forever",
     "CLICKSTREAM_RETENTION_QUARANTINE": "forever",
     "CLICKSTREAM_COLLECTOR_ADDR": "127.0.0.1:8088",
+    "CLICKSTREAM_LANDING_SHARDS": "1",
 }
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -42,6 +43,16 @@ def parse_duration(text: str, *, variable: str) -> timedelta:
             "such as 30m, 3h or 1d"
         )
     return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+
+
+def parse_shards(text: str, *, variable: str) -> int:
+    """A landing shard count: a whole number, 1 or more."""
+    if not re.fullmatch(r"\s*\d+\s*", text) or int(text) < 1:
+        raise ConfigError(
+            f"{variable}={text!r} is not a shard count: use a whole number of 1 or more "
+            "(1 lands every Kafka partition in one step; K splits them into K steps)"
+        )
+    return int(text)
 
 
 FOREVER = "forever"
@@ -107,6 +118,7 @@ class Settings:
     dagster_home: str
     retention: Retention
     collector_addr: str = DEFAULTS["CLICKSTREAM_COLLECTOR_ADDR"]
+    landing_shards: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -139,6 +151,9 @@ class Settings:
             dagster_home=os.path.abspath(value["DAGSTER_HOME"]),
             retention=Retention.from_values(value),
             collector_addr=value["CLICKSTREAM_COLLECTOR_ADDR"],
+            landing_shards=parse_shards(
+                value["CLICKSTREAM_LANDING_SHARDS"], variable="CLICKSTREAM_LANDING_SHARDS"
+            ),
         )
 
     @property

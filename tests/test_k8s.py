@@ -17,7 +17,7 @@ from dagster_k8s.job import (
     get_user_defined_k8s_config,
 )
 
-from clickstream_assets.assets import events, raw_events
+from clickstream_assets.assets import build_raw_events, events, raw_events
 from clickstream_assets.marts import marts
 from clickstream_assets.pods import K8S_CONFIG_TAG
 
@@ -114,10 +114,19 @@ def test_the_run_pod_is_a_valid_job_with_the_default_size():
     assert {"secretRef": {"name": "clickstream-env"}} in container["envFrom"]
 
 
+SHARDED_LANDING = build_raw_events(2).node_def.node_defs
+"""The steps of landing in 2 shards: each is a pod of its own with the k8s executor."""
+
+
 @pytest.mark.parametrize(
     ("op", "cpu", "memory"),
-    [(raw_events.op, "4", "4Gi"), (events.op, "2", "8Gi"), (marts.op, "2", "8Gi")],
-    ids=["landing", "cleaning", "marts"],
+    [
+        (raw_events.op, "4", "4Gi"),
+        (events.op, "2", "8Gi"),
+        (marts.op, "2", "8Gi"),
+        *[(op, "4", "4Gi") for op in SHARDED_LANDING],
+    ],
+    ids=["landing", "cleaning", "marts", *[op.name for op in SHARDED_LANDING]],
 )
 def test_each_assets_pod_is_a_valid_job_of_the_size_its_tag_asks(op, cpu, memory):
     # The step pod: what dagster-k8s's executor builds from the step's tags.
