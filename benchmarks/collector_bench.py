@@ -1,7 +1,7 @@
 """Collection figures: acknowledged events/s through the collector, latency at 70% of that rate,
 503 latency while the broker is paused, and the SDK's track() cost.
 
-    python benchmarks/collector_bench.py [--clients 8] [--seconds 10] [--url URL]
+    python benchmarks/collector_bench.py [--clients 8] [--seconds 10] [--workers 2] [--url URL]
 
 An embedded broker and a collector process (`clickstream collector`) are started on free ports
 unless --url names a running collector (then the pause test is skipped). The load comes from
@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import statistics
+import sys
 import tempfile
 import time
 
@@ -116,11 +117,20 @@ def run_load(url, clients, seconds, rate=None) -> list[tuple[float, int, float]]
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc): the cost beside the wall time,
-    which other work on a shared machine inflates."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds so far of a process and its children (its workers), from Linux's
+    /proc: the cost beside the wall time, which other work on a shared machine inflates."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -160,6 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=2, help="collector worker processes")
     parser.add_argument("--url", help="a running collector (skips the broker pause)")
     args = parser.parse_args()
 
@@ -173,7 +184,8 @@ def main() -> None:
     with EmbeddedBroker.on_free_port() as broker:
         KafkaResource(bootstrap_servers=broker.bootstrap, topic=TOPIC).create_topic(4)
         env = {"CLICKSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap, "CLICKSTREAM_TOPIC": TOPIC}
-        with CollectorProcess(env) as collector:
+        argv = [sys.executable, "-m", "clickstream_tools.cli", "collector"]
+        with CollectorProcess(env, argv=[*argv, "--workers", str(args.workers)]) as collector:
             measure(
                 collector.url, args.clients, args.seconds, broker=broker, pid=collector.process.pid
             )
