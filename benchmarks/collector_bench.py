@@ -185,7 +185,9 @@ def main() -> None:
         KafkaResource(bootstrap_servers=broker.bootstrap, topic=TOPIC).create_topic(4)
         env = {"CLICKSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap, "CLICKSTREAM_TOPIC": TOPIC}
         argv = [sys.executable, "-m", "clickstream_tools.cli", "collector"]
-        with CollectorProcess(env, argv=[*argv, "--workers", str(args.workers)]) as collector:
+        if args.workers > 1:
+            argv += ["--workers", str(args.workers)]
+        with CollectorProcess(env, argv=argv) as collector:
             measure(
                 collector.url, args.clients, args.seconds, broker=broker, pid=collector.process.pid
             )

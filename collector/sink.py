@@ -158,8 +158,9 @@ class KafkaSink:
                 asyncio.shield(countdown.done), self.config.ack_timeout_s
             )
         except TimeoutError:
-            self._stall(f"the broker did not acknowledge within {self.config.ack_timeout_s:g} s")
-            raise Unavailable("the broker does not take writes") from None
+            reason = f"the broker did not acknowledge within {self.config.ack_timeout_s:g} s"
+            self._stall(reason)
+            raise Unavailable(reason) from None
         finally:
             self._waiting.discard(countdown)
         if isinstance(error, Unavailable):
