@@ -1,7 +1,7 @@
 """Collection figures: acknowledged events/s through the collector, latency at 70% of that rate,
 503 latency while the broker is paused, and the SDK's track() cost.
 
-    python benchmarks/collector_bench.py [--clients 8] [--seconds 10] [--url URL]
+    python benchmarks/collector_bench.py [--clients 8] [--seconds 10] [--workers 2] [--url URL]
 
 An embedded broker and a collector process (`clickstream collector`) are started on free ports
 unless --url names a running collector (then the pause test is skipped). The load comes from
@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import statistics
+import sys
 import tempfile
 import time
 
@@ -115,6 +116,23 @@ def run_load(url, clients, seconds, rate=None) -> list[tuple[float, int, float]]
     return results
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds so far of a process and its children (its workers), from Linux's
+    /proc: the cost beside the wall time, which other work on a shared machine inflates."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -152,6 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=2, help="collector worker processes")
     parser.add_argument("--url", help="a running collector (skips the broker pause)")
     args = parser.parse_args()
 
@@ -165,37 +184,52 @@ def main() -> None:
     with EmbeddedBroker.on_free_port() as broker:
         KafkaResource(bootstrap_servers=broker.bootstrap, topic=TOPIC).create_topic(4)
         env = {"CLICKSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap, "CLICKSTREAM_TOPIC": TOPIC}
-        with CollectorProcess(env) as collector:
-            measure(collector.url, args.clients, args.seconds, broker=broker)
+        argv = [sys.executable, "-m", "clickstream_tools.cli", "collector"]
+        if args.workers > 1:
+            argv += ["--workers", str(args.workers)]
+        with CollectorProcess(env, argv=argv) as collector:
+            measure(
+                collector.url, args.clients, args.seconds, broker=broker, pid=collector.process.pid
+            )
 
 
-def bench_producer(bootstrap: str, n: int = 50_000) -> None:
+def bench_producer(bootstrap: str, n: int = 50_000) -> float:
     """kafka-python alone with the collector's producer settings: the ceiling for the rest."""
     from collector.sink import SinkConfig, make_producer
 
     producer = make_producer(SinkConfig(bootstrap=bootstrap, topic=TOPIC))
     values = [json.dumps(_event(i)).encode() for i in range(1000)]
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     for i in range(n):
         producer.send(TOPIC, value=values[i % 1000], key=b"dev-%d" % (i % 997))
     producer.flush()
-    seconds = time.perf_counter() - began
+    seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
     producer.close()
-    print(f"kafka-python alone (same settings): {n / seconds:,.0f} acknowledged messages/s")
+    print(
+        f"kafka-python alone (same settings): {n / seconds:,.0f} acknowledged messages/s "
+        f"({cpu / n * 1e6:.0f} us CPU per message)"
+    )
+    return n / seconds
 
 
-def measure(url: str, clients: int, seconds: float, broker) -> None:
-    if broker is not None:
-        bench_producer(broker.bootstrap)
+def measure(url: str, clients: int, seconds: float, broker, pid: int | None = None) -> None:
+    print("load average (1, 5, 15 min): {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
+    producer_rate = bench_producer(broker.bootstrap) if broker is not None else None
     print(f"collector {url}, {clients} clients, batches of {EVENTS_PER_BATCH} events")
     run_load(url, clients, 2, None)  # warm-up: connections, producer batches
+    cpu = cpu_seconds(pid) if pid else 0.0
     results = run_load(url, clients, seconds, None)
     ok = [latency for _, status, latency in results if status == 200]
     max_rate = len(ok) * EVENTS_PER_BATCH / seconds
+    cost = ""
+    if pid:
+        cost = f"; {(cpu_seconds(pid) - cpu) / (len(ok) * EVENTS_PER_BATCH) * 1e6:.0f} us CPU/event"
+    if producer_rate:
+        cost += f"; {max_rate / producer_rate:.2f}x the producer alone"
     print(
         f"max: {max_rate:,.0f} acknowledged events/s ({len(ok):,} batches of "
         f"{len(results):,} answered 200; p50 {ms(statistics.median(ok))}, "
-        f"p99 {ms(percentile(ok, 0.99))})"
+        f"p99 {ms(percentile(ok, 0.99))}{cost})"
     )
     rate = 0.7 * max_rate / EVENTS_PER_BATCH
     results = run_load(url, clients, seconds, rate)
@@ -222,6 +256,7 @@ def measure(url: str, clients: int, seconds: float, broker) -> None:
         )
         time.sleep(3)  # let the producer drain and the probe see the broker again
     bench_track(url)
+    print("load average (1, 5, 15 min): {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":

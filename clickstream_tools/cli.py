@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         "collector", help="run the HTTP edge collector on CLICKSTREAM_COLLECTOR_ADDR"
     )
     collector.add_argument("--access-log", action="store_true", help="log every request")
+    collector.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes, each with its own producer (/metrics and /readyz then describe "
+        "the worker that answers)",
+    )
 
     catch_up = commands.add_parser("catch-up", help="land and build every closed hour, headless")
     catch_up.add_argument("--until", type=_moment, help="treat hours before this as closed")
@@ -254,7 +261,7 @@ def _summary(counts: dict) -> None:
 def _collector(settings: Settings, args: argparse.Namespace) -> int:
     from collector.server import serve
 
-    serve(settings, access_log=args.access_log)
+    serve(settings, access_log=args.access_log, workers=args.workers)
     return 0
 
 

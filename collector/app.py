@@ -207,6 +207,8 @@ class CollectorApp:
             if raw is None:
                 return None
             self.metrics.received_bytes.inc(len(raw))
+            if not self.sink.ready:  # refused before any parsing: an outage costs no CPU
+                raise Unavailable("the broker does not take writes")
             encoding = ""
             for name, value in scope["headers"]:
                 if name == b"content-encoding":

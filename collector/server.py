@@ -4,7 +4,10 @@ README's "Collection" section), with access logs off."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -54,19 +57,30 @@ def open_sink(settings: Settings, **options) -> KafkaSink:
     return sink
 
 
+def _exit_with_parent() -> None:
+    """A worker dies with its supervisor, SIGKILL included (Linux's PR_SET_PDEATHSIG): no orphan
+    keeps serving the port, or a producer buffer, behind a restarted collector's back."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: uvicorn's own shutdown only
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the supervisor died before the line above
+
+
 def create_app() -> CollectorApp:
-    """The app for this process's settings (a factory, for servers that import it)."""
+    """The app of one worker process: uvicorn imports this factory in each worker it spawns."""
     from core.settings import load
 
+    _exit_with_parent()
     return CollectorApp(open_sink(load()))
 
 
-def serve(settings: Settings, *, access_log: bool = False, **options) -> None:
-    """Serve on CLICKSTREAM_COLLECTOR_ADDR in the foreground until SIGINT or SIGTERM."""
+def serve(settings: Settings, *, access_log: bool = False, workers: int = 1) -> None:
+    """Serve on CLICKSTREAM_COLLECTOR_ADDR in the foreground until SIGINT or SIGTERM. With
+    several workers, each process has its own producer and probe behind one listening socket:
+    kafka-python's per-message Python is the ceiling of one process (see the README)."""
     host, port = listen_address(settings.collector_addr)
-    app = CollectorApp(open_sink(settings, **options))
-    config = uvicorn.Config(
-        app,
+    server = dict(
         host=host,
         port=port,
         loop="uvloop",
@@ -76,8 +90,14 @@ def serve(settings: Settings, *, access_log: bool = False, **options) -> None:
         log_level="info" if access_log else "warning",
         server_header=False,
     )
+    if workers > 1:
+        open_sink(settings).close()  # the broker answers and the topic exists, or fail here
+        print(f"collector listening on http://{host}:{port} -> {settings.topic}", flush=True)
+        uvicorn.run("collector.server:create_app", factory=True, workers=workers, **server)
+        return
+    app = CollectorApp(open_sink(settings))
     print(f"collector listening on http://{host}:{port} -> {settings.topic}", flush=True)
-    uvicorn.Server(config).run()
+    uvicorn.Server(uvicorn.Config(app, **server)).run()
 
 
 class CollectorProcess:

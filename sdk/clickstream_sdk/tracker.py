@@ -13,15 +13,14 @@ import contextlib
 import gzip
 import http.client
 import json
+import math
 import os
 import random
 import sqlite3
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,23 +35,28 @@ create table if not exists queue (
 
 
 def uuid7(now: float | None = None) -> str:
-    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits."""
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, the version, 74 random bits with the
+    variant. Built from bytes (a third of the cost of `uuid.UUID`): it is on track()'s path."""
     ms = int((time.time() if now is None else now) * 1000) & 0xFFFF_FFFF_FFFF
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (
-        ms << 80
-        | 0x7 << 76
-        | (rand >> 68 & 0xFFF) << 64
-        | 0b10 << 62
-        | rand & 0x3FFF_FFFF_FFFF_FFFF
-    )
-    return str(uuid.UUID(int=value))
+    raw = bytearray(ms.to_bytes(6, "big") + os.urandom(10))
+    raw[6] = 0x70 | raw[6] & 0x0F
+    raw[8] = 0x80 | raw[8] & 0x3F
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def rfc3339(seconds: float) -> str:
-    """`seconds` since the epoch as RFC 3339 in UTC, to the microsecond."""
-    text = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
-    return text.removesuffix("+00:00") + "Z"
+    """`seconds` since the epoch as RFC 3339 in UTC, to the microsecond (rounded as `datetime`
+    does), without building a `datetime`: this is on track()'s path."""
+    whole = math.floor(seconds)
+    micros = round((seconds - whole) * 1e6)
+    if micros == 1_000_000:
+        whole, micros = whole + 1, 0
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{micros:06d}Z"
+
+
+# One encoder for every event: json.dumps() with options builds a new one on each call.
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class Tracker:
@@ -139,7 +143,7 @@ class Tracker:
             **self.common,
             **fields,
         }
-        body = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+        body = _encode_json(event).encode()
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the tracker is closed")
@@ -212,10 +216,9 @@ class Tracker:
             with self._changed:
                 if not self._buffer and not self._stopping:
                     self._changed.wait()
+                # Gather a few events per transaction; close() cuts the wait short.
+                self._changed.wait_for(lambda: self._stopping, self.persist_interval_s)
                 stopping = self._stopping
-            if not stopping:
-                time.sleep(self.persist_interval_s)  # gather a few events per transaction
-            with self._lock:
                 bodies = list(self._buffer)
                 self._buffer.clear()
             if bodies:

@@ -232,6 +232,33 @@ def test_collector_killed_mid_load_loses_nothing_and_marts_count_once(broker, tm
     assert daily.select(pl.max("active_users")).item() == 7
 
 
+def answers(url: str) -> bool:
+    try:
+        return get(url, "/healthz") == 200
+    except OSError:
+        return False
+
+
+def test_workers_share_the_port_and_die_with_a_killed_collector(broker, tmp_path):
+    topic = "it.collection.workers"
+    KafkaResource(bootstrap_servers=broker.bootstrap, topic=topic).create_topic(2)
+    env = {"CLICKSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap, "CLICKSTREAM_TOPIC": topic}
+    argv = [sys.executable, "-m", "clickstream_tools.cli", "collector", "--workers", "2"]
+    collector = CollectorProcess(env, argv=argv).start()
+    try:
+        with Tracker(
+            collector.url, "dev-workers", queue_path=tmp_path / "q.sqlite3", batch_size=10
+        ) as tracker:
+            ids = [tracker.track("click", n=i) for i in range(300)]
+            assert tracker.flush(60)
+        collector.kill()  # SIGKILL to the supervisor: its workers must not outlive it
+        wait_for(lambda: not answers(collector.url), what="the workers exiting with it")
+        collector.start()  # the same port: nothing holds it any more
+    finally:
+        collector.stop()
+    assert sorted(tracked_ids(broker.bootstrap, topic)) == sorted(ids)
+
+
 # --- the SDK restarted offline ----------------------------------------------------------------
 
 _OFFLINE_SESSION = textwrap.dedent(
