@@ -2,7 +2,14 @@
 
 from datetime import datetime, timedelta
 
-from dagster import AssetSpec, Definitions, FreshnessPolicy, apply_freshness_policy
+from dagster import (
+    AssetSpec,
+    Definitions,
+    ExecutorDefinition,
+    FreshnessPolicy,
+    apply_freshness_policy,
+)
+from dagster_k8s import k8s_job_executor
 
 from clickstream_assets import checks
 from clickstream_assets.assets import events, kafka_topic, raw_events
@@ -65,10 +72,19 @@ def build_resources(settings: Settings, *, as_of: datetime | None = None) -> dic
     }
 
 
+def executor(settings: Settings) -> ExecutorDefinition | None:
+    """Where steps run: Dagster's default (processes of the run's pod or machine), or, with
+    CLICKSTREAM_EXECUTOR=k8s, each step a pod of its own sized by its `dagster-k8s/config` tag
+    (landing shards then scale with pods)."""
+    return k8s_job_executor if settings.executor == "k8s" else None
+
+
+SETTINGS = load()
 defs = Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     sensors=all_sensors,
     schedules=maintenance_schedules,
-    resources=build_resources(load()),
+    resources=build_resources(SETTINGS),
+    executor=executor(SETTINGS),
 ).map_resolved_asset_specs(func=with_freshness)

@@ -24,7 +24,11 @@ DEFAULTS = {
     "CLICKSTREAM_RETENTION_QUARANTINE": "forever",
     "CLICKSTREAM_COLLECTOR_ADDR": "127.0.0.1:8088",
     "CLICKSTREAM_LANDING_SHARDS": "1",
+    "CLICKSTREAM_EXECUTOR": "multiprocess",
 }
+EXECUTORS = ("multiprocess", "k8s")
+"""Where a run's steps run: processes of the run's pod or machine, or each step a pod of its own
+(dagster-k8s's `k8s_job_executor`, under the K8sRunLauncher)."""
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -119,6 +123,7 @@ class Settings:
     retention: Retention
     collector_addr: str = DEFAULTS["CLICKSTREAM_COLLECTOR_ADDR"]
     landing_shards: int = 1
+    executor: str = "multiprocess"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -139,6 +144,12 @@ class Settings:
             raise ConfigError(
                 f"CLICKSTREAM_LAKE_URL={lake_url!r}: use a local path or s3://bucket/prefix"
             )
+        if value["CLICKSTREAM_EXECUTOR"] not in EXECUTORS:
+            raise ConfigError(
+                f"CLICKSTREAM_EXECUTOR={value['CLICKSTREAM_EXECUTOR']!r} is not an executor: use "
+                "multiprocess (steps are processes of the run's pod or machine) or k8s (each step "
+                "its own pod, with the K8sRunLauncher)"
+            )
         if not value["CLICKSTREAM_TOPIC"].strip():
             raise ConfigError("CLICKSTREAM_TOPIC is empty: name the events topic")
         return cls(
@@ -154,6 +165,7 @@ class Settings:
             landing_shards=parse_shards(
                 value["CLICKSTREAM_LANDING_SHARDS"], variable="CLICKSTREAM_LANDING_SHARDS"
             ),
+            executor=value["CLICKSTREAM_EXECUTOR"],
         )
 
     @property

@@ -4,6 +4,9 @@ dagster-k8s builds from them (a run pod, and a step pod per asset sized by its
 offline (kubernetes-validate), with the sizes the tags ask for."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes
@@ -20,6 +23,7 @@ from dagster_k8s.job import (
 from clickstream_assets.assets import build_raw_events, events, raw_events
 from clickstream_assets.marts import marts
 from clickstream_assets.pods import K8S_CONFIG_TAG
+from core.settings import ConfigError, Settings
 
 pytestmark = pytest.mark.k8s
 
@@ -153,3 +157,31 @@ def test_strict_validation_rejects_what_kubernetes_would():
     manifest["spec"]["template"]["spec"]["containers"][0]["resourcez"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         _validate(manifest)
+
+
+@pytest.mark.parametrize(
+    ("value", "executor"), [("", "multi_or_in_process_executor"), ("k8s", "k8s")]
+)
+def test_the_executor_setting_puts_each_step_in_a_pod_of_its_own(tmp_path, value, executor):
+    # What the code location's asset jobs run with, loaded as a code server would load it.
+    env = os.environ | {"CLICKSTREAM_EXECUTOR": value, "DAGSTER_HOME": str(tmp_path)}
+    code = (
+        "from clickstream_assets.definitions import defs; "
+        "print(defs.resolve_implicit_global_asset_job_def().executor_def.name)"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split()[-1] == executor
+
+
+def test_the_chart_runs_landing_shards_as_pods_with_valid_settings():
+    (deployment,) = VALUES["dagster-user-deployments"]["deployments"]
+    settings = Settings.from_env({k: str(v) for k, v in deployment["env"].items()})
+    assert settings.executor == "k8s" and settings.landing_shards == 3
+
+
+def test_a_bad_executor_fails_at_start_with_the_choices():
+    with pytest.raises(ConfigError, match=r"CLICKSTREAM_EXECUTOR='pods' .* multiprocess .* k8s"):
+        Settings.from_env({"CLICKSTREAM_EXECUTOR": "pods"})
