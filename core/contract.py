@@ -7,6 +7,7 @@ DuckDB's JSON reader does the work, column at a time.
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
 import duckdb
@@ -250,6 +251,18 @@ from classified
 """
 
 
+_local = threading.local()
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    """This thread's DuckDB connection: opening one per call cost more than parsing a small
+    row group (a day of hours x partitions lands many)."""
+    if getattr(_local, "con", None) is None:
+        _local.con = duckdb.connect()
+        _local.con.execute("set TimeZone = 'UTC'")  # casts of offsets must not follow the host
+    return _local.con
+
+
 def parse_events(records: pa.Table | pa.RecordBatch, *, start: datetime) -> pa.Table:
     """Parse and classify Kafka records per the contract; `start` is CLICKSTREAM_START_DATE's
     first instant (events dated before it are `before_start_date`).
@@ -257,15 +270,14 @@ def parse_events(records: pa.Table | pa.RecordBatch, *, start: datetime) -> pa.T
     Input columns: at least `kafka_timestamp` and `value` (binary); all input columns are kept,
     followed by PARSE_SCHEMA's (`event_time` is UTC, after the device-clock rule).
     """
-    con = duckdb.connect()
+    con = _connection()
+    naive_start = start.astimezone(UTC).replace(tzinfo=None).isoformat()
+    con.register("records", records)
     try:
-        con.execute("set TimeZone = 'UTC'")  # casts of offsets must not follow the host's zone
-        con.register("records", records)
-        naive_start = start.astimezone(UTC).replace(tzinfo=None).isoformat()
         parsed = con.sql(PARSE_SQL.replace("$start", f"timestamp '{naive_start}'"))
         parsed = parsed.to_arrow_table()
     finally:
-        con.close()
+        con.unregister("records")
     # DuckDB computes in naive UTC; the lake stores explicit UTC.
     types = {field.name: field.type for field in (*records.schema, *PARSE_SCHEMA)}
     return parsed.select(list(types)).cast(pa.schema(types.items()))
