@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -255,6 +255,26 @@ def _in_buckets(
     return read
 
 
+QUARANTINE_CHUNK_ROWS = 100_000
+"""Invalid rows stream to quarantine in chunks of this many: bounded memory, few row groups."""
+
+
+def _chunks(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """The rows of `batches` regrouped into tables of at least `rows` (the last one fewer); a
+    filtered scan yields a batch, often empty, per row group it reads."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        if batch.num_rows:
+            pending.append(batch)
+            count += batch.num_rows
+        if count >= rows:
+            yield pa.Table.from_batches(pending)
+            pending, count = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending)
+
+
 def _frame(table: pa.Table) -> pl.DataFrame:
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
@@ -336,8 +356,8 @@ def clean_hour(
             invalid_rows = lake.dataset(files, BRONZE_SCHEMA).scanner(
                 columns=QUARANTINE_SCHEMA.names[1:], filter=this_hour & ~valid, **SCAN_READAHEAD
             )
-            for batch in invalid_rows.to_batches():
-                invalid = _frame(pa.Table.from_batches([batch]))
+            for chunk in _chunks(invalid_rows.to_batches(), QUARANTINE_CHUNK_ROWS):
+                invalid = _frame(chunk)
                 quarantine_writer.write_table(
                     invalid.with_columns(stage=pl.lit("cleaning"))
                     .select(QUARANTINE_SCHEMA.names)
