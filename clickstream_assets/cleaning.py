@@ -337,8 +337,10 @@ def clean_hour(
     silver_path, quarantine_path = events_file(event_hour), cleaning_quarantine_file(event_hour)
     this_hour = ds.field("event_hour") == pa.scalar(event_hour, UTC_US)
     valid = ds.field("reason").is_null()
-    # Valid copies in other event hours (landing left the event hour null where it quarantined).
-    other_hours = ds.field("event_hour").is_valid() & ~this_hour & valid
+    # Valid copies in other event hours (landing left the event hour null where it quarantined);
+    # bronze landed before it kept typed events has no reason to tell, so its rows never count.
+    typed = ds.field("event_type").is_valid()
+    other_hours = ds.field("event_hour").is_valid() & ~this_hour & valid & typed
 
     def newest() -> bool:
         current = ledger.clean_stamp(event_hour)

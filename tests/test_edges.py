@@ -10,6 +10,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from clickstream_assets.checks import bronze_row_problems, lost_offset_problems
@@ -249,3 +250,19 @@ def test_an_invalid_copy_elsewhere_never_wins(lake, bucket_rows):
     land(log, lake, H10, H11)
     eleven = clean_hour(lake, H11, first_instant=START, now=at(13), bucket_rows=bucket_rows)
     assert eleven.stamp.events == 1
+
+
+def test_a_copy_in_bronze_without_typed_events_is_never_taken_for_a_valid_one(lake):
+    # Hour 10 landed before bronze kept typed events (its invalid copy of x then reads with a
+    # null reason); hour 11's valid x must not lose to it while hour 10 waits to be re-landed.
+    log = InMemoryKafka(topic="t", partitions=2)
+    produce(log, 0, [(at(10, 59, 30), value("x", at(10, 59, 20), event_type="nope"))])
+    produce(log, 1, [(at(11, 0, 40), value("x", at(11, 0, 30)))])
+    land(log, lake, H10, H11)
+    path = lake.path(bronze_file(H10, 0))
+    older = ["kafka_partition", "kafka_offset", "kafka_timestamp", "kafka_key", "value"]
+    older += ["ingest_hour", "event_hour", "dedup_bucket", "event_id"]
+    pq.write_table(pq.read_table(path).select(older), path)
+    eleven = clean_hour(lake, H11, first_instant=START, now=at(13))
+    assert eleven.stamp.events == 1
+    assert lake.read_parquet([events_file(H11)]).column("event_id").to_pylist() == ["x"]
