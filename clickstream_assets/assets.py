@@ -113,6 +113,13 @@ RAW_EVENTS_DESCRIPTION = (
 )
 
 
+def landing_step(name: str, after: list[str], **options):
+    """An op of the sharded landing: runs after the steps named by `after` (no values pass
+    between steps, only the lake), in a landing-sized pod, with the stages' retries."""
+    ins = {before: In(Nothing) for before in after}
+    return op(name=name, ins=ins, tags=LANDING_POD, retry_policy=TRANSIENT_RETRIES, **options)
+
+
 def build_raw_events(shards: int) -> AssetsDefinition:
     """`raw_events`: one step that plans, lands every Kafka partition and commits (1 shard), or
     a graph of steps, `plan` -> `land_shard_k` for each shard k -> `commit`, so that each shard
@@ -150,13 +157,7 @@ def build_raw_events(shards: int) -> AssetsDefinition:
 
     # Plan and commit write the ledger: one at a time (the landing pool). The shards only write
     # their own partitions' files and entries, so they take no pool slot and run side by side.
-    @op(
-        name="plan_landing",
-        ins={"topic": In(Nothing)},
-        pool="landing",
-        tags=LANDING_POD,
-        retry_policy=TRANSIENT_RETRIES,
-    )
+    @landing_step("plan_landing", ["topic"], pool="landing")
     def plan(
         context: AssetExecutionContext, kafka: ResourceParam[EventLog], lake: LakeResource
     ) -> None:
@@ -171,12 +172,7 @@ def build_raw_events(shards: int) -> AssetsDefinition:
         )
 
     def land_shard_step(shard: int):
-        @op(
-            name=f"land_shard_{shard}",
-            ins={"planned": In(Nothing)},
-            tags=LANDING_POD,
-            retry_policy=TRANSIENT_RETRIES,
-        )
+        @landing_step(f"land_shard_{shard}", ["planned"])
         def step(
             context: AssetExecutionContext, kafka: ResourceParam[EventLog], lake: LakeResource
         ) -> None:
@@ -184,13 +180,7 @@ def build_raw_events(shards: int) -> AssetsDefinition:
 
         return step
 
-    @op(
-        name="commit_landing",
-        ins={f"shard_{k}": In(Nothing) for k in range(shards)},
-        pool="landing",
-        tags=LANDING_POD,
-        retry_policy=TRANSIENT_RETRIES,
-    )
+    @landing_step("commit_landing", [f"shard_{k}" for k in range(shards)], pool="landing")
     def commit(
         context: AssetExecutionContext, kafka: ResourceParam[EventLog], lake: LakeResource
     ) -> None:

@@ -32,12 +32,13 @@ from core.ledger import (
     events_file,
     hour_label,
 )
+from resources.kafka import RECORD_SCHEMA
 from resources.lake import LakeResource
 
 SILVER_SCHEMA = pa.schema(
     [
         *EVENT_SCHEMA,
-        ("received_at", pa.timestamp("ms", tz="UTC")),
+        ("received_at", RECORD_SCHEMA.field("kafka_timestamp").type),
         ("kafka_partition", pa.int32()),
         ("kafka_offset", pa.int64()),
         ("ingest_hour", UTC_US),

@@ -188,7 +188,8 @@ class _Sink:
             self.event_hours[hour_label(hour.as_py())] += count.as_py()
         bad = bronze.filter(landing_bad)
         if bad.num_rows:
-            self.quarantined.update(bad.column("reason").to_pylist())
+            counts = pc.value_counts(bad.column("reason")).flatten()
+            self.quarantined.update(dict(zip(*(c.to_pylist() for c in counts), strict=True)))
             self._quarantine.append(
                 bad.append_column("stage", pa.repeat(pa.scalar("landing"), bad.num_rows))
                 .select(QUARANTINE_SCHEMA.names)
