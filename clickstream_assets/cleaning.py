@@ -4,7 +4,8 @@ Bronze holds each record parsed once by landing, so cleaning reads typed columns
 deduplicates. Copies of an event share event_id and event_time, so the dedup state is one event
 hour, cut into buckets of event_ids when the hour is large. The exceptions: a future-clock event
 whose copies took their receive hours is settled by the small set of corrected copies that
-landing recorded in its manifests, and a copy re-stamped into a nearby hour by its arrival.
+landing recorded in its manifests, and a copy re-stamped into another hour on retry, found once
+per ingest hour (`cross_hour_copies`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import polars as pl
 import pyarrow as pa
@@ -24,11 +25,13 @@ import pyarrow.dataset as ds
 from clickstream_assets.landing import BRONZE_SCHEMA, QUARANTINE_SCHEMA
 from core.contract import DEDUP_BUCKETS, EVENT_SCHEMA, UTC_US
 from core.ledger import (
+    HOUR,
     STAMP_KEY,
     CleanStamp,
     Ledger,
     Manifest,
     cleaning_quarantine_file,
+    copies_file,
     events_file,
     hour_label,
 )
@@ -161,12 +164,6 @@ def deduplicate(
     return valid.select(pl.all().gather(kept["index"]))
 
 
-CROSS_HOUR_WINDOW = timedelta(hours=1)
-"""How far apart in ingest time copies of one event in different event hours are matched: a
-client that re-stamps its events on retry resends within minutes (the SDK backs off for at most
-a few), so one ingest hour each way bounds the read to three hours of event_id columns."""
-
-
 BUCKET_ROWS = 500_000
 """Rows deduplicated at once: bounds cleaning's memory whatever an event hour's size."""
 
@@ -179,23 +176,6 @@ def bucket_count(rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
     return count
 
 
-def _nearby_files(
-    ledger: Ledger, manifests: dict[datetime, Manifest], recorded: set[datetime]
-) -> list[str]:
-    """The bronze files of the ingest hours within CROSS_HOUR_WINDOW of the hour's inputs
-    (`manifests`, already read; only the neighbours are read here)."""
-    if not manifests:
-        return []
-    low, high = min(manifests) - CROSS_HOUR_WINDOW, max(manifests) + CROSS_HOUR_WINDOW
-    near = [h for h in recorded if low <= h <= high and h not in manifests]
-    return [
-        entry.file
-        for manifest in [*manifests.values(), *ledger.manifests(near).values()]
-        for entry in manifest.partitions.values()
-        if entry.file
-    ]
-
-
 _EVENT_COLUMNS = {
     **{name: ds.field(name) for name in EVENT_SCHEMA.names},
     "received_at": ds.field("kafka_timestamp"),
@@ -204,6 +184,9 @@ _EVENT_COLUMNS = {
 """A valid bronze row as cleaning reads it: the typed event and where it arrived."""
 _COPY_COLUMNS = {name: _EVENT_COLUMNS[name] for name in ["event_id", *ARRIVAL_ORDER]}
 """The arrival of a valid copy in another event hour, to compare with this hour's copies."""
+COPIES_SCHEMA = pa.schema(
+    [SILVER_SCHEMA.field(name) for name in ["event_id", "event_hour", *ARRIVAL_ORDER]]
+)
 
 
 SCAN_READAHEAD = {"batch_readahead": 2, "fragment_readahead": 1}
@@ -295,6 +278,61 @@ def _check_typed(events: pl.DataFrame) -> None:
         )
 
 
+_VALID_TYPED = ds.field("reason").is_null() & ds.field("event_type").is_valid()
+"""A valid row (landing left the event hour null where it quarantined); bronze landed before it
+kept typed events has no reason to tell, so its rows never count as valid copies."""
+
+
+def cross_hour_copies(
+    lake: LakeResource, ingest_hour: datetime, manifests: dict[datetime, Manifest], spill: str
+) -> pl.DataFrame:
+    """Every valid copy, in `ingest_hour` and the hour before (their `manifests`), of an event
+    whose valid copies there fall in more than one event hour: a client that re-stamps
+    `event_time` on retry. Read one dedup bucket at a time; written to the lake and returned.
+
+    Copies received in the same or adjacent ingest hours are matched, so an event hour finds its
+    re-stamped copies in the frames of its input hours and the hours after them, and never
+    reads the id columns of the hours around it. Both hours' bronze is final once recorded, so
+    the frame is computed once, by the first cleaning that needs it; re-landing drops it."""
+    files = [e.file for m in manifests.values() for e in m.partitions.values() if e.file]
+    copies = _frame(COPIES_SCHEMA.empty_table())
+    if files:
+        buckets = bucket_count(sum(m.rows for m in manifests.values()))
+        columns = {**_COPY_COLUMNS, "event_hour": ds.field("event_hour")}
+        valid = _VALID_TYPED & ds.field("event_hour").is_valid()
+        with tempfile.TemporaryDirectory(prefix="copies-", dir=spill) as directory:
+            read = _in_buckets(lake, files, valid, columns, buckets, directory)
+            multi = pl.col("event_hour").n_unique().over("event_id") > 1
+            found = [read(b).filter(multi).select(COPIES_SCHEMA.names) for b in range(buckets)]
+        copies = pl.concat([copies, *found])
+    copies = copies.sort(["event_id", *ARRIVAL_ORDER])
+    lake.write_parquet(copies_file(ingest_hour), copies.to_arrow().cast(COPIES_SCHEMA))
+    return copies
+
+
+def _copies_near(
+    lake: LakeResource,
+    ledger: Ledger,
+    inputs: Iterable[datetime],
+    manifests: dict[datetime, Manifest],
+    recorded: set[datetime],
+    spill: str,
+) -> pl.DataFrame:
+    """The re-stamped copies an event hour built from `inputs` (their `manifests`) must see:
+    those found for its input hours and the hours after them, computed where still missing."""
+    near = sorted(h for h in {*inputs, *(i + HOUR for i in inputs)} if h in recorded)
+    missing = [h for h in near if not lake.exists(copies_file(h))]
+    wanted = {h for hour in missing for h in (hour - HOUR, hour) if h in recorded}
+    known = manifests | ledger.manifests(wanted - set(manifests))
+    frames = [
+        cross_hour_copies(lake, h, {k: known[k] for k in (h - HOUR, h) if k in known}, spill)
+        if h in missing
+        else _frame(lake.read_parquet([copies_file(h)], schema=COPIES_SCHEMA))
+        for h in near
+    ]
+    return pl.concat([_frame(COPIES_SCHEMA.empty_table()), *frames])
+
+
 @dataclass(frozen=True)
 class Cleaned:
     """What a cleaning run did to one event hour: its stamp and what the UI shows beside it."""
@@ -330,7 +368,6 @@ def clean_hour(
     winners = winners_for(ledger, manifests, recorded)
     files = source_files(manifests.values(), event_hour)
     expected = bronze_rows(manifests.values(), event_hour)
-    nearby = _nearby_files(ledger, manifests, recorded)
     buckets = bucket_count(expected, bucket_rows)
     counts = Counter()
     reasons: Counter = Counter()
@@ -338,10 +375,6 @@ def clean_hour(
     silver_path, quarantine_path = events_file(event_hour), cleaning_quarantine_file(event_hour)
     this_hour = ds.field("event_hour") == pa.scalar(event_hour, UTC_US)
     valid = ds.field("reason").is_null()
-    # Valid copies in other event hours (landing left the event hour null where it quarantined);
-    # bronze landed before it kept typed events has no reason to tell, so its rows never count.
-    typed = ds.field("event_type").is_valid()
-    other_hours = ds.field("event_hour").is_valid() & ~this_hour & valid & typed
 
     def newest() -> bool:
         current = ledger.clean_stamp(event_hour)
@@ -373,13 +406,11 @@ def clean_hour(
             events_of = _in_buckets(
                 lake, files, this_hour & valid, _EVENT_COLUMNS, buckets, f"{spill}/events"
             )
-            copies_of = _in_buckets(
-                lake, nearby, other_hours, _COPY_COLUMNS, buckets, f"{spill}/copies"
-            )
+            copies = _copies_near(lake, ledger, inputs, manifests, recorded, spill)
+            copies = copies.filter(pl.col("event_hour") != event_hour)
         for bucket in range(buckets if files else 0):
             events = events_of(bucket)
             _check_typed(events)
-            copies = copies_of(bucket)
             elsewhere = copies.filter(pl.col("event_id").is_in(events["event_id"].implode()))
             clean = deduplicate(events, winners, elsewhere, order=("event_time", "event_id"))
             silver_writer.write_table(

@@ -35,6 +35,7 @@ from core.ledger import (
     Ledger,
     Manifest,
     bronze_file,
+    copies_file,
     hour_label,
     landing_plan_path,
     landing_quarantine_file,
@@ -557,9 +558,12 @@ def _replay(
     first_instant: datetime,
 ) -> None:
     """Rewrite recorded ranges' files with the same bytes. Bronze is the copy of record: a range
-    whose offsets the log no longer holds keeps its file, never a smaller one."""
+    whose offsets the log no longer holds keeps its file, never a smaller one. The re-stamped
+    copies found from these hours are dropped: bronze of an older version is re-landed whole."""
     jobs = []
     for manifest in manifests:
+        for hour in (manifest.ingest_hour, manifest.ingest_hour + HOUR):
+            lake.remove(copies_file(hour))
         for p, entry in sorted(manifest.partitions.items()):
             if entry.rows == 0:
                 continue

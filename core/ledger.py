@@ -12,6 +12,10 @@ records it was built from. It is the system of record; Dagster's history is only
 - A landing in progress keeps its plan and, per Kafka partition, its per-hour results
   (`bronze/_partials/<first hour>/<run>/`) until its commit records the manifests: they are
   not the ledger, and nothing reads them but that landing's own steps.
+- Copies of one event re-stamped into different event hours are found once per ingest hour, from
+  its bronze and the hour's before (`bronze/_copies/<ingest hour>.parquet`): not the ledger but
+  an index derived from final bronze, written by the first cleaning that needs it and dropped
+  when either hour is re-landed.
 - A clean event hour records, in its Parquet footers, the ingest hours it read (`CleanStamp`).
 - A mart day records the clean stamps it read (the warehouse table `mart_stamps`).
 A partition is owed work exactly when what it records differs from what the ledger holds now.
@@ -19,6 +23,7 @@ A partition is owed work exactly when what it records differs from what the ledg
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -45,6 +50,7 @@ def hour_label(hour: datetime) -> str:
     return hour.strftime(HOUR_LABEL_FORMAT)
 
 
+@functools.lru_cache(maxsize=2**16)
 def parse_hour_label(label: str) -> datetime:
     return datetime.strptime(label, HOUR_LABEL_FORMAT).replace(tzinfo=UTC)
 
@@ -67,6 +73,7 @@ MANIFESTS = "bronze/_manifests"
 INDEX = "bronze/_index"
 CLAIMS = "bronze/_claims"
 PARTIALS = "bronze/_partials"
+COPIES = "bronze/_copies"
 
 
 def hour_dir(hour: datetime) -> str:
@@ -83,6 +90,10 @@ def landing_quarantine_file(hour: datetime, partition: int) -> str:
 
 def events_file(hour: datetime) -> str:
     return f"silver/events/{hour_dir(hour)}/part-0000.parquet"
+
+
+def copies_file(ingest_hour: datetime) -> str:
+    return f"{COPIES}/{hour_label(ingest_hour)}.parquet"
 
 
 def cleaning_quarantine_file(hour: datetime) -> str:

@@ -181,3 +181,22 @@ def browser(root: Path, *args: str) -> subprocess.CompletedProcess:
         timeout=120,
         check=True,
     )
+
+
+class CountingLake:
+    """A lake that counts the ledger files it reads (manifests, footers) and its listings."""
+
+    def __init__(self, lake: LakeResource) -> None:
+        self._lake = lake
+        self.reads = {"read_json": 0, "footer_metadata": 0, "list": 0}
+
+    def __getattr__(self, name):
+        attribute = getattr(self._lake, name)
+        if name in self.reads:
+
+            def counted(*args, **kwargs):
+                self.reads[name] += 1
+                return attribute(*args, **kwargs)
+
+            return counted
+        return attribute

@@ -17,9 +17,9 @@ from clickstream_assets.checks import bronze_row_problems, lost_offset_problems
 from clickstream_assets.cleaning import BUCKET_ROWS, clean_hour
 from clickstream_assets.landing import cut_timestamps, land_hours
 from core.contract import parse_events
-from core.ledger import Ledger, bronze_file, events_file
+from core.ledger import Ledger, bronze_file, copies_file, events_file
 from resources.kafka import InMemoryKafka, OffsetsGone
-from tests.helpers import START, at, produce, to_ms, value
+from tests.helpers import START, CountingLake, at, produce, to_ms, value
 
 H10, H11, H12 = at(10), at(11), at(12)
 
@@ -240,6 +240,33 @@ def test_copies_restamped_into_other_hours_count_once_at_the_first_received(lake
     assert lake.read_parquet([events_file(H10)]).column("event_id").to_pylist() == ["x"]
     assert lake.read_parquet([events_file(H11)]).column("event_id").to_pylist() == ["y"]
     assert eleven.stamp.duplicates == 1
+
+
+@BUCKETS
+def test_restamped_copies_are_found_once_per_ingest_hour_and_only_in_adjacent_ones(
+    lake, bucket_rows
+):
+    log = InMemoryKafka(topic="t", partitions=2)
+    produce(log, 0, [(at(10, 50), value("x", at(10, 50)))])
+    produce(log, 1, [(at(11, 10), value("x", at(11, 10)))])  # the next ingest hour: matched
+    produce(log, 0, [(at(10, 55), value("z", at(10, 55)))])
+    produce(log, 1, [(at(12, 5), value("z", at(12, 5)))])  # two ingest hours on: not matched
+    produce(log, 1, [(at(12, 30), value("y", at(12, 30)))])
+    land(log, lake, H10, H11, H12, now=at(14))
+    options = {"first_instant": START, "now": at(14), "bucket_rows": bucket_rows}
+    events = {h: clean_hour(lake, h, **options).stamp.events for h in (H10, H11, H12)}
+    assert events == {H10: 2, H11: 0, H12: 2}
+    # Each ingest hour's frame holds the copies of its events re-stamped between it and the
+    # hour before, found once and kept; the hour before the first has nothing to match.
+    frames = {h: lake.read_parquet([copies_file(h)]) for h in (H10, H11, H12)}
+    assert {h: f.column("event_id").to_pylist() for h, f in frames.items()} == {
+        H10: [],
+        H11: ["x", "x"],
+        H12: [],
+    }
+    counting = CountingLake(lake)
+    assert clean_hour(counting, H11, **options).stamp.duplicates == 1
+    assert counting.reads["read_json"] == 1  # the hour's manifest; the frames are kept
 
 
 @BUCKETS
