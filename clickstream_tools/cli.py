@@ -188,7 +188,7 @@ def _generate(settings: Settings, args: argparse.Namespace) -> int:
             rate = sent / max(time.perf_counter() - began, 1e-9)
             print(f"\rproduced {sent:,}/{total:,} ({rate:,.0f} msg/s)", end="", flush=True)
 
-        produce(log, traffic.messages, progress=progress)
+        produce(log, traffic.messages, progress=progress, workers=os.cpu_count() or 1)
         print(f" to {settings.topic} on {settings.kafka_bootstrap}", flush=True)
     _summary(traffic.counts)
     return 0

@@ -126,7 +126,13 @@ def run_demo(
             rate = sent / max(time.perf_counter() - began, 1e-9)
             _status(f"producing {sent:,}/{total:,} messages ({rate:,.0f} msg/s)")
 
-        produce(kafka, traffic.messages, chunk_rows=100_000, progress=progress)
+        produce(
+            kafka,
+            traffic.messages,
+            chunk_rows=100_000,
+            progress=progress,
+            workers=os.cpu_count() or 1,
+        )
         timings["produce"] = time.perf_counter() - began
         rate = messages / max(timings["produce"], 1e-9)
         _stage(
