@@ -64,6 +64,9 @@ LATE_DAY1_HOUR10 = [
     ("e14", "page_view", "2026-03-10 10:14", "d9", "u9", "web", None, None),
 ]
 LATE_INGEST_HOUR = "2026-03-11 05:00"
+# (event_type, event_time, device_id, user_id, platform, title_id, campaign_id) of a silver row
+# with no event_id: dbt's not_null test on stg_events must catch it, on its day only.
+BAD_DAY_ROW = ("click", "2026-03-14 02:00", "d1", None, "web", None, None)
 # A day whose only hour holds no valid event (everything in it was quarantined).
 EMPTY_DAY, EMPTY_HOUR = "2026-03-12", "hour=03"
 
@@ -113,6 +116,7 @@ class Scenario:
     snapshots: dict[str, dict[str, pl.DataFrame]] = field(default_factory=dict)
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     checks_passed: dict[str, bool] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +158,12 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
                 run_config=(
                     {"ops": {"marts": {"config": {"as_of": as_of}}}} if by_config else None
                 ),
+                raise_on_error=False,
             )
-            assert run.success
+            if not run.success:
+                result.failures[step] = "\n".join(
+                    str(event.step_failure_data.error) for event in run.get_step_failure_events()
+                )
             result.checks_passed[step] = all(
                 check.passed for check in run.get_asset_check_evaluations()
             )
@@ -175,6 +183,10 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
         write_silver(lake, LATE_DAY1_HOUR10, part=1, ingest_hour=LATE_INGEST_HOUR)
         build("restated", "2026-03-10", "2026-03-11T06:00:00Z")
         build("unchanged", "2026-03-10", "2026-03-11T07:00:00Z")
+        # A row without an event_id on another day fails that day's data tests, not this one's.
+        write_silver(lake, [(None, *BAD_DAY_ROW)])
+        build("another day is bad", "2026-03-11", "2026-03-12T05:00:00Z")
+        build("bad day", BAD_DAY_ROW[1][:10], "2026-03-15T04:00:00Z")
     return result
 
 
@@ -347,6 +359,9 @@ def test_rebuild_with_nothing_new_changes_nothing(scenario: Scenario):
 
 def test_dbt_tests_pass_and_rows_are_reported(scenario: Scenario):
     assert all(scenario.checks_passed.values())
+    # Each day's data tests read that day: the bad row fails its own day only.
+    assert list(scenario.failures) == ["bad day"]
+    assert "not_null_stg_events_event_id" in scenario.failures["bad day"]
 
     def rows_in_partition(step: str, table: str) -> int:
         return scenario.metadata[step][table]["rows_in_partition"].value

@@ -20,8 +20,8 @@
 
 {% macro day_partition_filter(column) -%}
     {#- The rows of the run's day: a date column equals it, a timestamp column falls in it. -#}
-    {%- if column == 'event_date' -%}
-        {{ event_date_filter() }}
+    {%- if column.endswith('_date') -%}
+        {{ column }} = {{ event_date_literal() }}
     {%- else -%}
         {{ column }} >= {{ day_start_literal() }}
         and {{ column }} < {{ day_start_literal() }} + interval 1 day
