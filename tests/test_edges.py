@@ -269,6 +269,21 @@ def test_restamped_copies_are_found_once_per_ingest_hour_and_only_in_adjacent_on
     assert counting.reads["read_json"] == 1  # the hour's manifest; the frames are kept
 
 
+def test_relanding_an_hour_drops_the_copies_found_from_it(lake):
+    log = InMemoryKafka(topic="t", partitions=2)
+    produce(log, 0, [(at(10, 50), value("x", at(10, 50)))])
+    produce(log, 1, [(at(11, 10), value("x", at(11, 10)))])
+    produce(log, 1, [(at(12, 10), value("y", at(12, 10)))])
+    land(log, lake, H10, H11, H12)
+    for hour in (H10, H11, H12):
+        clean_hour(lake, hour, first_instant=START, now=at(13, 5))
+    assert all(lake.exists(copies_file(h)) for h in (H10, H11, H12))
+    land(log, lake, H11)  # re-landed from its recorded ranges
+    assert [lake.exists(copies_file(h)) for h in (H10, H11, H12)] == [True, False, False]
+    assert clean_hour(lake, H11, first_instant=START, now=at(13, 5)).stamp.duplicates == 1
+    assert lake.read_parquet([copies_file(H11)]).num_rows == 2
+
+
 @BUCKETS
 def test_an_invalid_copy_elsewhere_never_wins(lake, bucket_rows):
     log = InMemoryKafka(topic="t", partitions=2)
