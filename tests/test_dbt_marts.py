@@ -65,7 +65,7 @@ LATE_DAY1_HOUR10 = [
 ]
 LATE_INGEST_HOUR = "2026-03-11 05:00"
 # (event_type, event_time, device_id, user_id, platform, title_id, campaign_id) of a silver row
-# with no event_id: dbt's not_null test on stg_events must catch it, on its day only.
+# with no event_id: dbt's not-null test on stg_events must catch it, on its day only.
 BAD_DAY_ROW = ("click", "2026-03-14 02:00", "d1", None, "web", None, None)
 # A day whose only hour holds no valid event (everything in it was quarantined).
 EMPTY_DAY, EMPTY_HOUR = "2026-03-12", "hour=03"
@@ -361,7 +361,7 @@ def test_dbt_tests_pass_and_rows_are_reported(scenario: Scenario):
     assert all(scenario.checks_passed.values())
     # Each day's data tests read that day: the bad row fails its own day only.
     assert list(scenario.failures) == ["bad day"]
-    assert "not_null_stg_events_event_id" in scenario.failures["bad day"]
+    assert "not_null_columns_stg_events_event_id__actor_id" in scenario.failures["bad day"]
 
     def rows_in_partition(step: str, table: str) -> int:
         return scenario.metadata[step][table]["rows_in_partition"].value
