@@ -77,6 +77,13 @@ class AckWatch:
         self.in_flight -= count
         self.progress_at = now
 
+    def unscheduled(self, late_s: float, now: float) -> None:
+        """The watchdog woke `late_s` after it asked to: this process was not running (another
+        took the cores, or the interpreter's lock), and nor was the thread that reads the acks.
+        That silence is ours, not the broker's."""
+        if late_s > 0:
+            self.progress_at = min(now, self.progress_at + late_s)
+
     def stalled(self, now: float, after_s: float) -> bool:
         """Events in flight, none answered for `after_s`, and the oldest of them sent more than
         `after_s` ago. One timestamp tells both: while events stay in flight, those still
@@ -223,13 +230,11 @@ class KafkaSink:
         woke = time.monotonic()
         while not self._closing.wait(tick_s):
             now = time.monotonic()
-            # A late wake means this process was not running, nor was the I/O thread reading
-            # acks: the silence is ours, so judge on the next tick.
-            on_time = now - woke < 2 * tick_s
-            woke = now
             with self._lock:
+                self._watch.unscheduled(now - woke - tick_s, now)
                 stalled = self._watch.stalled(now, after_s)
-            if stalled and on_time and not self._stalled:
+            woke = now
+            if stalled and not self._stalled:
                 self._stall(f"the broker acknowledged nothing for {after_s * 1000:.0f} ms")
 
     def _probe_loop(self) -> None:

@@ -51,6 +51,16 @@ def test_a_failure_is_an_answer_too_and_nothing_waiting_is_no_stall():
     assert not watch.stalled(10.0, AFTER_S)
 
 
+def test_time_this_process_was_not_running_is_not_the_brokers_silence():
+    watch = AckWatch(now=0.0)
+    watch.sent(50, now=0.0)
+    watch.unscheduled(0.08, now=0.13)  # the watchdog woke 80 ms late: the acks were unread too
+    assert not watch.stalled(0.15, AFTER_S)  # 150 ms since the send, 80 of them ours
+    assert watch.stalled(0.19, AFTER_S)
+    watch.unscheduled(-0.001, now=0.2)  # early or on time: no credit
+    assert watch.stalled(0.2, AFTER_S)
+
+
 @pytest.mark.parametrize("text", ["0", "19", "1000", "0.1", "100ms", "-5"])
 def test_stall_threshold_must_be_whole_milliseconds_in_range(text):
     with pytest.raises(ConfigError, match=r"CLICKSTREAM_COLLECTOR_STALL_MS=.*from 20 to 999"):
