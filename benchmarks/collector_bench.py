@@ -56,9 +56,9 @@ def request_bytes(host: str, seed: int) -> bytes:
     return head.encode() + body
 
 
-async def _connection(host, port, requests, interval, stop_at, results):
+async def _connection(connection, requests, interval, stop_at, results):
     """One keep-alive connection; with `interval`, requests are scheduled every `interval` s."""
-    reader, writer = await asyncio.open_connection(host, port)
+    reader, writer = connection
     scheduled = time.perf_counter()
     i = 0
     while True:
@@ -84,20 +84,27 @@ async def _connection(host, port, requests, interval, stop_at, results):
     writer.close()
 
 
-def load(url: str, clients: int, seconds: float, rate: float | None, out) -> None:
+def load(url: str, clients: int, seconds: float, rate: float | None, pause: int | None, out):
     """Run `clients` connections for `seconds` (total `rate` requests/s, or as fast as answered);
-    put [(start, status, latency_s)] on `out`, in start order."""
+    put [(start, status, latency_s)] on `out`, in start order. With `pause`, that process (the
+    broker) is sent SIGSTOP once the connections are open, right before the first requests: they
+    are the outage's first, sent before anything could tell the collector."""
     host, port = url.removeprefix("http://").split(":")
     requests = [request_bytes(host, seed) for seed in range(32)]
 
     async def main():
         results: list = []
+        connections = await asyncio.gather(
+            *(asyncio.open_connection(host, int(port)) for _ in range(clients))
+        )
+        if pause is not None:
+            os.kill(pause, signal.SIGSTOP)
         stop_at = time.perf_counter() + seconds
         interval = clients / rate if rate else None
         await asyncio.gather(
             *(
-                _connection(host, int(port), requests, interval, stop_at, results)
-                for _ in range(clients)
+                _connection(connection, requests, interval, stop_at, results)
+                for connection in connections
             )
         )
         return sorted(results)
@@ -105,11 +112,11 @@ def load(url: str, clients: int, seconds: float, rate: float | None, out) -> Non
     out.put(asyncio.run(main()))
 
 
-def run_load(url, clients, seconds, rate=None) -> list[tuple[float, int, float]]:
+def run_load(url, clients, seconds, rate=None, pause=None) -> list[tuple[float, int, float]]:
     """The load in its own process, so that the collector's figures do not pay for it."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=load, args=(url, clients, seconds, rate, queue))
+    process = context.Process(target=load, args=(url, clients, seconds, rate, pause, queue))
     process.start()
     results = queue.get()
     process.join()
@@ -136,6 +143,11 @@ def cpu_seconds(pid: int) -> float:
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def refused(results: list[tuple[float, int, float]]) -> int:
+    """503s in a healthy broker's phase: each one a false stall."""
+    return sum(status == 503 for _, status, _ in results)
 
 
 def ms(seconds: float) -> str:
@@ -228,31 +240,33 @@ def measure(url: str, clients: int, seconds: float, broker, pid: int | None = No
         cost += f"; {max_rate / producer_rate:.2f}x the producer alone"
     print(
         f"max: {max_rate:,.0f} acknowledged events/s ({len(ok):,} batches of "
-        f"{len(results):,} answered 200; p50 {ms(statistics.median(ok))}, "
-        f"p99 {ms(percentile(ok, 0.99))}{cost})"
+        f"{len(results):,} answered 200, {refused(results)} answered 503; "
+        f"p50 {ms(statistics.median(ok))}, p99 {ms(percentile(ok, 0.99))}{cost})"
     )
     rate = 0.7 * max_rate / EVENTS_PER_BATCH
     results = run_load(url, clients, seconds, rate)
     ok = [latency for _, status, latency in results if status == 200]
     print(
         f"at 70% ({rate * EVENTS_PER_BATCH:,.0f} events/s): p50 {ms(statistics.median(ok))}, "
-        f"p99 {ms(percentile(ok, 0.99))}, {len(results) - len(ok)} not 200"
+        f"p99 {ms(percentile(ok, 0.99))}, {len(results) - len(ok)} not 200 "
+        f"({refused(results)} answered 503)"
     )
     if broker is not None:
-        os.kill(broker._process.pid, signal.SIGSTOP)
         try:
-            results = run_load(url, clients, seconds, 200)
+            results = run_load(url, clients, seconds, 200, pause=broker._process.pid)
         finally:
             os.kill(broker._process.pid, signal.SIGCONT)
-        refused = [latency for _, status, latency in results if status == 503]
-        # Detected: the first 503 answered; requests started after it see the known outage.
+        outage = [latency for _, status, latency in results if status == 503]
+        # Paused right before the first request. Detected: the first 503 answered; requests
+        # started after it see the known outage.
         detected = min(start + latency for start, status, latency in results if status == 503)
         after = [lat for start, status, lat in results if status == 503 and start > detected]
         print(
-            f"broker paused, 200 requests/s: {len(refused):,} of {len(results):,} answered 503, "
-            f"the first after {detected - results[0][0]:.2f} s; all: p50 "
-            f"{ms(statistics.median(refused))}, p99 {ms(percentile(refused, 0.99))}; once "
-            f"detected: p50 {ms(statistics.median(after))}, p99 {ms(percentile(after, 0.99))}"
+            f"broker paused, 200 requests/s: {len(outage):,} of {len(results):,} answered 503, "
+            f"the first {ms(detected - results[0][0])} after the pause; every request: p50 "
+            f"{ms(statistics.median(outage))}, p99 {ms(percentile(outage, 0.99))}, max "
+            f"{ms(max(outage))}; once detected: p50 {ms(statistics.median(after))}, "
+            f"p99 {ms(percentile(after, 0.99))}"
         )
         time.sleep(3)  # let the producer drain and the probe see the broker again
     bench_track(url)

@@ -92,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="worker processes, each with its own producer (/metrics and /readyz then describe "
-        "the worker that answers)",
+        help="worker processes, each with its own producer (/readyz then describes the worker "
+        "that answers; /metrics sums them all)",
     )
 
     catch_up = commands.add_parser("catch-up", help="land and build every closed hour, headless")

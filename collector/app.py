@@ -7,6 +7,9 @@ the receive time, and answers 200 only once the broker acknowledged all of them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -20,6 +23,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    multiprocess,
 )
 
 from collector.sink import Unavailable
@@ -52,12 +56,23 @@ class Rejected(Exception):
         self.status = status
 
 
-class Metrics:
-    """The Prometheus series of one collector."""
+GAUGE_REFRESH_S = 0.5
+"""How often each worker of a collector with several writes its gauges for the others' scrapes."""
 
-    def __init__(self) -> None:
+
+class Metrics:
+    """The Prometheus series of one collector. `shared`: several worker processes, each counting
+    into prometheus_client's multiprocess files (PROMETHEUS_MULTIPROC_DIR, set up by `serve`),
+    so that a scrape of any worker sums them all."""
+
+    def __init__(self, *, shared: bool = False) -> None:
         disable_created_metrics()  # the *_created series only double the scrape
+        self.shared = shared
         self.registry = CollectorRegistry()
+        self.scraped = self.registry
+        if shared:
+            self.scraped = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.scraped)
         prefix = "clickstream_collector"
         self.requests = Counter(
             f"{prefix}_requests", "HTTP requests to /v1/events by status", ["code"],
@@ -80,11 +95,16 @@ class Metrics:
         )  # fmt: skip
         self.in_flight = Gauge(
             f"{prefix}_events_in_flight", "Events produced and not yet acknowledged",
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livesum",
         )  # fmt: skip
         self.ready = Gauge(
-            f"{prefix}_broker_ready", "1 while the broker takes writes", registry=self.registry
-        )
+            f"{prefix}_broker_ready", "1 while the broker takes writes (in every worker)",
+            registry=self.registry, multiprocess_mode="livemin",
+        )  # fmt: skip
+
+    def observe(self, sink: Sink) -> None:
+        self.in_flight.set(sink.in_flight)
+        self.ready.set(1 if sink.ready else 0)
 
 
 def _json(status: int, body: dict, extra: list[tuple[bytes, bytes]] = ()) -> tuple:
@@ -166,10 +186,12 @@ async def _read_body(scope: dict, receive: Receive) -> bytes | None:
 class CollectorApp:
     """The ASGI application over a sink (the Kafka producer, or a fake in unit tests)."""
 
-    def __init__(self, sink: Sink, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, sink: Sink, *, clock: Callable[[], float] = time.time, shared_metrics: bool = False
+    ) -> None:
         self.sink = sink
         self.clock = clock  # the receive time's source
-        self.metrics = Metrics()
+        self.metrics = Metrics(shared=shared_metrics)
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -188,9 +210,8 @@ class CollectorApp:
             ready = self.sink.ready
             response = _json(200 if ready else 503, {"ready": ready})
         elif route == ("GET", "/metrics"):
-            self.metrics.in_flight.set(self.sink.in_flight)
-            self.metrics.ready.set(1 if self.sink.ready else 0)
-            body = generate_latest(self.metrics.registry)
+            self.metrics.observe(self.sink)
+            body = generate_latest(self.metrics.scraped)
             response = 200, body, [(b"content-type", b"text/plain; version=0.0.4")]
         else:
             response = _json(404, {"error": f"no route {scope['method']} {scope['path']}"})
@@ -235,12 +256,26 @@ class CollectorApp:
         self.metrics.requests.labels(str(status)).inc()
         return response
 
+    async def _refresh_gauges(self) -> None:
+        """A scrape reads the other workers' gauges from their files: keep them current."""
+        while True:
+            self.metrics.observe(self.sink)
+            await asyncio.sleep(GAUGE_REFRESH_S)
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        refresh = None
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.metrics.shared:
+                    refresh = asyncio.create_task(self._refresh_gauges())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if refresh is not None:
+                    refresh.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await refresh
+                    multiprocess.mark_process_dead(os.getpid())  # out of the live gauges
                 self.sink.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

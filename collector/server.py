@@ -7,9 +7,11 @@ import contextlib
 import ctypes
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -47,7 +49,12 @@ def open_sink(settings: Settings, **options) -> KafkaSink:
             bootstrap_servers=settings.kafka_bootstrap, topic=settings.topic
         ).create_topic(TOPIC_PARTITIONS)
         sink = KafkaSink(
-            SinkConfig(bootstrap=settings.kafka_bootstrap, topic=settings.topic, **options)
+            SinkConfig(
+                bootstrap=settings.kafka_bootstrap,
+                topic=settings.topic,
+                stall_after_s=settings.collector_stall_ms / 1000,
+                **options,
+            )
         )
     except KafkaError as error:
         raise KafkaUnavailable(
@@ -72,13 +79,39 @@ def create_app() -> CollectorApp:
     from core.settings import load
 
     _exit_with_parent()
-    return CollectorApp(open_sink(load()))
+    return CollectorApp(open_sink(load()), shared_metrics=True)
+
+
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's own variable: where each worker's metrics live, for any worker's scrape."""
+
+
+@contextlib.contextmanager
+def shared_metrics_dir():
+    """PROMETHEUS_MULTIPROC_DIR for the workers: the operator's (emptied now: a previous run's
+    files would add to this one's counts), else a temporary one, removed at exit."""
+    given = os.environ.get(METRICS_DIR)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):
+                os.remove(os.path.join(given, name))
+        yield given
+        return
+    path = tempfile.mkdtemp(prefix="clickstream-collector-metrics-")
+    os.environ[METRICS_DIR] = path  # inherited by the workers uvicorn spawns
+    try:
+        yield path
+    finally:
+        del os.environ[METRICS_DIR]
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def serve(settings: Settings, *, access_log: bool = False, workers: int = 1) -> None:
     """Serve on CLICKSTREAM_COLLECTOR_ADDR in the foreground until SIGINT or SIGTERM. With
-    several workers, each process has its own producer and probe behind one listening socket:
-    kafka-python's per-message Python is the ceiling of one process (see the README)."""
+    several workers, each process has its own producer, probe and watchdog behind one listening
+    socket: kafka-python's per-message Python is the ceiling of one process (see the README).
+    /readyz then describes the worker that answers, /metrics the whole collector."""
     host, port = listen_address(settings.collector_addr)
     server = dict(
         host=host,
@@ -93,7 +126,8 @@ def serve(settings: Settings, *, access_log: bool = False, workers: int = 1) -> 
     if workers > 1:
         open_sink(settings).close()  # the broker answers and the topic exists, or fail here
         print(f"collector listening on http://{host}:{port} -> {settings.topic}", flush=True)
-        uvicorn.run("collector.server:create_app", factory=True, workers=workers, **server)
+        with shared_metrics_dir():
+            uvicorn.run("collector.server:create_app", factory=True, workers=workers, **server)
         return
     app = CollectorApp(open_sink(settings))
     print(f"collector listening on http://{host}:{port} -> {settings.topic}", flush=True)

@@ -23,6 +23,7 @@ DEFAULTS = {
     "CLICKSTREAM_RETENTION_SILVER": "forever",
     "CLICKSTREAM_RETENTION_QUARANTINE": "forever",
     "CLICKSTREAM_COLLECTOR_ADDR": "127.0.0.1:8088",
+    "CLICKSTREAM_COLLECTOR_STALL_MS": "100",
     "CLICKSTREAM_LANDING_SHARDS": "1",
     "CLICKSTREAM_EXECUTOR": "multiprocess",
 }
@@ -55,6 +56,18 @@ def parse_shards(text: str, *, variable: str) -> int:
         raise ConfigError(
             f"{variable}={text!r} is not a shard count: use a whole number of 1 or more "
             "(1 lands every Kafka partition in one step; K splits them into K steps)"
+        )
+    return int(text)
+
+
+def parse_stall_ms(text: str, *, variable: str) -> int:
+    """The collector's stall threshold: whole milliseconds, from 20 (the watchdog wakes four
+    times per threshold) to 999 (under each batch's own 1 s ack timeout)."""
+    if not re.fullmatch(r"\s*\d+\s*", text) or not 20 <= int(text) <= 999:
+        raise ConfigError(
+            f"{variable}={text!r} is not a stall threshold: use a whole number of milliseconds "
+            "from 20 to 999 (the broker counts as stalled when events have waited that long and "
+            "no ack came back meanwhile)"
         )
     return int(text)
 
@@ -122,6 +135,7 @@ class Settings:
     dagster_home: str
     retention: Retention
     collector_addr: str = DEFAULTS["CLICKSTREAM_COLLECTOR_ADDR"]
+    collector_stall_ms: int = 100
     landing_shards: int = 1
     executor: str = "multiprocess"
 
@@ -162,6 +176,9 @@ class Settings:
             dagster_home=os.path.abspath(value["DAGSTER_HOME"]),
             retention=Retention.from_values(value),
             collector_addr=value["CLICKSTREAM_COLLECTOR_ADDR"],
+            collector_stall_ms=parse_stall_ms(
+                value["CLICKSTREAM_COLLECTOR_STALL_MS"], variable="CLICKSTREAM_COLLECTOR_STALL_MS"
+            ),
             landing_shards=parse_shards(
                 value["CLICKSTREAM_LANDING_SHARDS"], variable="CLICKSTREAM_LANDING_SHARDS"
             ),

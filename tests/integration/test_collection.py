@@ -182,6 +182,42 @@ def test_broker_paused_503_then_everything_tracked_reaches_the_topic(broker, col
     assert set(before + during) <= set(tracked_ids(broker.bootstrap, topic))
 
 
+def test_requests_sent_right_at_the_pause_are_answered_503_then_land_on_resend(broker, collection):
+    collector, topic = collection
+    batches = [
+        envelope([{"event_id": f"at-pause-{b}-{i}", "device_id": f"dev-{b}"} for i in range(20)])
+        for b in range(8)
+    ]
+    assert post(collector.url, envelope([{"event_id": "warm", "device_id": "d"}]))[0] == 200
+    answers: list[tuple[int, dict, str]] = []
+    pid = broker._process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # Sent at once, before anything could tell the collector: they wait for acks that never
+        # come, until the watchdog answers them all.
+        threads = [
+            threading.Thread(target=lambda body=body: answers.append(post(collector.url, body)))
+            for body in batches
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert get(collector.url, "/readyz") == 503
+        assert get(collector.url, "/healthz") == 200
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert sorted(status for status, _, _ in answers) == [503] * 8
+    assert all(int(headers["retry-after"]) >= 1 for _, headers, _ in answers)
+    errors = [json.loads(text)["error"] for _, _, text in answers]
+    assert any("acknowledged nothing for 100 ms" in error for error in errors), errors
+    wait_for(lambda: get(collector.url, "/readyz") == 200, what="/readyz turning 200")
+    for body in batches:  # what a device does after a 503
+        assert post(collector.url, body)[0] == 200
+    expected = {f"at-pause-{b}-{i}" for b in range(8) for i in range(20)}
+    assert expected <= set(tracked_ids(broker.bootstrap, topic))
+
+
 # --- the collector killed ---------------------------------------------------------------------
 
 
@@ -257,6 +293,85 @@ def test_workers_share_the_port_and_die_with_a_killed_collector(broker, tmp_path
     finally:
         collector.stop()
     assert sorted(tracked_ids(broker.bootstrap, topic)) == sorted(ids)
+
+
+def scraped_events(text: str) -> float:
+    """clickstream_collector_events_total in a Prometheus exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "clickstream_collector_events_total"
+    )
+
+
+def metrics_text(url: str) -> str:
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)  # a new connection:
+    try:  # any worker may answer
+        connection.request("GET", "/metrics")
+        return connection.getresponse().read().decode()
+    finally:
+        connection.close()
+
+
+def events_counted_by_each_worker(metrics_dir) -> dict[str, float]:
+    """Each worker's own count, read from its file alone with prometheus_client's reader."""
+    import shutil
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    counts = {}
+    for file in metrics_dir.glob("counter_*.db"):
+        alone = metrics_dir.parent / f"alone-{file.stem}"
+        alone.mkdir(exist_ok=True)
+        shutil.copy(file, alone / file.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))
+        counts[file.stem.removeprefix("counter_")] = scraped_events(
+            generate_latest(registry).decode()
+        )
+    return counts
+
+
+def test_metrics_of_two_workers_add_up(broker, tmp_path):
+    topic = "it.collection.metrics"
+    KafkaResource(bootstrap_servers=broker.bootstrap, topic=topic).create_topic(2)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_1.db").write_bytes(b"stale")  # a previous run's: emptied at start
+    env = {
+        "CLICKSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "CLICKSTREAM_TOPIC": topic,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    argv = [sys.executable, "-m", "clickstream_tools.cli", "collector", "--workers", "2"]
+    sent = 0
+
+    def both_workers_counted() -> bool:
+        nonlocal sent
+        bodies = [
+            envelope([{"device_id": f"d{sent + i}", "n": n} for n in range(3)]) for i in range(8)
+        ]
+        threads = [threading.Thread(target=post, args=(collector.url, body)) for body in bodies]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        sent += 8 * 3
+        counts = events_counted_by_each_worker(metrics_dir)
+        return len(counts) == 2 and all(counts.values())
+
+    with CollectorProcess(env, argv=argv) as collector:
+        wait_for(both_workers_counted, what="both workers serving requests")
+        per_worker = events_counted_by_each_worker(metrics_dir)
+        scrapes = [scraped_events(metrics_text(collector.url)) for _ in range(6)]
+    assert sum(per_worker.values()) == sent
+    assert scrapes == [sent] * 6  # whichever worker answers
+    assert len(topic_records(broker.bootstrap, topic)) == sent
 
 
 # --- the SDK restarted offline ----------------------------------------------------------------
