@@ -65,31 +65,34 @@ def _sql_list(values: tuple[str, ...]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
-def _field(name: str) -> str:
-    return f"f[{_FIELDS.index(name) + 1}]"
+def _type(name: str) -> str:
+    """The JSON type of top-level field `name` (null when absent)."""
+    return f"t[{_FIELDS.index(name) + 2}]"
+
+
+def _text(name: str) -> str:
+    """Top-level field `name` as text: a string's value, other values' JSON text, null when
+    absent or null."""
+    return f"s[{_FIELDS.index(name) + 1}]"
 
 
 def _required_string(name: str) -> str:
     """A reason when `name` is absent, null, not a string or empty."""
     return (
-        f"when {_field(name)} is null or json_type({_field(name)}) = 'NULL' "
-        f"then 'missing_field:{name}' "
-        f"when json_type({_field(name)}) <> 'VARCHAR' then 'wrong_type:{name}' "
-        f"when {_field(name)} ->> '$' = '' then 'missing_field:{name}' "
+        f"when {_type(name)} is null or {_type(name)} = 'NULL' then 'missing_field:{name}' "
+        f"when {_type(name)} <> 'VARCHAR' then 'wrong_type:{name}' "
+        f"when {_text(name)} = '' then 'missing_field:{name}' "
     )
 
 
 def _optional_string(name: str) -> str:
-    return f"nullif({_field(name)} ->> '$', '') as {name}"
+    return f"nullif({_text(name)}, '') as {name}"
 
 
 def _wrong_type(name: str, json_types: tuple[str, ...]) -> str:
     """A reason when optional `name` is present, not null, and of none of `json_types`:
     `user_id: false` is not a user."""
-    return (
-        f"when json_type({_field(name)}) not in ('NULL', {_sql_list(json_types)}) "
-        f"then 'wrong_type:{name}' "
-    )
+    return f"when {_type(name)} not in ('NULL', {_sql_list(json_types)}) then 'wrong_type:{name}' "
 
 
 UTC_US = pa.timestamp("us", tz="UTC")
@@ -132,9 +135,8 @@ _PATHS = ", ".join(f"'$.\"{name}\"'" for name in _FIELDS)
 def _timestamp(name: str) -> str:
     """`name` as a naive UTC timestamp when it is an RFC 3339 string, else null."""
     return (
-        f"case when json_type({_field(name)}) = 'VARCHAR' "
-        f"and regexp_matches({_field(name)} ->> '$', '{_RFC3339}') "
-        f"then try_cast(upper(regexp_replace({_field(name)} ->> '$', '{_LEAP_SECOND}', "
+        f"case when {_type(name)} = 'VARCHAR' and regexp_matches({_text(name)}, '{_RFC3339}') "
+        f"then try_cast(upper(regexp_replace({_text(name)}, '{_LEAP_SECOND}', "
         f"'\\159.999999')) as timestamptz)::timestamp end"
     )
 
@@ -145,25 +147,28 @@ PARSE_SQL = f"""
 with decoded as (
     select *, try(decode(value)) as text from records
 ),
-json as (
+typed as (
+    -- Each value is parsed three times, whole: validity, the type of the root and of every
+    -- field (one list), and every field's text (one list); the rules below read the lists.
     select *,
-        case when text is not null and json_valid(text) then json_type(text) end as json_kind
+        case when text is not null and json_valid(text) then json_type(text, ['$', {_PATHS}])
+        end as t
     from decoded
 ),
 fields as (
     select *,
-        case when json_kind = 'OBJECT' then json_extract(text, [{_PATHS}]) end as f
-    from json
+        t[1] as json_kind,
+        case when t[1] = 'OBJECT' then json_extract_string(text, [{_PATHS}]) end as s
+    from typed
 ),
 timed as (
-    select *, {_timestamp("event_time")} as device_time from fields
-),
-sent as (
     select *,
+        {_timestamp("event_time")} as device_time,
         kafka_timestamp::timestamp as received_at,
         {_timestamp("sent_at")} as device_sent_at,
-        coalesce(json_type({_field("sent_at")}), 'NULL') <> 'NULL' as has_sent_at
-    from timed
+        coalesce({_type("sent_at")}, 'NULL') <> 'NULL' as has_sent_at,
+        lower({_text("platform")}) as platform_text
+    from fields
 ),
 corrected as (
     -- The device clock rule: with sent_at, the device's offset measured when it sent is removed
@@ -180,7 +185,7 @@ corrected as (
             when device_sent_at is not null then device_time + (received_at - device_sent_at)
             else received_at
         end as corrected_time
-    from sent
+    from timed
 ),
 classified as (
     select *,
@@ -193,16 +198,15 @@ classified as (
             when {_start_filter} then 'before_start_date'
             {_required_string("event_id")}
             {_required_string("event_type")}
-            when {_field("event_type")} ->> '$' not in ({_sql_list(EVENT_TYPES)})
+            when {_text("event_type")} not in ({_sql_list(EVENT_TYPES)})
                 then 'unknown_event_type'
             {_required_string("device_id")}
-            when {_field("event_type")} ->> '$' in ({_sql_list(TITLE_EVENTS)})
-                and (json_type({_field("title_id")}) is distinct from 'VARCHAR'
-                     or {_field("title_id")} ->> '$' = '')
+            when {_text("event_type")} in ({_sql_list(TITLE_EVENTS)})
+                and ({_type("title_id")} is distinct from 'VARCHAR' or {_text("title_id")} = '')
                 then 'missing_title_id'
-            when {_field("event_type")} ->> '$' = 'ad_impression'
-                and (json_type({_field("campaign_id")}) is distinct from 'VARCHAR'
-                     or {_field("campaign_id")} ->> '$' = '')
+            when {_text("event_type")} = 'ad_impression'
+                and ({_type("campaign_id")} is distinct from 'VARCHAR'
+                     or {_text("campaign_id")} = '')
                 then 'missing_campaign_id'
             {"".join(_wrong_type(name, ("VARCHAR",)) for name in _OPTIONAL_STRINGS)}
             {"".join(_wrong_type(name, ("BIGINT", "UBIGINT")) for name in _OPTIONAL_INTEGERS)}
@@ -215,34 +219,30 @@ classified as (
 )
 select
     * exclude (
-        text, json_kind, f, device_time, received_at, device_sent_at, has_sent_at,
-        corrected_time, event_time, clock_corrected, reason
+        text, t, json_kind, s, device_time, received_at, device_sent_at, has_sent_at,
+        platform_text, corrected_time, event_time, clock_corrected, reason
     ),
     reason,
-    {_field("event_id")} ->> '$' as event_id,
+    {_text("event_id")} as event_id,
     -- A stable hash (md5, not DuckDB's version-dependent hash): copies of an event always share
     -- a bucket, so cleaning can deduplicate a huge hour one bucket at a time.
-    (md5_number_lower({_field("event_id")} ->> '$') % {DEDUP_BUCKETS})::utinyint as dedup_bucket,
-    {_field("event_type")} ->> '$' as event_type,
+    (md5_number_lower({_text("event_id")}) % {DEDUP_BUCKETS})::utinyint as dedup_bucket,
+    {_text("event_type")} as event_type,
     event_time,
     date_trunc('hour', event_time) as event_hour,
-    {_field("device_id")} ->> '$' as device_id,
+    {_text("device_id")} as device_id,
     {_optional_string("user_id")},
     {_optional_string("session_id")},
-    case
-        when lower({_field("platform")} ->> '$') in ({_sql_list(PLATFORMS)})
-        then lower({_field("platform")} ->> '$')
-        else 'other'
-    end as platform,
+    case when platform_text in ({_sql_list(PLATFORMS)}) then platform_text else 'other' end
+        as platform,
     {_optional_string("title_id")},
     {_optional_string("campaign_id")},
     {_optional_string("ad_id")},
     {_optional_string("page")},
     {_optional_string("app_version")},
-    try_cast({_field("position_ms")} ->> '$' as bigint) as position_ms,
-    coalesce(try_cast({_field("schema_version")} ->> '$' as bigint), 1) as schema_version,
-    case when json_type({_field("properties")}) = 'OBJECT'
-        then {_field("properties")}::varchar end as properties,
+    try_cast({_text("position_ms")} as bigint) as position_ms,
+    coalesce(try_cast({_text("schema_version")} as bigint), 1) as schema_version,
+    case when {_type("properties")} = 'OBJECT' then {_text("properties")} end as properties,
     clock_corrected and reason is null as clock_corrected,
     -- Where an uncorrected retry of a corrected event would fall: that hour must be rebuilt too.
     case when clock_corrected and reason is null then date_trunc('hour', device_time) end
