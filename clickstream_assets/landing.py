@@ -248,10 +248,11 @@ PARSED_SCHEMA = pa.schema([*RECORD_SCHEMA, *PARSE_SCHEMA])
 
 
 def _parsed(
-    reader: Iterable[Positioned], first_instant: datetime
+    reader: Iterable[Positioned], first_instant: datetime, until: datetime
 ) -> Iterator[tuple[pa.Table, int]]:
-    """The read's batches parsed once (core.contract), a row group's worth or the rest of the
-    read at a time: a parse has a fixed cost per call, which a day of small hours would
+    """The read's batches parsed once (core.contract), a row group's worth at a time, or less
+    where the read reaches `until` (the end of the last hour to land: what follows is not read
+    further) or ends. A parse has a fixed cost per call, which a day of small hours would
     otherwise pay per hour and partition. Each chunk comes with the position after it."""
     pending: list[pa.RecordBatch] = []
     rows = 0
@@ -259,7 +260,8 @@ def _parsed(
     for batch, after in reader:
         pending.append(batch)
         rows += batch.num_rows
-        if rows >= ROW_GROUP_ROWS:
+        latest = pc.max(batch.column("kafka_timestamp")).as_py() if batch.num_rows else None
+        if rows >= ROW_GROUP_ROWS or (latest is not None and latest >= until):
             yield _parse(pending, first_instant), after
             pending, rows = [], 0
     if pending:
@@ -319,9 +321,10 @@ def _land_partition(
 
     reader = event_log.read(job.partition, read_from, job.recorded_end)
     try:
-        for batch, after in _parsed(reader, job.first_instant):
+        for batch, after in _parsed(reader, job.first_instant, job.hours[-1] + HOUR):
             if job.recorded_end is None and batch.num_rows:
-                # The wall clock when read (a pinned run clock may be hours behind the log).
+                # The wall clock when read, a row group's read at most (a pinned run clock may be
+                # hours behind the log).
                 wall = max(job.now, datetime.now(UTC))
                 cut_by, future = cut_timestamps(
                     batch.column("kafka_timestamp"), carry=carry, now=wall
