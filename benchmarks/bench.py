@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -62,14 +63,23 @@ class Results:
         return "\n".join(lines)
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 class Timer:
+    """Wall and CPU seconds; `workers` is the CPU of child processes that ended inside."""
+
     def __enter__(self):
         self.wall, self.cpu = time.perf_counter(), time.process_time()
+        self.workers = _children_cpu()
         return self
 
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self.wall
         self.cpu = time.process_time() - self.cpu
+        self.workers = _children_cpu() - self.workers
 
 
 def rss_bytes() -> int:
@@ -192,8 +202,9 @@ def bench_landing(results: Results, bootstrap: str, topic: str, lake_dir: str, n
     assert landed == kept == n, (landed, kept, n)
     results.add(
         f"landing, {n:,} records, {PARTITIONS} partitions, {workers} processes",
-        f"{n / ours.wall:,.0f} rec/s",
-        f"bare kafka-python consumer, same topic and processes: {n / bare.wall:,.0f} rec/s",
+        f"{n / ours.wall:,.0f} rec/s (CPU {ours.cpu + ours.workers:.1f} s with its workers)",
+        f"bare kafka-python consumer, same topic and processes: {n / bare.wall:,.0f} rec/s "
+        f"(CPU {bare.cpu + bare.workers:.1f} s); load average {os.getloadavg()[0]:.1f}",
         f"{bare.wall / ours.wall:.2f}x",
     )
 

@@ -43,7 +43,7 @@ from core.ledger import (
     partial_path,
     partials_dir,
 )
-from resources.kafka import RECORD_SCHEMA, EventLog
+from resources.kafka import RECORD_SCHEMA, EventLog, Positioned
 from resources.lake import LakeResource
 
 log = logging.getLogger(__name__)
@@ -126,13 +126,13 @@ class _Sink:
     _context: object = None
     _quarantine: list[pa.Table] = field(default_factory=list)
 
-    def add(self, batch: pa.RecordBatch) -> None:
-        """Buffer received records; they are parsed and written a whole row group at a time."""
-        if batch.num_rows == 0:
+    def add(self, parsed: pa.Table) -> None:
+        """Buffer parsed records (`_parsed`); they are written a whole row group at a time."""
+        if parsed.num_rows == 0:
             return
-        self._pending.append(pa.Table.from_batches([batch], schema=RECORD_SCHEMA))
-        self._pending_rows += batch.num_rows
-        self.rows += batch.num_rows
+        self._pending.append(parsed)
+        self._pending_rows += parsed.num_rows
+        self.rows += parsed.num_rows
         while self._pending_rows >= ROW_GROUP_ROWS:
             self._flush(ROW_GROUP_ROWS)
 
@@ -143,11 +143,10 @@ class _Sink:
         self._pending_rows = rest.num_rows
         self._write_group(combined.slice(0, rows).combine_chunks())
 
-    def _write_group(self, received: pa.Table) -> None:
+    def _write_group(self, parsed: pa.Table) -> None:
         # One row group per event hour and validity (offset order within it): row-group
         # statistics then let cleaning read only the rows of the hour it rebuilds, late rows
         # included, and the raw values of only its invalid rows.
-        parsed = parse_events(received, start=self.first_instant)
         valid = pc.is_null(parsed["reason"])
         order = pa.table([parsed["event_hour"], valid, parsed["kafka_offset"]], ["h", "v", "o"])
         parsed = parsed.take(
@@ -246,6 +245,37 @@ class _Sink:
             self._context.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
+PARSED_SCHEMA = pa.schema([*RECORD_SCHEMA, *PARSE_SCHEMA])
+
+
+def _parsed(
+    reader: Iterable[Positioned], first_instant: datetime, until: datetime
+) -> Iterator[tuple[pa.Table, int]]:
+    """The read's batches parsed once (core.contract), a row group's worth at a time, or less
+    where the read reaches `until` (the end of the last hour to land: what follows is not read
+    further) or ends. A parse has a fixed cost per call, which a day of small hours would
+    otherwise pay per hour and partition. Each chunk comes with the position after it."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    after = None
+    for batch, after in reader:
+        pending.append(batch)
+        rows += batch.num_rows
+        latest = pc.max(batch.column("kafka_timestamp")).as_py() if batch.num_rows else None
+        if rows >= ROW_GROUP_ROWS or (latest is not None and latest >= until):
+            yield _parse(pending, first_instant), after
+            pending, rows = [], 0
+    if pending:
+        yield _parse(pending, first_instant), after
+
+
+def _parse(batches: list[pa.RecordBatch], first_instant: datetime) -> pa.Table:
+    received = pa.Table.from_batches(batches, schema=RECORD_SCHEMA)
+    if received.num_rows == 0:
+        return PARSED_SCHEMA.empty_table()
+    return parse_events(received, start=first_instant)
+
+
 @dataclass(frozen=True)
 class _Job:
     """What one worker lands of one Kafka partition (plain data, picklable)."""
@@ -292,9 +322,10 @@ def _land_partition(
 
     reader = event_log.read(job.partition, read_from, job.recorded_end)
     try:
-        for batch, after in reader:
+        for batch, after in _parsed(reader, job.first_instant, job.hours[-1] + HOUR):
             if job.recorded_end is None and batch.num_rows:
-                # The wall clock when read (a pinned run clock may be hours behind the log).
+                # The wall clock when read, a row group's read at most (a pinned run clock may be
+                # hours behind the log).
                 wall = max(job.now, datetime.now(UTC))
                 cut_by, future = cut_timestamps(
                     batch.column("kafka_timestamp"), carry=carry, now=wall
