@@ -142,15 +142,21 @@ class LakeResource(ConfigurableResource):
         *,
         keep: Callable[[], bool] = lambda: True,
         statistics: list[str] | None = None,
+        dictionary: list[str] | None = None,
     ) -> Iterator[pq.ParquetWriter]:
         """A streaming Parquet writer whose file appears under `relative` only on success, and
         only if `keep()` still says so then (checked just before the rename). `statistics`
         names the columns readers filter on (all when None): min/max of the others, such as
-        random ids and raw values, cost time to write and prune nothing."""
+        random ids and raw values, cost time to write and prune nothing. `dictionary` names the
+        columns worth dictionary encoding (all when None)."""
         temporary, final = self._temporary(relative)
         handle = self.fs.open(temporary, "wb")
         writer = pq.ParquetWriter(
-            handle, schema, compression="zstd", write_statistics=statistics or True
+            handle,
+            schema,
+            compression="zstd",
+            write_statistics=statistics or True,
+            use_dictionary=dictionary or True,
         )
         try:
             yield writer

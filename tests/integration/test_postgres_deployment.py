@@ -100,10 +100,12 @@ class Deployment:
     workspace: Path
     processes: list[subprocess.Popen]
 
+    # Processes run in the test's own directory, not the repository's: Dagster loads the .env of
+    # its working directory, and a developer's (make demo writes one) must not change the test.
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
-            [str(BIN / args[0]), *args[1:]], env=self.env, stdout=log, stderr=log, cwd=REPO
+            [str(BIN / args[0]), *args[1:]], env=self.env, stdout=log, stderr=log, cwd=self.root
         )
         self.processes.append(process)
         return process
@@ -112,7 +114,7 @@ class Deployment:
         subprocess.run(
             [str(BIN / "dagster"), *args, "-w", str(self.workspace)],
             env=self.env,
-            cwd=REPO,
+            cwd=self.root,
             check=True,
             capture_output=True,
         )
@@ -192,6 +194,8 @@ def deployment(root: Path, database: str, **clickstream: str) -> Iterator[Deploy
                 "start",
                 "-m",
                 "clickstream_assets.definitions",
+                "-d",
+                str(REPO),
                 "-h",
                 "127.0.0.1",
                 "-p",

@@ -43,9 +43,9 @@ def webserver(tmp_path_factory):
     process = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("dagster-webserver")),
-            *("-w", "workspace.yaml", "-p", str(port), "-h", "127.0.0.1"),
+            *("-w", str(ROOT / "workspace.yaml"), "-p", str(port), "-h", "127.0.0.1"),
         ],
-        cwd=ROOT,
+        cwd=root,  # not the repository: Dagster would load a developer's .env (make demo's)
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
