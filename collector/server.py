@@ -37,7 +37,7 @@ TOPIC_PARTITIONS = 4
 """Partitions of the topic when the collector has to create it (as `clickstream generate` does)."""
 
 
-def open_sink(settings: Settings, **options) -> KafkaSink:
+def open_sink(settings: Settings) -> KafkaSink:
     """The producer on the configured topic (created if missing); fails at start, saying what to
     fix, when the broker does not answer."""
     from kafka.errors import KafkaError
@@ -53,7 +53,6 @@ def open_sink(settings: Settings, **options) -> KafkaSink:
                 bootstrap=settings.kafka_bootstrap,
                 topic=settings.topic,
                 stall_after_s=settings.collector_stall_ms / 1000,
-                **options,
             )
         )
     except KafkaError as error:
