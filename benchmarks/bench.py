@@ -1,7 +1,7 @@
 """`make bench`: each stage of the pipeline beside its peer, measured in one run on this machine.
 
     .venv/bin/python benchmarks/bench.py [--events 200000] [--hour-sizes 1000000,2000000]
-                                         [--no-spark] [--only producer,landing,...]
+                                         [--no-spark] [--only producer,landing,...,rollup]
 
 Sections (each prints as it finishes; a Markdown table of everything comes last):
 - producer: KafkaResource.produce vs a bare kafka-python producer (default settings), same
@@ -17,6 +17,9 @@ Sections (each prints as it finishes; a Markdown table of everything comes last)
   fixed cost), then silver rows/s.
 - spark: the same bronze -> silver -> marts job on Spark local[2] (pip install -e '.[bench]'),
   beside this pipeline's cleaning + marts from the same bronze.
+- rollup: the hourly rollup at reduced scale (--rollup-events, default 1/100 of an hour at a
+  billion events a day): a deployment caught up with the hours before, then the time from the
+  close of the peak hour to its rows in the warehouse, beside the README's model.
 
 Wall-clock figures on a shared machine move with its load; CPU seconds are printed beside them.
 """
@@ -43,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
 import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 DAY = datetime(2026, 11, 20, tzinfo=UTC)
@@ -351,10 +355,11 @@ def bench_hours(results: Results, sizes: list[int], workdir: Path) -> None:
 # -- the realistic day, end to end ---------------------------------------------------------------
 
 
-def bench_day(results: Results, bootstrap: str, topic: str, workdir: Path, n: int) -> dict:
-    """Catch-up from the broker topic into a fresh lake and warehouse: every stage as the demo
-    runs it. Returns the stage seconds for the Spark comparison."""
-    root = workdir / "day"
+def _deployment(root: Path, bootstrap: str, topic: str):
+    """Settings of a deployment on `topic` whose lake, warehouse and Dagster home are under
+    `root` (set in the environment, as a deployment would)."""
+    from core.settings import Settings
+
     os.environ.update(
         {
             "CLICKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
@@ -364,14 +369,20 @@ def bench_day(results: Results, bootstrap: str, topic: str, workdir: Path, n: in
             "DAGSTER_HOME": str(root / "dagster"),
         }
     )
+    return Settings.from_env()
+
+
+def bench_day(results: Results, bootstrap: str, topic: str, workdir: Path, n: int) -> dict:
+    """Catch-up from the broker topic into a fresh lake and warehouse: every stage as the demo
+    runs it. Returns the stage seconds for the Spark comparison."""
+    root = workdir / "day"
+    settings = _deployment(root, bootstrap, topic)
     from dagster import instance_for_test, materialize
 
     from clickstream_assets.definitions import all_assets, all_checks, build_resources
     from clickstream_assets.marts import marts
     from clickstream_tools.catchup import run_catch_up
-    from core.settings import Settings
 
-    settings = Settings.from_env()
     until = DAY + timedelta(days=1, hours=7)
     with instance_for_test() as instance, Timer() as total:
         report = run_catch_up(settings, until=until, instance=instance, log=lambda _: None)
@@ -417,6 +428,62 @@ def bench_day(results: Results, bootstrap: str, topic: str, workdir: Path, n: in
     return {"root": root, "stages": stages, "silver_rows": silver}
 
 
+# -- the hourly rollup after an hour closes ------------------------------------------------------
+
+BILLION_A_DAY_HOUR = 1_000_000_000 // 24
+
+
+def bench_rollup(results: Results, bootstrap: str, workdir: Path, events: int) -> None:
+    """From the close of an ingest hour of `events` records to its rollup in the warehouse, in a
+    deployment that has caught up with the hours before it (landed, cleaned, marts built): the
+    catch-up at the close lands the hour, cleans the event hours it holds and rebuilds the day."""
+    from dagster import instance_for_test
+
+    from clickstream_tools.catchup import run_catch_up
+    from clickstream_tools.generator import TrafficSpec, generate
+    from clickstream_tools.generator.send import produce
+    from resources.kafka import KafkaResource
+
+    hour = DAY + timedelta(hours=20)  # the diurnal peak
+    close = hour + timedelta(hours=1)
+    topic = f"rollup.{int(time.time())}"
+    settings = _deployment(workdir / "rollup", bootstrap, topic)
+    log = KafkaResource(bootstrap_servers=bootstrap, topic=topic)
+    log.create_topic(PARTITIONS)
+    # The three hours before, and their late records and retries that arrive in the hour.
+    before = generate(
+        TrafficSpec(start=hour - timedelta(hours=3), end=hour, events=events // 4, seed=7)
+    ).messages
+    during = generate(
+        TrafficSpec(start=hour, end=close, events=events, seed=8, receive_until=close)
+    ).messages
+    received = pc.field("timestamp_ms")
+    at = pa.scalar(int(hour.timestamp() * 1000), before.schema.field("timestamp_ms").type)
+    ended = pa.scalar(int(close.timestamp() * 1000), before.schema.field("timestamp_ms").type)
+    earlier = before.filter(received < at)
+    closing = pa.concat_tables([before.filter((received >= at) & (received < ended)), during])
+    cores = os.cpu_count() or 1
+    produce(log, earlier, workers=cores)
+    with instance_for_test() as instance:
+        run_catch_up(settings, until=hour, instance=instance, log=lambda _: None)
+        produce(log, closing.sort_by("timestamp_ms"), workers=cores)
+        with Timer() as timer:
+            report = run_catch_up(settings, until=close, instance=instance, log=lambda _: None)
+    n = closing.num_rows
+    stages = report.seconds_by_stage()
+    # The model's per-record cost of landing and cleaning (README, "Hourly rollups").
+    modelled = n * 1_150 / BILLION_A_DAY_HOUR / cores
+    results.add(
+        f"hourly rollup after an ingest hour of {n:,} records closes "
+        f"(1/{BILLION_A_DAY_HOUR / n:.0f} of a billion-a-day hour), from the broker",
+        f"{timer.wall:.1f} s (CPU {timer.cpu + timer.workers:.1f} s): "
+        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in stages.items()),
+        f"the README's model for landing and cleaning on {cores} cores: {modelled:.1f} s "
+        "plus the day's marts",
+        f"{n / timer.wall:,.0f} rec/s",
+    )
+
+
 # -- Spark ---------------------------------------------------------------------------------------
 
 SPARK_JOB = Path(__file__).with_name("spark_job.py")
@@ -451,8 +518,15 @@ def main() -> None:
         default="1000000,2000000",
         help="events in the one-hour runs (the README's memory row uses 1000000,8000000)",
     )
+    parser.add_argument(
+        "--rollup-events",
+        type=int,
+        default=BILLION_A_DAY_HOUR // 100,
+        help="records in the closing hour of the rollup stage (default: 1/100 of an hour of a "
+        "billion events a day)",
+    )
     parser.add_argument("--no-spark", action="store_true")
-    parser.add_argument("--only", default="producer,landing,hour,day,spark")
+    parser.add_argument("--only", default="producer,landing,hour,day,spark,rollup")
     parser.add_argument("--hour-stage", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hour_stage:
@@ -485,6 +559,8 @@ def main() -> None:
             day = bench_day(results, broker.bootstrap, topic, workdir, n)
         if "spark" in only and day is not None:
             bench_spark(results, day, workdir)
+        if "rollup" in only:
+            bench_rollup(results, broker.bootstrap, workdir, args.rollup_events)
     print()
     print(f"`{' '.join([Path(sys.executable).name, 'benchmarks/bench.py', *sys.argv[1:]])}`")
     print(f"on {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")

@@ -94,7 +94,7 @@ def bronze_row_problems(manifest: Manifest, file_rows: Mapping[int, int | None])
 
     A range is offsets, not a count: compaction and transaction markers leave offsets without a
     record, so the manifest records the rows that existed. `file_rows` maps each Kafka
-    partition to the row count of its bronze file (None: no file).
+    partition to the row count of its bronze files (None: no file).
     """
     problems = []
     label = hour_label(manifest.ingest_hour)
@@ -174,6 +174,12 @@ def parquet_rows(lake: LakeResource, relative: str) -> int | None:
         return pq.ParquetFile(handle).metadata.num_rows
 
 
+def _bronze_rows(lake: LakeResource, files: list[str]) -> int | None:
+    """Rows of a range's bronze files (each slice has one), or None if one is missing."""
+    rows = [parquet_rows(lake, file) for file in files]
+    return None if not rows or None in rows else sum(rows)
+
+
 def _ledger(lake: LakeResource, hours: list[datetime]) -> tuple[dict, datetime | None]:
     """The manifests of `hours` and of the hour before each, and the ledger's first hour: all
     that the landing checks need, without reading the whole history."""
@@ -233,10 +239,7 @@ def bronze_rows_match_ranges(context: AssetCheckExecutionContext, lake: LakeReso
         if manifest is None:
             problems.append(f"{hour_label(hour)}: no manifest")
             continue
-        rows = {
-            p: parquet_rows(lake, entry.file) if entry.file else None
-            for p, entry in manifest.partitions.items()
-        }
+        rows = {p: _bronze_rows(lake, entry.files) for p, entry in manifest.partitions.items()}
         problems += bronze_row_problems(manifest, rows)
     return _result(problems, [hour_label(h) for h in hours])
 

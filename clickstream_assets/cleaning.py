@@ -63,11 +63,11 @@ ARRIVAL_ORDER = ["received_at", "kafka_partition", "kafka_offset"]
 def source_files(manifests: Iterable[Manifest], event_hour: datetime) -> list[str]:
     """The bronze files of every ingest hour whose histogram counts events of `event_hour`."""
     return [
-        entry.file
+        file
         for manifest in sorted(manifests, key=lambda m: m.ingest_hour)
         if manifest.event_hours.get(event_hour)
         for _, entry in sorted(manifest.partitions.items())
-        if entry.file
+        for file in entry.files
     ]
 
 
@@ -294,7 +294,7 @@ def cross_hour_copies(
     re-stamped copies in the frames of its input hours and the hours after them, and never
     reads the id columns of the hours around it. Both hours' bronze is final once recorded, so
     the frame is computed once, by the first cleaning that needs it; re-landing drops it."""
-    files = [e.file for m in manifests.values() for e in m.partitions.values() if e.file]
+    files = [file for m in manifests.values() for e in m.partitions.values() for file in e.files]
     copies = _frame(COPIES_SCHEMA.empty_table())
     if files:
         buckets = bucket_count(sum(m.rows for m in manifests.values()))

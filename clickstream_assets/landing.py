@@ -9,6 +9,10 @@ A landing is three functions: `plan_landing` (check, re-land recorded hours, pla
 partition starts), `land_shard` (the partitions `p mod K == k`, each partition's results kept as
 a partial entry in the lake) and `commit_landing` (the manifests, last). One step runs all three
 (`land_hours`); with K shards they are Dagster steps that share nothing but the lake.
+
+The open hour may land in slices before it closes (`land_slice`, every CLICKSTREAM_SLICE_MINUTES):
+each slice an exact range per partition from where the last one ended to the high watermark,
+recorded last, so that the close leaves only the hour's last minutes to land.
 """
 
 from __future__ import annotations
@@ -34,14 +38,18 @@ from core.ledger import (
     HOUR_LABEL_FORMAT,
     Ledger,
     Manifest,
+    PartitionRange,
     bronze_file,
     copies_file,
+    hour_dir,
     hour_label,
     landing_plan_path,
     landing_quarantine_file,
+    manifest_path,
     parse_hour_label,
     partial_path,
     partials_dir,
+    slices_dir,
 )
 from resources.kafka import RECORD_SCHEMA, EventLog, Positioned
 from resources.lake import LakeResource
@@ -135,6 +143,8 @@ class _Sink:
     start: int
     first_instant: datetime
     lost: tuple[int, int] = (0, 0)
+    piece: int | None = None
+    """The slice of the open hour this sink lands (None: the range up to the hour's end)."""
     rows: int = 0
     future_timestamps: int = 0
     event_hours: Counter = field(default_factory=Counter)
@@ -191,7 +201,7 @@ class _Sink:
         )
         if self._writer is None:
             self._context = self.lake.parquet_writer(
-                bronze_file(self.hour, self.partition),
+                bronze_file(self.hour, self.partition, self.piece),
                 BRONZE_SCHEMA,
                 statistics=BRONZE_STATISTICS,
                 dictionary=BRONZE_DICTIONARY,
@@ -243,20 +253,22 @@ class _Sink:
             self._flush(self._pending_rows)
         if self._context is not None:
             self._context.__exit__(None, None, None)
-        quarantine = landing_quarantine_file(self.hour, self.partition)
+        quarantine = landing_quarantine_file(self.hour, self.partition, self.piece)
         if self._quarantine:
             self.lake.write_parquet(quarantine, pa.concat_tables(self._quarantine))
         else:
             self.lake.remove(quarantine)  # an overlapping landing's leftover must not count
+        piece = PartitionRange(
+            start=self.start,
+            end=end,
+            rows=self.rows,
+            file=bronze_file(self.hour, self.partition, self.piece) if self.rows else None,
+            lost_start=self.lost[0],
+            lost_end=self.lost[1],
+            slice=self.piece,
+        )
         return {
-            "range": {
-                "start": self.start,
-                "end": end,
-                "rows": self.rows,
-                "file": bronze_file(self.hour, self.partition) if self.rows else None,
-                "lost_start": self.lost[0],
-                "lost_end": self.lost[1],
-            },
+            "range": piece.to_json(),
             "event_hours": dict(self.event_hours),
             "quarantined": dict(self.quarantined),
             "corrected": self.corrected,
@@ -311,6 +323,8 @@ class _Job:
     recorded_end: int | None = None
     """Re-landing a recorded range: cut at this offset instead of by timestamp."""
     recorded_lost: tuple[int, int] = (0, 0)
+    piece: int | None = None
+    """Landing slice `piece` of the open hour (`hours` is that one hour)."""
 
 
 def _land_partition(
@@ -335,7 +349,7 @@ def _land_partition(
             )
     done: list[dict] = []
     position = read_from
-    sink = _Sink(lake, job.hours[0], job.partition, job.start, job.first_instant, lost)
+    sink = _Sink(lake, job.hours[0], job.partition, job.start, job.first_instant, lost, job.piece)
     carry = job.hours[0]
 
     def finish_hour() -> _Sink:
@@ -403,6 +417,9 @@ class LandingPlan:
     """Names this landing's folder of partial entries (a Dagster run passes its run id), so
     that overlapping landings of the same hours never read each other's entries."""
     shards: int = 1
+    slices: int = 0
+    """Slices of the first fresh hour landed before it closed: the plan starts where the last
+    one ended, and the hour's manifest lists them."""
 
     def to_json(self) -> dict:
         return {
@@ -414,6 +431,7 @@ class LandingPlan:
             "now": self.now.isoformat(),
             "first_instant": self.first_instant.isoformat(),
             "shards": self.shards,
+            "slices": self.slices,
             "token": self.token,
         }
 
@@ -428,6 +446,7 @@ class LandingPlan:
             now=datetime.fromisoformat(data["now"]),
             first_instant=datetime.fromisoformat(data["first_instant"]),
             shards=data["shards"],
+            slices=data.get("slices", 0),
             token=data["token"],
         )
 
@@ -499,13 +518,12 @@ def plan_landing(
     if replay:
         _replay(event_log, lake, [recorded[h] for h in replay], now, first_instant)
     starts: dict[int, int] = {}
+    slices: list[Manifest] = []
     if fresh:
         previous = recorded.get(fresh[0] - HOUR)
-        known = previous.ends if previous else {}
-        starts = {
-            p: known[p] if p in known else event_log.beginning_offset(p)
-            for p in event_log.partitions()
-        }
+        # Slices chain onto the hour before (the first hour ever lands whole).
+        slices = ledger.slices(fresh[0]) if previous else []
+        starts = _starts(event_log, slices[-1] if slices else previous)
     plan = LandingPlan(
         topic=event_log.topic,
         first_hour=hours[0],
@@ -516,9 +534,19 @@ def plan_landing(
         first_instant=first_instant,
         token=token or uuid.uuid4().hex,
         shards=shards,
+        slices=len(slices),
     )
     lake.write_json(landing_plan_path(plan.first_hour, plan.token), plan.to_json())
     return plan
+
+
+def _starts(event_log: EventLog, previous: Manifest | None) -> dict[int, int]:
+    """Where each Kafka partition goes on: where `previous` (an hour or a slice) ended, or the
+    log's beginning for a partition it does not name."""
+    known = previous.ends if previous else {}
+    return {
+        p: known[p] if p in known else event_log.beginning_offset(p) for p in event_log.partitions()
+    }
 
 
 def land_shard(event_log: EventLog, lake: LakeResource, plan: LandingPlan, shard: int) -> None:
@@ -528,13 +556,81 @@ def land_shard(event_log: EventLog, lake: LakeResource, plan: LandingPlan, shard
     if not partitions:
         return
     jobs = [_Job(p, plan.starts[p], plan.hours, plan.now, plan.first_instant) for p in partitions]
+    for job, hours in _land(event_log, lake, jobs):
+        partial = {"partition": job.partition, "hours": hours}
+        lake.write_json(partial_path(plan.first_hour, plan.token, job.partition), partial)
+
+
+def _land(
+    event_log: EventLog, lake: LakeResource, jobs: list[_Job]
+) -> Iterator[tuple[_Job, list[dict]]]:
+    """Run `jobs` in parallel workers; each job with its per-hour results, in the jobs' order."""
+    if not jobs:
+        return
     with _pool(event_log, len(jobs), lake) as (pool, open_log, open_lake):
-        futures = {
-            job.partition: pool.submit(_land_partition, open_log, open_lake, job) for job in jobs
+        futures = [pool.submit(_land_partition, open_log, open_lake, job) for job in jobs]
+        for job, future in zip(jobs, futures, strict=True):
+            yield job, future.result()
+
+
+def land_slice(
+    event_log: EventLog, lake: LakeResource, *, now: datetime, first_instant: datetime
+) -> Manifest | None:
+    """Land the open ingest hour so far as its next slice: each Kafka partition from where the
+    last slice (or the previous hour) ended up to the high watermark seen, or to the hour's end.
+    Returns the slice recorded, or None when there is no open hour to slice: nothing has landed
+    yet (the first hour lands whole), the hour after the ledger's head has closed (the hour's
+    landing lands it), or another landing recorded this slice or the hour first."""
+    ledger = Ledger(lake)
+    sweep_slices(lake, ledger)
+    head = ledger.head()
+    if head is None or head.ingest_hour + 2 * HOUR <= now:
+        return None
+    hour = head.ingest_hour + HOUR
+    lake.check_writable()
+    slices = ledger.slices(hour)
+    piece = len(slices)
+    # Written before any slice file: the sweep finds every hour that may hold slice files.
+    lake.write_bytes(f"{slices_dir(hour)}/.open", b"")
+    starts = _starts(event_log, slices[-1] if slices else head)
+    jobs = [_Job(p, start, [hour], now, first_instant, piece=piece) for p, start in starts.items()]
+    parts = {job.partition: hours[0] for job, hours in _land(event_log, lake, jobs)}
+    manifest = _manifest(event_log.topic, hour, parts, now)
+    if not ledger.record_slice(manifest, piece):
+        # Another landing recorded this slice first: its ranges stand, and our files may have
+        # replaced its files, so write its ranges' bytes back.
+        log.warning("slice %d of %s was recorded by another landing", piece, hour_label(hour))
+        _replay(event_log, lake, [ledger.slices(hour)[piece]], now, first_instant)
+        return None
+    if lake.exists(manifest_path(hour)):
+        sweep_slices(lake, ledger)  # the hour was recorded meanwhile, without this slice
+        return None
+    return manifest
+
+
+def sweep_slices(lake: LakeResource, ledger: Ledger) -> None:
+    """Remove what slicing left of hours whose manifest is recorded: the slice files the
+    manifest does not list (a slice recorded after the hour's landing planned, or one a crash
+    left unrecorded), then the hour's slices. Derived from the lake alone: any landing's next
+    run repairs a crash at any point."""
+    recorded = set(ledger.recorded_hours())
+    for hour in ledger.sliced_hours():
+        if hour not in recorded:
+            continue
+        listed = {
+            file
+            for p, entry in ledger.manifest(hour).partitions.items()
+            for part in entry.parts
+            for file in (
+                bronze_file(hour, p, part.slice),
+                landing_quarantine_file(hour, p, part.slice),
+            )
         }
-        for p, future in futures.items():
-            partial = {"partition": p, "hours": future.result()}
-            lake.write_json(partial_path(plan.first_hour, plan.token, p), partial)
+        for folder in (f"bronze/{hour_dir(hour)}", f"quarantine/landing/{hour_dir(hour)}"):
+            for name in lake.list(folder):
+                if ".slice-" in name and f"{folder}/{name}" not in listed:
+                    lake.remove(f"{folder}/{name}")
+        lake.remove(slices_dir(hour))
 
 
 def commit_landing(event_log: EventLog, lake: LakeResource, plan: LandingPlan) -> list[Manifest]:
@@ -547,6 +643,7 @@ def commit_landing(event_log: EventLog, lake: LakeResource, plan: LandingPlan) -
         results = {p: _partial(lake, plan, p) for p in sorted(plan.starts)}
         manifests += _record(event_log, lake, ledger, plan, results)
         event_log.commit(manifests[-1].ends)
+        sweep_slices(lake, ledger)
     lake.remove(partials_dir(plan.first_hour, plan.token))
     return manifests
 
@@ -570,8 +667,12 @@ def _record(
     landed: list[Manifest] = []
     for index, hour in enumerate(plan.hours):
         parts = {p: per_hour[index] for p, per_hour in results.items()}
-        manifest = _manifest(plan.topic, hour, parts, plan.now)
-        if ledger.record(manifest):  # last, and exclusive: the hour now exists
+        owed = plan.slices if index == 0 else 0
+        slices = ledger.slices(hour)[:owed] if owed else []
+        manifest = _manifest(plan.topic, hour, parts, plan.now, slices)
+        # Slices are swept only once their hour is recorded: fewer than planned means another
+        # landing recorded it.
+        if len(slices) == owed and ledger.record(manifest):  # last, and exclusive
             landed.append(manifest)
             continue
         winner = ledger.manifest(hour)
@@ -619,53 +720,76 @@ def _replay(
         for hour in (manifest.ingest_hour, manifest.ingest_hour + HOUR):
             lake.remove(copies_file(hour))
         for p, entry in sorted(manifest.partitions.items()):
-            if entry.rows == 0:
-                continue
-            if event_log.beginning_offset(p) > max(entry.start, entry.lost_end):
-                log.warning(
-                    "%s p%d: offsets %d-%d are gone from the log; bronze keeps its %d rows",
-                    hour_label(manifest.ingest_hour),
-                    p,
-                    entry.start,
-                    entry.end - 1,
-                    entry.rows,
+            for part in entry.parts:  # each slice to its own file
+                if part.rows == 0:
+                    continue
+                if event_log.beginning_offset(p) > max(part.start, part.lost_end):
+                    log.warning(
+                        "%s p%d: offsets %d-%d are gone from the log; bronze keeps its %d rows",
+                        hour_label(manifest.ingest_hour),
+                        p,
+                        part.start,
+                        part.end - 1,
+                        part.rows,
+                    )
+                    continue
+                jobs.append(
+                    _Job(
+                        p,
+                        part.start,
+                        [manifest.ingest_hour],
+                        now,
+                        first_instant,
+                        recorded_end=part.end,
+                        recorded_lost=(part.lost_start, part.lost_end),
+                        piece=part.slice,
+                    )
                 )
-                continue
-            jobs.append(
-                _Job(
-                    p,
-                    entry.start,
-                    [manifest.ingest_hour],
-                    now,
-                    first_instant,
-                    recorded_end=entry.end,
-                    recorded_lost=(entry.lost_start, entry.lost_end),
-                )
-            )
-    if not jobs:
-        return
-    with _pool(event_log, len(jobs), lake) as (pool, open_log, open_lake):
-        for future in [pool.submit(_land_partition, open_log, open_lake, job) for job in jobs]:
-            future.result()
+    for _ in _land(event_log, lake, jobs):
+        pass
 
 
-def _manifest(topic: str, hour: datetime, parts: dict[int, dict], now: datetime) -> Manifest:
+def _manifest(
+    topic: str,
+    hour: datetime,
+    parts: dict[int, dict],
+    now: datetime,
+    slices: Iterable[Manifest] = (),
+) -> Manifest:
+    """An hour's (or a slice's) manifest from each partition's results, after the hour's
+    `slices`: each partition's range is the union of its slices' and its own."""
+    earlier = [piece.to_json() for piece in slices]
     event_hours: Counter = Counter()
     quarantined: Counter = Counter()
     corrected: list[dict] = []
-    for part in parts.values():
+    for part in [*earlier, *parts.values()]:
         event_hours.update(part["event_hours"])
         quarantined.update(part["quarantined"])
         corrected.extend(part["corrected"])
+    ranges = {
+        p: PartitionRange.union(
+            [
+                *(
+                    PartitionRange.from_json(e["partitions"][str(p)])
+                    for e in earlier
+                    if str(p) in e["partitions"]
+                ),
+                PartitionRange.from_json(part["range"]),
+            ]
+        )
+        for p, part in parts.items()
+    }
     return Manifest.from_json(
         {
             "ingest_hour": hour_label(hour),
             "topic": topic,
-            "partitions": {str(p): part["range"] for p, part in sorted(parts.items())},
+            "partitions": {str(p): r.to_json() for p, r in sorted(ranges.items())},
             "event_hours": dict(event_hours),
             "quarantined": dict(sorted(quarantined.items())),
             "corrected": sorted(corrected, key=lambda c: (c["kafka_partition"], c["kafka_offset"])),
-            "future_timestamps": sum(part["future_timestamps"] for part in parts.values()),
+            "future_timestamps": sum(
+                part["future_timestamps"] for part in [*earlier, *parts.values()]
+            ),
             "landed_at": now.isoformat(),
         }
     )

@@ -12,6 +12,11 @@ records it was built from. It is the system of record; Dagster's history is only
 - A landing in progress keeps its plan and, per Kafka partition, its per-hour results
   (`bronze/_partials/<first hour>/<run>/`) until its commit records the manifests: they are
   not the ledger, and nothing reads them but that landing's own steps.
+- The open hour may land in slices before it closes (`bronze/_slices/<hour>/<k>.json`, each
+  written last and exclusively, like a manifest): slice k of each Kafka partition starts where
+  slice k-1 (or the previous hour) ended and ends at the high watermark seen. The hour's landing
+  at the close starts where the last slice ended, and its manifest lists the slices as the
+  pieces of each partition's range; a slice the manifest does not list is swept.
 - Copies of one event re-stamped into different event hours are found once per ingest hour, from
   its bronze and the hour's before (`bronze/_copies/<ingest hour>.parquet`): not the ledger but
   an index derived from final bronze, written by the first cleaning that needs it and dropped
@@ -74,18 +79,25 @@ INDEX = "bronze/_index"
 CLAIMS = "bronze/_claims"
 PARTIALS = "bronze/_partials"
 COPIES = "bronze/_copies"
+SLICES = "bronze/_slices"
 
 
 def hour_dir(hour: datetime) -> str:
     return hour.strftime("date=%Y-%m-%d/hour=%H")
 
 
-def bronze_file(hour: datetime, partition: int) -> str:
-    return f"bronze/{hour_dir(hour)}/partition={partition}.parquet"
+def _piece_name(partition: int, piece: int | None) -> str:
+    return f"partition={partition}" + ("" if piece is None else f".slice-{piece}")
 
 
-def landing_quarantine_file(hour: datetime, partition: int) -> str:
-    return f"quarantine/landing/{hour_dir(hour)}/partition={partition}.parquet"
+def bronze_file(hour: datetime, partition: int, piece: int | None = None) -> str:
+    """A partition's bronze of an ingest hour: the whole range, or slice `piece` of it (the
+    range after the last slice keeps the whole range's name)."""
+    return f"bronze/{hour_dir(hour)}/{_piece_name(partition, piece)}.parquet"
+
+
+def landing_quarantine_file(hour: datetime, partition: int, piece: int | None = None) -> str:
+    return f"quarantine/landing/{hour_dir(hour)}/{_piece_name(partition, piece)}.parquet"
 
 
 def events_file(hour: datetime) -> str:
@@ -118,6 +130,14 @@ def partial_path(first_hour: datetime, token: str, partition: int) -> str:
     return f"{partials_dir(first_hour, token)}/partition={partition}.json"
 
 
+def slices_dir(hour: datetime) -> str:
+    return f"{SLICES}/{hour_label(hour)}"
+
+
+def slice_path(hour: datetime, piece: int) -> str:
+    return f"{slices_dir(hour)}/{piece}.json"
+
+
 # --- what landing records -----------------------------------------------------------------------
 
 
@@ -133,10 +153,59 @@ class PartitionRange:
     file: str | None
     lost_start: int = 0
     lost_end: int = 0
+    slice: int | None = None
+    """The slice of the open hour this range is (None: a range landed after the hour closed)."""
+    pieces: tuple[PartitionRange, ...] = ()
+    """When the hour landed in slices: each slice, then the range landed at the close, in
+    offset order; this range is their union and has no file of its own."""
 
     @property
     def lost(self) -> int:
         return self.lost_end - self.lost_start
+
+    @property
+    def parts(self) -> tuple[PartitionRange, ...]:
+        """The ranges landed separately, each with its own file: the pieces, or this range."""
+        return self.pieces or (self,)
+
+    @property
+    def files(self) -> list[str]:
+        return [part.file for part in self.parts if part.file]
+
+    def to_json(self) -> dict:
+        # A range landed whole reads as it did before slices existed.
+        data = asdict(self)
+        del data["pieces"]
+        if self.slice is None:
+            del data["slice"]
+        if self.pieces:
+            data["pieces"] = [piece.to_json() for piece in self.pieces]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> PartitionRange:
+        pieces = tuple(cls.from_json(piece) for piece in data.get("pieces", ()))
+        return cls(**{**data, "pieces": pieces})
+
+    @classmethod
+    def union(cls, pieces: list[PartitionRange]) -> PartitionRange:
+        """One partition's range of an hour landed in `pieces` (consecutive, oldest first):
+        the one piece that holds anything, or their union listing those that do."""
+        pieces = [piece for piece in pieces if piece.end > piece.start or piece.lost] or [
+            pieces[-1]
+        ]
+        if len(pieces) == 1:
+            return pieces[0]
+        lost = [piece for piece in pieces if piece.lost]
+        return cls(
+            start=pieces[0].start,
+            end=pieces[-1].end,
+            rows=sum(piece.rows for piece in pieces),
+            file=None,
+            lost_start=lost[0].lost_start if lost else 0,
+            lost_end=lost[-1].lost_end if lost else 0,
+            pieces=tuple(pieces),
+        )
 
 
 @dataclass(frozen=True)
@@ -194,7 +263,7 @@ class Manifest:
         return {
             "ingest_hour": hour_label(self.ingest_hour),
             "topic": self.topic,
-            "partitions": {str(p): asdict(r) for p, r in sorted(self.partitions.items())},
+            "partitions": {str(p): r.to_json() for p, r in sorted(self.partitions.items())},
             "rows": self.rows,
             "event_hours": {hour_label(h): n for h, n in sorted(self.event_hours.items())},
             "quarantined": dict(sorted(self.quarantined.items())),
@@ -208,7 +277,7 @@ class Manifest:
         return cls(
             ingest_hour=parse_hour_label(data["ingest_hour"]),
             topic=data["topic"],
-            partitions={int(p): PartitionRange(**r) for p, r in data["partitions"].items()},
+            partitions={int(p): PartitionRange.from_json(r) for p, r in data["partitions"].items()},
             event_hours={parse_hour_label(h): int(n) for h, n in data["event_hours"].items()},
             quarantined=dict(data.get("quarantined", {})),
             corrected=tuple(CorrectedCopy(**c) for c in data.get("corrected", [])),
@@ -344,6 +413,26 @@ class Ledger:
             self.lake.write_bytes(f"{CLAIMS}/{hour_label(hour)}/{label}", b"")
         return self.lake.write_json(
             manifest_path(manifest.ingest_hour), manifest.to_json(), exclusive=True
+        )
+
+    def slices(self, hour: datetime) -> list[Manifest]:
+        """The slices of `hour` recorded so far, in order (each a manifest of its own ranges)."""
+        recorded = set()
+        for name in self.lake.list(slices_dir(hour)):
+            if name.endswith(".json") and name.removesuffix(".json").isdigit():
+                recorded.add(int(name.removesuffix(".json")))
+        count = next(k for k in range(len(recorded) + 1) if k not in recorded)
+        return [Manifest.from_json(self.lake.read_json(slice_path(hour, k))) for k in range(count)]
+
+    def sliced_hours(self) -> list[datetime]:
+        """Hours with slices in the lake (recorded or in progress), oldest first."""
+        return _labels(self.lake.list(SLICES))
+
+    def record_slice(self, manifest: Manifest, piece: int) -> bool:
+        """Write slice `piece` of the open hour, exclusively: False when another landing
+        recorded that slice first (its ranges stand)."""
+        return self.lake.write_json(
+            slice_path(manifest.ingest_hour, piece), manifest.to_json(), exclusive=True
         )
 
     def _listed(self, root: str, hour: datetime, recorded: set[datetime] | None) -> list[datetime]:
