@@ -18,10 +18,12 @@ from dagster import (
     In,
     MetadataValue,
     Nothing,
+    OpExecutionContext,
     ResourceParam,
     RetryPolicy,
     asset,
     graph_asset,
+    job,
     op,
 )
 
@@ -31,12 +33,20 @@ from clickstream_assets.landing import (
     commit_landing,
     land_hours,
     land_shard,
+    land_slice,
     plan_landing,
 )
 from clickstream_assets.pods import CLEANING_POD, LANDING_POD
 from core.ledger import HOUR, Ledger, Manifest, hour_label, partition_key
 from core.settings import load
-from partitions import AS_OF_TAG, event_hours, first_instant, ingest_hours
+from partitions import (
+    AS_OF_TAG,
+    LAND_OPEN_HOUR,
+    STAGE_TAG,
+    event_hours,
+    first_instant,
+    ingest_hours,
+)
 from resources.clock import parse_instant
 from resources.kafka import EventLog
 from resources.lake import LakeResource
@@ -53,7 +63,7 @@ kafka_topic = AssetSpec(
 )
 
 
-def run_clock(context: AssetExecutionContext) -> datetime:
+def run_clock(context: AssetExecutionContext | OpExecutionContext) -> datetime:
     """The instant this run treats as now: the `clickstream/as_of` tag, else the wall clock."""
     tag = context.run.tags.get(AS_OF_TAG)
     return parse_instant(tag) if tag else datetime.now(UTC)
@@ -234,3 +244,22 @@ def events(context: AssetExecutionContext, lake: LakeResource) -> None:
             },
             partition_key=partition_key(hour),
         )
+
+
+@landing_step("land_slice", [], pool="landing")
+def land_slice_step(
+    context: OpExecutionContext, kafka: ResourceParam[EventLog], lake: LakeResource
+) -> None:
+    """Land the open hour's next slice (nothing once it has closed: `raw_events` lands it)."""
+    landed = land_slice(kafka, lake, now=run_clock(context), first_instant=first_instant)
+    if landed is None:
+        context.log.info("no slice landed: no open hour after the ledger's head, or another won")
+        return
+    ranges = {p: [r.start, r.end] for p, r in landed.partitions.items()}
+    context.log.info(f"{hour_label(landed.ingest_hour)}: {landed.rows} records landed {ranges}")
+
+
+@job(name=LAND_OPEN_HOUR, tags={STAGE_TAG: "landing"})
+def land_open_hour():
+    """The open ingest hour's next slice (CLICKSTREAM_LANDING_SLICES; the slice sensor runs it)."""
+    land_slice_step()

@@ -12,7 +12,7 @@ from dagster import (
 from dagster_k8s import k8s_job_executor
 
 from clickstream_assets import checks
-from clickstream_assets.assets import events, kafka_topic, raw_events
+from clickstream_assets.assets import events, kafka_topic, land_open_hour, raw_events
 from clickstream_assets.maintenance import maintenance_schedules
 from clickstream_assets.marts import marts
 from core.settings import Settings, load
@@ -22,12 +22,14 @@ from resources.dbt import dbt_resource
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.warehouse import warehouse_resource
-from sensors.landing import landing_sensor
+from sensors.landing import landing_sensor, slice_sensor
 from sensors.reconcile import build_reconcile_sensor
 
 all_assets = [kafka_topic, raw_events, events, marts]
 all_checks = checks.all_checks
 all_sensors = [landing_sensor, build_reconcile_sensor(list(marts.keys))]
+"""The sensors of closed hours, which the headless catch-up ticks too; the open hour's slices
+are the live deployment's alone."""
 
 
 def hourly_freshness(lateness: timedelta) -> FreshnessPolicy:
@@ -83,7 +85,8 @@ SETTINGS = load()
 defs = Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    sensors=all_sensors,
+    jobs=[land_open_hour],
+    sensors=[*all_sensors, slice_sensor],
     schedules=maintenance_schedules,
     resources=build_resources(SETTINGS),
     executor=executor(SETTINGS),

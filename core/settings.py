@@ -25,6 +25,7 @@ DEFAULTS = {
     "CLICKSTREAM_COLLECTOR_ADDR": "127.0.0.1:8088",
     "CLICKSTREAM_COLLECTOR_STALL_MS": "100",
     "CLICKSTREAM_LANDING_SHARDS": "1",
+    "CLICKSTREAM_LANDING_SLICES": "off",
     "CLICKSTREAM_EXECUTOR": "multiprocess",
 }
 EXECUTORS = ("multiprocess", "k8s")
@@ -70,6 +71,27 @@ def parse_stall_ms(text: str, *, variable: str) -> int:
             "no ack came back meanwhile)"
         )
     return int(text)
+
+
+SLICES_OFF = "off"
+SLICE_BOUNDS = (timedelta(minutes=1), timedelta(minutes=30))
+
+
+def parse_slices(text: str, *, variable: str) -> timedelta | None:
+    """How often the open hour lands a slice: `off` (None: each hour lands whole at its close)
+    or a duration from 1m to 30m, such as 5m."""
+    if text.strip().lower() == SLICES_OFF:
+        return None
+    low, high = SLICE_BOUNDS
+    match = _DURATION.match(text)
+    interval = parse_duration(text, variable=variable) if match else None
+    if interval is None or not low <= interval <= high:
+        raise ConfigError(
+            f"{variable}={text!r} is not a slice interval: use off (each hour lands whole when it "
+            "closes) or a duration from 1m to 30m, such as 5m (the open hour lands that often, "
+            "so its close leaves only the last minutes to land)"
+        )
+    return interval
 
 
 FOREVER = "forever"
@@ -137,6 +159,8 @@ class Settings:
     collector_addr: str = DEFAULTS["CLICKSTREAM_COLLECTOR_ADDR"]
     collector_stall_ms: int = 100
     landing_shards: int = 1
+    landing_slices: timedelta | None = None
+    """How often the open hour lands a slice (None: hours land whole at their close)."""
     executor: str = "multiprocess"
 
     @classmethod
@@ -181,6 +205,9 @@ class Settings:
             ),
             landing_shards=parse_shards(
                 value["CLICKSTREAM_LANDING_SHARDS"], variable="CLICKSTREAM_LANDING_SHARDS"
+            ),
+            landing_slices=parse_slices(
+                value["CLICKSTREAM_LANDING_SLICES"], variable="CLICKSTREAM_LANDING_SLICES"
             ),
             executor=value["CLICKSTREAM_EXECUTOR"],
         )

@@ -1,4 +1,6 @@
-"""The landing sensor: lands every closed ingest hour, and records the pipeline's lag.
+"""The landing sensors: one lands every closed ingest hour and records the pipeline's lag; the
+other lands the open hour in slices (CLICKSTREAM_LANDING_SLICES), so that its close leaves only
+its last minutes to land.
 
 Lag per Kafka partition = the log's high watermark minus the landed end offset, in records, and
 in seconds since the end of the last landed hour while records wait. It is recorded as an
@@ -21,13 +23,21 @@ from dagster import (
     sensor,
 )
 
-from core.ledger import HOUR, Ledger, Manifest, floor_hour, partition_key
-from partitions import AS_OF_TAG, RANGE_END_TAG, RANGE_START_TAG, STAGE_TAG, first_instant
+from core.ledger import HOUR, Ledger, Manifest, floor_hour, hour_label, partition_key
+from core.settings import load
+from partitions import (
+    AS_OF_TAG,
+    LAND_OPEN_HOUR,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    STAGE_TAG,
+    first_instant,
+)
 from resources.clock import ClockResource
 from resources.kafka import EventLog
 from resources.lake import LakeResource
 from sensors.in_flight import in_flight
-from sensors.plan import closed_hours
+from sensors.plan import closed_hours, next_slice
 
 
 def first_ingest_hour(event_log: EventLog, *, not_before: datetime) -> datetime | None:
@@ -131,4 +141,34 @@ def landing_sensor(
                 },
             )
         ],
+    )
+
+
+@sensor(
+    job_name=LAND_OPEN_HOUR,
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+)
+def slice_sensor(context: SensorEvaluationContext, lake: LakeResource, clock: ClockResource):
+    """Lands the open hour's next slice every CLICKSTREAM_LANDING_SLICES, decided from the
+    ledger alone: the hour after its head, and when its last slice was landed."""
+    interval = load().landing_slices
+    if interval is None:
+        return SkipReason("CLICKSTREAM_LANDING_SLICES is off: each hour lands whole at its close")
+    now = clock.now()
+    ledger = Ledger(lake)
+    recorded = ledger.recorded_hours()
+    head = recorded[-1] if recorded else None
+    landed = (
+        [datetime.fromisoformat(s.landed_at) for s in ledger.slices(head + HOUR)] if head else []
+    )
+    owed = next_slice(head, landed, now, interval)
+    if owed is None:
+        return SkipReason("no open hour owes a slice")
+    if in_flight(context.instance, "landing"):
+        return SkipReason("a landing run is in flight")
+    hour, piece = owed
+    return RunRequest(
+        run_key=f"slice:{hour_label(hour)}:{piece}",
+        tags={AS_OF_TAG: now.isoformat(), STAGE_TAG: "landing", "dagster/priority": "10"},
     )

@@ -33,6 +33,21 @@ def closed_hours(first: datetime, now: datetime, *, limit: int) -> list[datetime
     return hours
 
 
+def next_slice(
+    head: datetime | None, landed: list[datetime], now: datetime, interval: timedelta
+) -> tuple[datetime, int] | None:
+    """The open hour's slice owed at `now`, as (hour, slice): the hour after the ledger's `head`
+    while it is open, once its last slice (`landed`: when each was landed) or its start is
+    `interval` old. None when nothing has landed (the first hour lands whole) or that hour has
+    closed (the hour's landing lands the rest)."""
+    if head is None:
+        return None
+    hour = head + HOUR
+    if not hour <= now < hour + HOUR:
+        return None
+    return (hour, len(landed)) if now - max(landed, default=hour) >= interval else None
+
+
 def contiguous_runs(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
     """Sorted hours grouped into (first, last) runs of consecutive hours."""
     runs: list[tuple[datetime, datetime]] = []

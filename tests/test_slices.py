@@ -12,9 +12,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from dagster import build_sensor_context, instance_for_test
 
+from clickstream_assets.assets import land_open_hour
 from clickstream_assets.checks import _bronze_rows, bronze_row_problems
 from clickstream_assets.cleaning import clean_hour
+from clickstream_assets.definitions import defs
 from clickstream_assets.landing import (
     commit_landing,
     land_hours,
@@ -23,8 +26,12 @@ from clickstream_assets.landing import (
     plan_landing,
 )
 from core.ledger import HOUR, Ledger, Manifest, slices_dir
+from core.settings import ConfigError, Settings
+from resources.clock import ClockResource
 from resources.kafka import InMemoryKafka
 from resources.lake import LakeResource
+from sensors.landing import slice_sensor
+from sensors.plan import next_slice
 from tests.helpers import START, all_manifests, at, messy_traffic, to_ms
 
 H9, H10, H11 = at(9), at(10), at(11)
@@ -225,3 +232,73 @@ def test_relanding_a_sliced_hour_writes_the_same_bytes(messages, tmp_path):
     [again] = land(log, lake, [H10], CLOSED)
     assert again == all_manifests(lake)[H10]
     assert lake_files(lake, "bronze/date=2026-11-27/hour=10") == before
+
+
+# -- the setting, the decision, the sensor and the job ---------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["0m", "45s", "31m", "1h", "five", "5"])
+def test_a_bad_slice_interval_fails_at_start_naming_the_variable(text):
+    with pytest.raises(ConfigError, match=r"CLICKSTREAM_LANDING_SLICES=.*from 1m to 30m"):
+        Settings.from_env({"CLICKSTREAM_LANDING_SLICES": text})
+
+
+def test_slices_are_off_unless_configured():
+    assert Settings.from_env({}).landing_slices is None
+    assert Settings.from_env({"CLICKSTREAM_LANDING_SLICES": "5m"}).landing_slices == timedelta(
+        minutes=5
+    )
+
+
+FIVE = timedelta(minutes=5)
+
+
+@pytest.mark.parametrize(
+    ("head", "landed", "now", "owed"),
+    [
+        (None, [], at(10, 30), None),  # nothing landed: the first hour lands whole
+        (H9, [], at(10, 4), None),  # the open hour is not 5 minutes old
+        (H9, [], at(10, 5), (H10, 0)),
+        (H9, [at(10, 5)], at(10, 9), None),
+        (H9, [at(10, 5), at(10, 10)], at(10, 16), (H10, 2)),
+        (H9, [at(10, 5)], H11, None),  # closed: the hour's landing lands the rest
+        (H9, [], at(12, 30), None),  # landing is behind: hours land whole
+    ],
+)
+def test_the_slice_owed_follows_the_ledger(head, landed, now, owed):
+    assert next_slice(head, landed, now, FIVE) == owed
+
+
+def test_the_sensor_requests_the_slice_the_ledger_owes_and_the_job_lands_it(
+    messages, tmp_path, monkeypatch
+):
+    lake = LakeResource(url=str(tmp_path))
+    log = InMemoryKafka(topic="t", partitions=3)
+    log.produce(received_before(messages, None, at(10, 20)))
+    land(log, lake, [H9], H10)
+    resources = {"lake": lake, "kafka": log}
+    with instance_for_test() as instance:
+
+        def tick(now: datetime):
+            with build_sensor_context(
+                instance=instance,
+                resources={**resources, "clock": ClockResource(as_of=now.isoformat())},
+                definitions=defs,
+            ) as context:
+                return slice_sensor.evaluate_tick(context)
+
+        monkeypatch.delenv("CLICKSTREAM_LANDING_SLICES", raising=False)
+        assert not tick(at(10, 20)).run_requests
+        monkeypatch.setenv("CLICKSTREAM_LANDING_SLICES", "5m")
+        [request] = tick(at(10, 20)).run_requests
+        assert request.run_key == "slice:2026-11-27T10:0"
+        result = land_open_hour.execute_in_process(
+            resources=resources, instance=instance, tags=dict(request.tags)
+        )
+        assert result.success
+        [landed] = Ledger(lake).slices(H10)
+        assert landed.rows == received_before(messages, H10, at(10, 20)).num_rows
+        assert not tick(at(10, 24)).run_requests  # the slice is 4 minutes old
+        [request] = tick(at(10, 25)).run_requests
+        assert request.run_key == "slice:2026-11-27T10:1"
+        assert not tick(H11).run_requests  # closed: the landing sensor's
