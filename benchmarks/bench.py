@@ -436,20 +436,13 @@ BILLION_A_DAY_HOUR = 1_000_000_000 // 24
 def bench_rollup(results: Results, bootstrap: str, workdir: Path, events: int) -> None:
     """From the close of an ingest hour of `events` records to its rollup in the warehouse, in a
     deployment that has caught up with the hours before it (landed, cleaned, marts built): the
-    catch-up at the close lands the hour, cleans the event hours it holds and rebuilds the day."""
-    from dagster import instance_for_test
-
-    from clickstream_tools.catchup import run_catch_up
+    catch-up at the close lands the hour, cleans the event hours it holds and rebuilds the day.
+    Twice: the hour landed whole at its close, and landed in 12 slices as it arrived (every
+    5 minutes), so that the close lands only the last."""
     from clickstream_tools.generator import TrafficSpec, generate
-    from clickstream_tools.generator.send import produce
-    from resources.kafka import KafkaResource
 
     hour = DAY + timedelta(hours=20)  # the diurnal peak
     close = hour + timedelta(hours=1)
-    topic = f"rollup.{int(time.time())}"
-    settings = _deployment(workdir / "rollup", bootstrap, topic)
-    log = KafkaResource(bootstrap_servers=bootstrap, topic=topic)
-    log.create_topic(PARTITIONS)
     # The three hours before, and their late records and retries that arrive in the hour.
     before = generate(
         TrafficSpec(start=hour - timedelta(hours=3), end=hour, events=events // 4, seed=7)
@@ -457,31 +450,85 @@ def bench_rollup(results: Results, bootstrap: str, workdir: Path, events: int) -
     during = generate(
         TrafficSpec(start=hour, end=close, events=events, seed=8, receive_until=close)
     ).messages
-    received = pc.field("timestamp_ms")
-    at = pa.scalar(int(hour.timestamp() * 1000), before.schema.field("timestamp_ms").type)
-    ended = pa.scalar(int(close.timestamp() * 1000), before.schema.field("timestamp_ms").type)
-    earlier = before.filter(received < at)
-    closing = pa.concat_tables([before.filter((received >= at) & (received < ended)), during])
-    cores = os.cpu_count() or 1
-    produce(log, earlier, workers=cores)
-    with instance_for_test() as instance:
-        run_catch_up(settings, until=hour, instance=instance, log=lambda _: None)
-        produce(log, closing.sort_by("timestamp_ms"), workers=cores)
-        with Timer() as timer:
-            report = run_catch_up(settings, until=close, instance=instance, log=lambda _: None)
-    n = closing.num_rows
-    stages = report.seconds_by_stage()
+    earlier = _received(before, None, hour)
+    closing = pa.concat_tables([_received(before, hour, close), during]).sort_by("timestamp_ms")
+    n, cores = closing.num_rows, os.cpu_count() or 1
     # The model's per-record cost of landing and cleaning (README, "Hourly rollups").
     modelled = n * 1_150 / BILLION_A_DAY_HOUR / cores
-    results.add(
-        f"hourly rollup after an ingest hour of {n:,} records closes "
-        f"(1/{BILLION_A_DAY_HOUR / n:.0f} of a billion-a-day hour), from the broker",
-        f"{timer.wall:.1f} s (CPU {timer.cpu + timer.workers:.1f} s): "
-        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in stages.items()),
-        f"the README's model for landing and cleaning on {cores} cores: {modelled:.1f} s "
-        "plus the day's marts",
-        f"{n / timer.wall:,.0f} rec/s",
-    )
+    for slices in (0, 12):
+        timer, stages, sliced = _rollup(bootstrap, workdir, earlier, closing, hour, slices)
+        how = (
+            f"landed every {60 // slices} minutes as it arrived ({sliced:.1f} s of slices before "
+            "the close)"
+            if slices
+            else "landed whole at the close"
+        )
+        results.add(
+            f"hourly rollup after an ingest hour of {n:,} records closes "
+            f"(1/{BILLION_A_DAY_HOUR / n:.0f} of a billion-a-day hour), {how}",
+            f"{timer.wall:.1f} s (CPU {timer.cpu + timer.workers:.1f} s): "
+            + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in stages.items()),
+            f"the README's model for landing and cleaning it all on {cores} cores: "
+            f"{modelled:.1f} s plus the day's marts",
+            f"{n / timer.wall:,.0f} rec/s",
+        )
+
+
+def _received(messages: pa.Table, start: datetime | None, end: datetime) -> pa.Table:
+    """The messages received in [start, end)."""
+    received = pc.field("timestamp_ms")
+    ms = messages.schema.field("timestamp_ms").type
+    mask = received < pa.scalar(int(end.timestamp() * 1000), ms)
+    if start is not None:
+        mask &= received >= pa.scalar(int(start.timestamp() * 1000), ms)
+    return messages.filter(mask)
+
+
+def _rollup(
+    bootstrap: str,
+    workdir: Path,
+    earlier: pa.Table,
+    closing: pa.Table,
+    hour: datetime,
+    slices: int,
+) -> tuple[Timer, dict[str, float], float]:
+    """One deployment through the hour: caught up at its start, the hour's records produced (in
+    `slices` parts, each landed as a slice when it has arrived), then the catch-up at the close,
+    timed. Returns that timer, its stages' seconds and the slices' seconds."""
+    from dagster import instance_for_test
+
+    from clickstream_assets.landing import land_slice
+    from clickstream_tools.catchup import run_catch_up
+    from clickstream_tools.generator.send import produce
+    from partitions import first_instant
+    from resources.kafka import KafkaResource
+    from resources.lake import LakeResource
+
+    topic = f"rollup-{slices}.{int(time.time())}"
+    settings = _deployment(workdir / f"rollup-{slices}", bootstrap, topic)
+    log = KafkaResource(bootstrap_servers=bootstrap, topic=topic)
+    log.create_topic(PARTITIONS)
+    cores = os.cpu_count() or 1
+    produce(log, earlier, workers=cores)
+    close = hour + timedelta(hours=1)
+    edges = [hour + (close - hour) * i / max(slices, 1) for i in range(1, max(slices, 1))]
+    sliced = 0.0
+    with instance_for_test() as instance:
+        run_catch_up(settings, until=hour, instance=instance, log=lambda _: None)
+        previous = hour
+        for edge in edges:
+            produce(log, _received(closing, previous, edge), workers=cores)
+            with Timer() as timer:
+                landed = land_slice(
+                    log, LakeResource(url=settings.lake_url), now=edge, first_instant=first_instant
+                )
+            assert landed is not None
+            sliced += timer.wall
+            previous = edge
+        produce(log, _received(closing, previous, close), workers=cores)
+        with Timer() as timer:
+            report = run_catch_up(settings, until=close, instance=instance, log=lambda _: None)
+    return timer, report.seconds_by_stage(), sliced
 
 
 # -- Spark ---------------------------------------------------------------------------------------

@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="also show each run's own log (Dagster, dbt)"
     )
 
+    land_slice = commands.add_parser(
+        "land-slice",
+        help="land the open hour so far as its next slice (what the slice sensor's job runs)",
+    )
+    land_slice.add_argument("--at", type=_moment, help="the clock (default: now)")
+
     demo = commands.add_parser("demo", help="broker, a day of traffic, catch-up and a report")
     demo.add_argument("--events", type=int, default=1_000_000, help="events (default 1,000,000)")
     demo.add_argument("--day", type=_moment, help="the UTC day to generate (default: 2 days ago)")
@@ -292,6 +298,26 @@ def _catch_up(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _land_slice(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream_assets.landing import land_slice
+    from partitions import first_instant
+    from resources.kafka import KafkaResource
+    from resources.lake import LakeResource
+
+    landed = land_slice(
+        KafkaResource(bootstrap_servers=settings.kafka_bootstrap, topic=settings.topic),
+        LakeResource(url=settings.lake_url),
+        now=args.at or datetime.now(UTC),
+        first_instant=first_instant,
+    )
+    if landed is None:
+        print("no slice: no open hour after the ledger's head, or another landing won")
+    else:
+        ranges = {p: [r.start, r.end] for p, r in landed.partitions.items()}
+        print(f"{landed.ingest_hour:%Y-%m-%dT%H}: {landed.rows} records landed {ranges}")
+    return 0
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     # Default: two days ago (UTC), so the day, its late arrivals and its watermark are past.
     day = args.day.date() if args.day else datetime.now(UTC).date() - timedelta(days=2)
@@ -312,6 +338,7 @@ _COMMANDS = {
     "broker": _broker,
     "generate": _generate,
     "catch-up": _catch_up,
+    "land-slice": _land_slice,
     "demo": _demo,
     "collector": _collector,
 }

@@ -40,7 +40,12 @@ def test_the_graph_runs_from_the_topic_to_the_marts():
     assert {"kafka_topic", "raw_events", "events", "stg_events", "fct_daily_active_users"} <= keys
     assert AssetKey("events") in graph.get(AssetKey("stg_events")).parent_keys
     assert AssetKey("raw_events") in graph.get(AssetKey("events")).parent_keys
-    assert {s.name for s in defs.sensors or []} == {"landing_sensor", "reconcile_sensor"}
+    assert {s.name for s in defs.sensors or []} == {
+        "landing_sensor",
+        "reconcile_sensor",
+        "slice_sensor",
+    }
+    assert defs.get_job_def("land_open_hour").name == "land_open_hour"
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import kubernetes
@@ -180,6 +181,7 @@ def test_the_chart_runs_landing_shards_as_pods_with_valid_settings():
     (deployment,) = VALUES["dagster-user-deployments"]["deployments"]
     settings = Settings.from_env({k: str(v) for k, v in deployment["env"].items()})
     assert settings.executor == "k8s" and settings.landing_shards == 3
+    assert settings.landing_slices == timedelta(minutes=5)
 
 
 def test_a_bad_executor_fails_at_start_with_the_choices():

@@ -9,6 +9,7 @@ stage has begun, and the next run must work out what is owed from the lake alone
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -43,9 +44,9 @@ def _started(stage: str, root: Path) -> bool:
     return (root / "warehouse.duckdb").exists()
 
 
-def _catch_up(env: dict[str, str]) -> subprocess.Popen:
+def _catch_up(env: dict[str, str], until: datetime = UNTIL) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "clickstream_tools.cli", "catch-up", "--until", UNTIL.isoformat()],
+        [sys.executable, "-m", "clickstream_tools.cli", "catch-up", "--until", until.isoformat()],
         env=os.environ | env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -123,3 +124,102 @@ def test_a_lost_dagster_instance_loses_nothing(traffic_in):
     output, _ = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, output
     assert_marts_match(env["CLICKSTREAM_WAREHOUSE"], traffic.truth)
+
+
+SLICED = START + timedelta(hours=19)
+"""The hour landed in slices (the traffic's peak): its first slice at :20, its second at :40."""
+
+
+def _land_slice(env: dict[str, str], at: datetime) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "clickstream_tools.cli", "land-slice", "--at", at.isoformat()],
+        env=os.environ | env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _received(messages, start: datetime | None, end: datetime):
+    import pyarrow.compute as pc
+
+    ts = messages.column("timestamp_ms")
+    mask = pc.less(ts, int(end.timestamp() * 1000))
+    if start is not None:
+        mask = pc.and_(mask, pc.greater_equal(ts, int(start.timestamp() * 1000)))
+    return messages.filter(mask)
+
+
+def _kill_when(process: subprocess.Popen, started, what: str) -> None:
+    deadline = time.monotonic() + 300
+    while not started():
+        assert process.poll() is None, f"ended before {what}: {process.stdout.read()}"
+        assert time.monotonic() < deadline, f"{what} never started"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode != 0
+
+
+def _slice_files(folder: Path, piece: int) -> bool:
+    return any(folder.glob(f"*.slice-{piece}.parquet*")) or any(folder.glob(f".*.slice-{piece}.*"))
+
+
+@pytest.mark.parametrize("kill", ["slice-begun", "slice-written", "close"])
+def test_a_killed_slice_or_close_of_a_sliced_hour_is_repaired(broker, tmp_path, kill):
+    """The log grows while hour 06 is open: its slices land as it arrives, one landing (a slice,
+    or the hour's at its close) is killed once it has begun writing, and the next landings and
+    catch-up still make the marts equal the generator's expectation, with no slice file left that
+    the hour's manifest does not list."""
+    topic = f"it.crash.sliced.{kill}"
+    kafka = KafkaResource(bootstrap_servers=broker.bootstrap, topic=topic)
+    kafka.create_topic(3)
+    traffic = messy_traffic(START, END, events=6_000, seed=21, max_late=timedelta(hours=4))
+    messages = traffic.messages.sort_by("timestamp_ms")
+    env = local_env(
+        tmp_path,
+        CLICKSTREAM_KAFKA_BOOTSTRAP=broker.bootstrap,
+        CLICKSTREAM_TOPIC=topic,
+        CLICKSTREAM_START_DATE=START.date().isoformat(),
+        DBT_SEND_ANONYMOUS_USAGE_STATS="false",
+    )
+    lake = tmp_path / "lake"
+    hour_dir = lake / f"bronze/date={SLICED:%Y-%m-%d}/hour={SLICED:%H}"
+    first, second = SLICED + timedelta(minutes=20), SLICED + timedelta(minutes=40)
+
+    def run(process: subprocess.Popen) -> str:
+        output, _ = process.communicate(timeout=900)
+        assert process.returncode == 0, output
+        return output
+
+    produce(kafka, _received(messages, None, first), chunk_rows=6_000)
+    run(_catch_up(env, SLICED))
+    if kill == "slice-begun":
+        marker = lake / f"bronze/_slices/{SLICED:%Y-%m-%dT%H}"
+        _kill_when(_land_slice(env, first), marker.exists, "slice 0")
+    if kill == "slice-written":
+        _kill_when(_land_slice(env, first), lambda: _slice_files(hour_dir, 0), "slice 0's files")
+    assert "records landed" in run(_land_slice(env, first))
+    produce(kafka, _received(messages, first, second), chunk_rows=6_000)
+    assert "records landed" in run(_land_slice(env, second))
+    produce(kafka, _received(messages, second, UNTIL), chunk_rows=6_000)
+    if kill == "close":
+        partials = lake / f"bronze/_partials/{SLICED:%Y-%m-%dT%H}"
+        _kill_when(_catch_up(env), partials.exists, "the close of the sliced hour")
+    run(_catch_up(env))
+    assert_marts_match(env["CLICKSTREAM_WAREHOUSE"], traffic.truth)
+    manifest = json.loads((lake / f"bronze/_manifests/{SLICED:%Y-%m-%dT%H}.json").read_text())
+    listed = {
+        piece["file"]
+        for entry in manifest["partitions"].values()
+        for piece in entry.get("pieces", [entry])
+        if piece["file"]
+    }
+    assert any(".slice-1" in f for f in listed), "the hour was landed in slices"
+    on_disk = {str(f.relative_to(lake)) for f in hour_dir.glob("*.parquet")}
+    assert on_disk == listed
+    quarantine = lake / "quarantine/landing" / hour_dir.relative_to(lake / "bronze")
+    assert {
+        f"bronze/{f.relative_to(lake / 'quarantine/landing')}" for f in quarantine.glob("*.slice-*")
+    } <= listed
+    assert not (lake / f"bronze/_slices/{SLICED:%Y-%m-%dT%H}").exists()

@@ -27,7 +27,7 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
-from clickstream_assets.definitions import all_sensors
+from clickstream_assets.definitions import defs
 from clickstream_tools.generator import produce
 from core.ledger import Ledger, floor_hour
 from resources.kafka import KafkaResource
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.postgres
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STAGES = ("landing", "cleaning", "marts")
-SENSOR_NAMES = {sensor.name for sensor in all_sensors}
+SENSOR_NAMES = {sensor.name for sensor in defs.sensors}
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 SETTLE_DEADLINE = timedelta(minutes=30)
 """Only a guard against a hang: nothing is asserted about how long anything takes."""
@@ -291,7 +291,6 @@ def test_a_fresh_hour_lands_first_while_a_week_is_backfilled(broker, pg_database
         # Operators' CLI: hold the sensors, so the backfill is queued before the hour is seen.
         for name in sorted(SENSOR_NAMES):
             running.cli("sensor", "stop", name)
-        from clickstream_assets.definitions import defs
         from clickstream_assets.marts import marts
 
         week = [(top.date() - timedelta(days=d)).isoformat() for d in range(8, 1, -1)]
