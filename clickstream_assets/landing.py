@@ -49,7 +49,10 @@ from resources.lake import LakeResource
 log = logging.getLogger(__name__)
 
 ROW_GROUP_ROWS = 100_000
-"""Fixed row-group size: bounds memory and makes a re-run write identical bytes."""
+"""Rows sorted and written together: bounds memory and makes a re-run write identical bytes."""
+RUN_ROWS = 10_000
+"""A run of one event hour and validity this long is a row group of its own; shorter runs (late
+events of other hours, invalid rows) share row groups of about this many rows."""
 FUTURE_TIMESTAMP_TOLERANCE = timedelta(minutes=5)
 """A Kafka timestamp this far past the wall clock when read cannot be a receive time."""
 
@@ -125,6 +128,28 @@ def first_offset_at_or_after(offsets: pa.Array, end: int) -> int:
     return len(offsets) if index < 0 else index
 
 
+def row_groups(run_ends: list[int], run_rows: int) -> Iterator[tuple[int, int]]:
+    """The (start, end) of each row group over consecutive runs ending at `run_ends`: a run of
+    at least `run_rows` rows is a row group of its own; shorter runs next to each other share a
+    row group, closed once it holds `run_rows` rows."""
+    shared = None  # where the open shared row group starts
+    start = 0
+    for end in run_ends:
+        if end - start >= run_rows:
+            if shared is not None:
+                yield shared, start
+                shared = None
+            yield start, end
+        else:
+            shared = start if shared is None else shared
+            if end - shared >= run_rows:
+                yield shared, end
+                shared = None
+        start = end
+    if shared is not None:
+        yield shared, start
+
+
 @dataclass
 class _Sink:
     """Writes one (ingest hour, partition) file in fixed row groups and counts what it saw."""
@@ -164,9 +189,10 @@ class _Sink:
         self._write_group(combined.slice(0, rows).combine_chunks())
 
     def _write_group(self, parsed: pa.Table) -> None:
-        # One row group per event hour and validity (offset order within it): row-group
-        # statistics then let cleaning read only the rows of the hour it rebuilds, late rows
-        # included, and the raw values of only its invalid rows.
+        # Sorted by event hour and validity (offset order within each run) and cut at run ends
+        # (`row_groups`): row-group statistics then let cleaning skip all but the few row groups
+        # that hold rows of the hour it rebuilds (its filter keeps exactly those rows), without
+        # hundreds of tiny row groups for the late events of a day.
         valid = pc.is_null(parsed["reason"])
         order = pa.table([parsed["event_hour"], valid, parsed["kafka_offset"]], ["h", "v", "o"])
         parsed = parsed.take(
@@ -200,10 +226,8 @@ class _Sink:
         ends = set()
         for column in (bronze["event_hour"], pc.is_null(bronze["reason"])):
             ends.update(pc.run_end_encode(column.combine_chunks()).run_ends.to_pylist())
-        start = 0
-        for end in sorted(ends):
+        for start, end in row_groups(sorted(ends), RUN_ROWS):
             self._writer.write_table(bronze.slice(start, end - start), row_group_size=end - start)
-            start = end
 
         readable = bronze.filter(pc.invert(landing_bad))
         histogram = readable.group_by("event_hour").aggregate([("event_hour", "count")])

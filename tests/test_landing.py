@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clickstream_assets.landing import first_at_or_after, land_hours
+from clickstream_assets import landing
+from clickstream_assets.landing import first_at_or_after, land_hours, row_groups
 from core.ledger import (
     CorrectedCopy,
     Ledger,
@@ -88,14 +89,54 @@ def test_next_hour_starts_where_the_previous_ended(log, lake):
     assert ranges(m12) == {0: (6, 7), 1: (2, 2), 2: (0, 0)}
 
 
-def test_bronze_row_groups_hold_one_event_hour_each(log, lake):
-    # Row-group statistics are what lets cleaning skip everything but the hour it rebuilds.
-    land(log, lake, [H10, H11], now=H12)
-    metadata = pq.ParquetFile(lake.path(bronze_file(H11, 0))).metadata
+def test_bronze_row_groups_cut_long_runs_alone_and_share_short_ones(lake, monkeypatch):
+    # Row-group statistics are what lets cleaning skip everything but the hour it rebuilds: a
+    # long run of one event hour is a row group of its own, late events of other hours share
+    # one, and a filter on the event hour still reads exactly that hour's rows.
+    monkeypatch.setattr(landing, "RUN_ROWS", 3)
+    log = InMemoryKafka(topic="t", partitions=1)
+    produce(
+        log,
+        0,
+        [
+            (at(11, 1), value("e1", at(11, 0))),
+            (at(11, 2), value("e2", at(11, 1))),
+            (at(11, 3), value("late-9", at(9, 15))),
+            (at(11, 4), value("e3", at(11, 2))),
+            (at(11, 5), value("late-10a", at(10, 15))),
+            (at(11, 6), value("late-10b", at(10, 20))),
+        ],
+    )
+    land(log, lake, [H11], now=H12)
+    path = lake.path(bronze_file(H11, 0))
+    metadata = pq.ParquetFile(path).metadata
     event_hour = metadata.schema.to_arrow_schema().get_field_index("event_hour")
-    for group in range(metadata.num_row_groups):
-        stats = metadata.row_group(group).column(event_hour).statistics
-        assert stats.null_count == metadata.row_group(group).num_rows or stats.min == stats.max
+    groups = [
+        (stats.min, stats.max, metadata.row_group(g).num_rows)
+        for g in range(metadata.num_row_groups)
+        for stats in [metadata.row_group(g).column(event_hour).statistics]
+    ]
+    assert groups == [(at(9), at(10), 3), (H11, H11, 3)]
+    for hour, ids in [
+        (at(9), ["late-9"]),
+        (at(10), ["late-10a", "late-10b"]),
+        (H11, ["e1", "e2", "e3"]),
+    ]:
+        read = pq.read_table(path, columns=["event_id"], filters=[("event_hour", "==", hour)])
+        assert sorted(read.column("event_id").to_pylist()) == ids
+
+
+@pytest.mark.parametrize(
+    ("run_ends", "expected"),
+    [
+        ([5, 6, 7, 20, 21], [(0, 5), (5, 7), (7, 20), (20, 21)]),
+        ([1, 2, 3, 4, 5, 6], [(0, 5), (5, 6)]),
+        ([10], [(0, 10)]),
+        ([2], [(0, 2)]),
+    ],
+)
+def test_row_groups(run_ends, expected):
+    assert list(row_groups(run_ends, 5)) == expected
 
 
 def test_out_of_order_record_after_the_boundary_lands_in_the_later_hour(log, lake):
