@@ -38,7 +38,7 @@ from core.ledger import HOUR, Ledger, Manifest, hour_label, partition_key
 from core.settings import load
 from partitions import AS_OF_TAG, event_hours, first_instant, ingest_hours
 from resources.clock import parse_instant
-from resources.kafka import EventLog
+from resources.event_log import EventLog
 from resources.lake import LakeResource
 
 TRANSIENT_RETRIES = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL)

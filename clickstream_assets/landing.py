@@ -43,8 +43,8 @@ from core.ledger import (
     partial_path,
     partials_dir,
 )
-from resources.kafka import RECORD_SCHEMA, EventLog, Positioned
-from resources.lake import LakeResource
+from resources.event_log import RECORD_SCHEMA, EventLog, Positioned
+from resources.lake_store import Lake
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def row_groups(run_ends: list[int], run_rows: int) -> Iterator[tuple[int, int]]:
 class _Sink:
     """Writes one (ingest hour, partition) file in fixed row groups and counts what it saw."""
 
-    lake: LakeResource
+    lake: Lake
     hour: datetime
     partition: int
     start: int
@@ -338,7 +338,7 @@ class _Job:
 
 
 def _land_partition(
-    open_log: Callable[[], EventLog], open_lake: Callable[[], LakeResource], job: _Job
+    open_log: Callable[[], EventLog], open_lake: Callable[[], Lake], job: _Job
 ) -> list[dict]:
     """Stream one partition from `job.start`, cutting it into `job.hours` by Kafka timestamp
     (or at the recorded end when re-landing); return each hour's range and counts."""
@@ -456,7 +456,7 @@ class LandingPlan:
         )
 
     @classmethod
-    def read(cls, lake: LakeResource, first_hour: datetime, token: str) -> LandingPlan:
+    def read(cls, lake: Lake, first_hour: datetime, token: str) -> LandingPlan:
         return cls.from_json(lake.read_json(landing_plan_path(first_hour, token)))
 
 
@@ -467,7 +467,7 @@ def shard_partitions(partitions: Iterable[int], shard: int, shards: int) -> list
 
 def land_hours(
     event_log: EventLog,
-    lake: LakeResource,
+    lake: Lake,
     hours: list[datetime],
     *,
     now: datetime,
@@ -482,7 +482,7 @@ def land_hours(
 
 def plan_landing(
     event_log: EventLog,
-    lake: LakeResource,
+    lake: Lake,
     hours: list[datetime],
     *,
     now: datetime,
@@ -545,7 +545,7 @@ def plan_landing(
     return plan
 
 
-def land_shard(event_log: EventLog, lake: LakeResource, plan: LandingPlan, shard: int) -> None:
+def land_shard(event_log: EventLog, lake: Lake, plan: LandingPlan, shard: int) -> None:
     """Land the plan's fresh hours for the Kafka partitions of `shard` (in parallel workers),
     writing each partition's bronze files and then its per-hour results as a partial entry."""
     partitions = shard_partitions(plan.starts, shard, plan.shards)
@@ -561,7 +561,7 @@ def land_shard(event_log: EventLog, lake: LakeResource, plan: LandingPlan, shard
             lake.write_json(partial_path(plan.first_hour, plan.token, p), partial)
 
 
-def commit_landing(event_log: EventLog, lake: LakeResource, plan: LandingPlan) -> list[Manifest]:
+def commit_landing(event_log: EventLog, lake: Lake, plan: LandingPlan) -> list[Manifest]:
     """Record the plan's fresh hours from the partial entries of every Kafka partition: each
     hour's manifest last and exclusive, then the consumer group's offsets. Returns the replayed
     and the recorded manifests, oldest first."""
@@ -575,7 +575,7 @@ def commit_landing(event_log: EventLog, lake: LakeResource, plan: LandingPlan) -
     return manifests
 
 
-def _partial(lake: LakeResource, plan: LandingPlan, partition: int) -> list[dict]:
+def _partial(lake: Lake, plan: LandingPlan, partition: int) -> list[dict]:
     """A partition's per-hour results; a missing entry fails the commit (nothing is recorded:
     the next run of these hours lands them again)."""
     path = partial_path(plan.first_hour, plan.token, partition)
@@ -586,7 +586,7 @@ def _partial(lake: LakeResource, plan: LandingPlan, partition: int) -> list[dict
 
 def _record(
     event_log: EventLog,
-    lake: LakeResource,
+    lake: Lake,
     ledger: Ledger,
     plan: LandingPlan,
     results: dict[int, list[dict]],
@@ -613,8 +613,8 @@ def _record(
 
 @contextmanager
 def _pool(
-    event_log: EventLog, partitions: int, lake: LakeResource
-) -> Iterator[tuple[Executor, Callable[[], EventLog], Callable[[], LakeResource]]]:
+    event_log: EventLog, partitions: int, lake: Lake
+) -> Iterator[tuple[Executor, Callable[[], EventLog], Callable[[], Lake]]]:
     """Kafka partitions land in parallel: in worker processes when the log can be reopened there
     (the Kafka client is CPU-bound Python), else in threads. Yields the executor and how a
     worker opens the log and the lake."""
@@ -622,7 +622,7 @@ def _pool(
     if event_log.process_safe and workers > 1:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            yield pool, event_log.opener(), partial(LakeResource, url=lake.url)
+            yield pool, event_log.opener(), partial(Lake, url=lake.url)
     else:
         with ThreadPoolExecutor(max(1, min(partitions, 8))) as pool:
             yield pool, event_log.opener(), lambda: lake
@@ -630,7 +630,7 @@ def _pool(
 
 def _replay(
     event_log: EventLog,
-    lake: LakeResource,
+    lake: Lake,
     manifests: list[Manifest],
     now: datetime,
     first_instant: datetime,

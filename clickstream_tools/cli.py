@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from core.settings import ConfigError, Settings, load
-from resources.kafka import KafkaUnavailable
-from resources.lake import LakeUnavailable
+from resources.event_log import KafkaUnavailable
+from resources.lake_store import LakeUnavailable
 
 START_DATE = "CLICKSTREAM_START_DATE"
 

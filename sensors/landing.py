@@ -24,7 +24,7 @@ from dagster import (
 from core.ledger import HOUR, Ledger, Manifest, floor_hour, partition_key
 from partitions import AS_OF_TAG, RANGE_END_TAG, RANGE_START_TAG, STAGE_TAG, first_instant
 from resources.clock import ClockResource
-from resources.kafka import EventLog
+from resources.event_log import EventLog
 from resources.lake import LakeResource
 from sensors.in_flight import in_flight
 from sensors.plan import closed_hours

@@ -23,7 +23,7 @@ from core.ledger import (
     landing_quarantine_file,
     manifest_path,
 )
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka
 from resources.lake import LakeResource
 from sensors.landing import first_ingest_hour
 from tests.helpers import START, all_manifests, at, histogram, produce, to_ms, value
