@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
+import subprocess
+import sys
 from datetime import datetime, timedelta
 
 import pyarrow as pa
@@ -23,7 +26,8 @@ from core.ledger import (
     landing_quarantine_file,
     manifest_path,
 )
-from resources.event_log import InMemoryKafka
+from resources.event_log import InMemoryKafka, KafkaLog
+from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from sensors.landing import first_ingest_hour
 from tests.helpers import START, all_manifests, at, histogram, produce, to_ms, value
@@ -542,3 +546,27 @@ def test_first_ingest_hour():
     assert first_ingest_hour(log, not_before=START) == at(9, 0)
     log.truncate_before(1, 1)
     assert first_ingest_hour(log, not_before=START) == at(10, 0)
+
+
+def test_a_landing_worker_opens_the_log_and_the_lake_without_importing_dagster(
+    tmp_path, monkeypatch
+):
+    # Dagster was most of a spawned worker's start-up: a worker process imports landing and
+    # unpickles the openers of the log and the lake, and neither may bring Dagster in.
+    monkeypatch.setattr(landing.os, "cpu_count", lambda: 2)  # worker processes on any machine
+    kafka = KafkaResource(bootstrap_servers="127.0.0.1:1", topic="t", group_id="g")
+    with landing._pool(kafka, 2, LakeResource(url=str(tmp_path))) as (_, open_log, open_lake):
+        openers = pickle.dumps((open_log, open_lake))
+    script = (
+        "import pickle, sys\n"
+        "import clickstream_assets.landing\n"
+        "open_log, open_lake = pickle.loads(sys.stdin.buffer.read())\n"
+        "log, lake = open_log(), open_lake()\n"
+        "print(type(log).__name__, log.topic, log.group_id, type(lake).__name__, lake.url)\n"
+        "print('dagster' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], input=openers, capture_output=True, check=True
+    )
+    assert result.stdout.decode().split() == ["KafkaLog", "t", "g", "Lake", str(tmp_path), "False"]
+    assert isinstance(kafka.opener()(), KafkaLog)
