@@ -219,7 +219,7 @@ def bench_landing(results: Results, bootstrap: str, topic: str, lake_dir: str, n
 def _parquet_log(path: str):
     """An EventLog over a Parquet file of one partition's records, streamed in batches: the log
     itself holds almost nothing in memory."""
-    from resources.kafka import RECORD_SCHEMA, EventLog, Positioned
+    from resources.event_log import RECORD_SCHEMA, EventLog, Positioned
 
     class _Log(EventLog):
         topic = "bench"
@@ -259,7 +259,7 @@ def write_hour_records(path: str, events: int, hour: datetime) -> int:
     """Generate `events` events of one hour, all received within it, as Kafka records of one
     partition, in chunks of 1M so that generating 8M does not need 8M in memory at once."""
     from clickstream_tools.generator import TrafficSpec, generate
-    from resources.kafka import RECORD_SCHEMA
+    from resources.event_log import RECORD_SCHEMA
 
     rows = 0
     with pq.ParquetWriter(path, RECORD_SCHEMA) as writer:

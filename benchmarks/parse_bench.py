@@ -25,7 +25,7 @@ import pyarrow as pa  # noqa: E402
 
 from clickstream_tools.generator import TrafficSpec, generate  # noqa: E402
 from core.contract import PLATFORMS, parse_events  # noqa: E402
-from resources.kafka import RECORD_SCHEMA  # noqa: E402
+from resources.event_log import RECORD_SCHEMA  # noqa: E402
 
 DAY = datetime(2026, 11, 20, tzinfo=UTC)
 

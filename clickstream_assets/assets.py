@@ -48,7 +48,7 @@ from partitions import (
     ingest_hours,
 )
 from resources.clock import parse_instant
-from resources.kafka import EventLog
+from resources.event_log import EventLog
 from resources.lake import LakeResource
 
 TRANSIENT_RETRIES = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL)

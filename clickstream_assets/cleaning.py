@@ -35,7 +35,7 @@ from core.ledger import (
     events_file,
     hour_label,
 )
-from resources.kafka import RECORD_SCHEMA
+from resources.event_log import RECORD_SCHEMA
 from resources.lake import LakeResource
 
 SILVER_SCHEMA = pa.schema(

@@ -51,13 +51,16 @@ from core.ledger import (
     partials_dir,
     slices_dir,
 )
-from resources.kafka import RECORD_SCHEMA, EventLog, Positioned
-from resources.lake import LakeResource
+from resources.event_log import RECORD_SCHEMA, EventLog, Positioned
+from resources.lake_store import Lake
 
 log = logging.getLogger(__name__)
 
 ROW_GROUP_ROWS = 100_000
-"""Fixed row-group size: bounds memory and makes a re-run write identical bytes."""
+"""Rows sorted and written together: bounds memory and makes a re-run write identical bytes."""
+RUN_ROWS = 10_000
+"""A run of one event hour and validity this long is a row group of its own; shorter runs (late
+events of other hours, invalid rows) share row groups of about this many rows."""
 FUTURE_TIMESTAMP_TOLERANCE = timedelta(minutes=5)
 """A Kafka timestamp this far past the wall clock when read cannot be a receive time."""
 
@@ -133,11 +136,33 @@ def first_offset_at_or_after(offsets: pa.Array, end: int) -> int:
     return len(offsets) if index < 0 else index
 
 
+def row_groups(run_ends: list[int], run_rows: int) -> Iterator[tuple[int, int]]:
+    """The (start, end) of each row group over consecutive runs ending at `run_ends`: a run of
+    at least `run_rows` rows is a row group of its own; shorter runs next to each other share a
+    row group, closed once it holds `run_rows` rows."""
+    shared = None  # where the open shared row group starts
+    start = 0
+    for end in run_ends:
+        if end - start >= run_rows:
+            if shared is not None:
+                yield shared, start
+                shared = None
+            yield start, end
+        else:
+            shared = start if shared is None else shared
+            if end - shared >= run_rows:
+                yield shared, end
+                shared = None
+        start = end
+    if shared is not None:
+        yield shared, start
+
+
 @dataclass
 class _Sink:
     """Writes one (ingest hour, partition) file in fixed row groups and counts what it saw."""
 
-    lake: LakeResource
+    lake: Lake
     hour: datetime
     partition: int
     start: int
@@ -174,9 +199,10 @@ class _Sink:
         self._write_group(combined.slice(0, rows).combine_chunks())
 
     def _write_group(self, parsed: pa.Table) -> None:
-        # One row group per event hour and validity (offset order within it): row-group
-        # statistics then let cleaning read only the rows of the hour it rebuilds, late rows
-        # included, and the raw values of only its invalid rows.
+        # Sorted by event hour and validity (offset order within each run) and cut at run ends
+        # (`row_groups`): row-group statistics then let cleaning skip all but the few row groups
+        # that hold rows of the hour it rebuilds (its filter keeps exactly those rows), without
+        # hundreds of tiny row groups for the late events of a day.
         valid = pc.is_null(parsed["reason"])
         order = pa.table([parsed["event_hour"], valid, parsed["kafka_offset"]], ["h", "v", "o"])
         parsed = parsed.take(
@@ -210,10 +236,8 @@ class _Sink:
         ends = set()
         for column in (bronze["event_hour"], pc.is_null(bronze["reason"])):
             ends.update(pc.run_end_encode(column.combine_chunks()).run_ends.to_pylist())
-        start = 0
-        for end in sorted(ends):
+        for start, end in row_groups(sorted(ends), RUN_ROWS):
             self._writer.write_table(bronze.slice(start, end - start), row_group_size=end - start)
-            start = end
 
         readable = bronze.filter(pc.invert(landing_bad))
         histogram = readable.group_by("event_hour").aggregate([("event_hour", "count")])
@@ -328,7 +352,7 @@ class _Job:
 
 
 def _land_partition(
-    open_log: Callable[[], EventLog], open_lake: Callable[[], LakeResource], job: _Job
+    open_log: Callable[[], EventLog], open_lake: Callable[[], Lake], job: _Job
 ) -> list[dict]:
     """Stream one partition from `job.start`, cutting it into `job.hours` by Kafka timestamp
     (or at the recorded end when re-landing); return each hour's range and counts."""
@@ -451,7 +475,7 @@ class LandingPlan:
         )
 
     @classmethod
-    def read(cls, lake: LakeResource, first_hour: datetime, token: str) -> LandingPlan:
+    def read(cls, lake: Lake, first_hour: datetime, token: str) -> LandingPlan:
         return cls.from_json(lake.read_json(landing_plan_path(first_hour, token)))
 
 
@@ -462,7 +486,7 @@ def shard_partitions(partitions: Iterable[int], shard: int, shards: int) -> list
 
 def land_hours(
     event_log: EventLog,
-    lake: LakeResource,
+    lake: Lake,
     hours: list[datetime],
     *,
     now: datetime,
@@ -477,7 +501,7 @@ def land_hours(
 
 def plan_landing(
     event_log: EventLog,
-    lake: LakeResource,
+    lake: Lake,
     hours: list[datetime],
     *,
     now: datetime,
@@ -549,7 +573,7 @@ def _starts(event_log: EventLog, previous: Manifest | None) -> dict[int, int]:
     }
 
 
-def land_shard(event_log: EventLog, lake: LakeResource, plan: LandingPlan, shard: int) -> None:
+def land_shard(event_log: EventLog, lake: Lake, plan: LandingPlan, shard: int) -> None:
     """Land the plan's fresh hours for the Kafka partitions of `shard` (in parallel workers),
     writing each partition's bronze files and then its per-hour results as a partial entry."""
     partitions = shard_partitions(plan.starts, shard, plan.shards)
@@ -561,9 +585,7 @@ def land_shard(event_log: EventLog, lake: LakeResource, plan: LandingPlan, shard
         lake.write_json(partial_path(plan.first_hour, plan.token, job.partition), partial)
 
 
-def _land(
-    event_log: EventLog, lake: LakeResource, jobs: list[_Job]
-) -> Iterator[tuple[_Job, list[dict]]]:
+def _land(event_log: EventLog, lake: Lake, jobs: list[_Job]) -> Iterator[tuple[_Job, list[dict]]]:
     """Run `jobs` in parallel workers; each job with its per-hour results, in the jobs' order."""
     if not jobs:
         return
@@ -574,7 +596,7 @@ def _land(
 
 
 def land_slice(
-    event_log: EventLog, lake: LakeResource, *, now: datetime, first_instant: datetime
+    event_log: EventLog, lake: Lake, *, now: datetime, first_instant: datetime
 ) -> Manifest | None:
     """Land the open ingest hour so far as its next slice: each Kafka partition from where the
     last slice (or the previous hour) ended up to the high watermark seen, or to the hour's end.
@@ -610,7 +632,7 @@ def land_slice(
     return manifest
 
 
-def sweep_slices(lake: LakeResource, ledger: Ledger) -> None:
+def sweep_slices(lake: Lake, ledger: Ledger) -> None:
     """Remove what slicing left of hours whose manifest is recorded: the slice files the
     manifest does not list (a slice recorded after the hour's landing planned, or one a crash
     left unrecorded), then the hour's slices. Derived from the lake alone: any landing's next
@@ -635,7 +657,7 @@ def sweep_slices(lake: LakeResource, ledger: Ledger) -> None:
         lake.remove(slices_dir(hour))
 
 
-def commit_landing(event_log: EventLog, lake: LakeResource, plan: LandingPlan) -> list[Manifest]:
+def commit_landing(event_log: EventLog, lake: Lake, plan: LandingPlan) -> list[Manifest]:
     """Record the plan's fresh hours from the partial entries of every Kafka partition: each
     hour's manifest last and exclusive, then the consumer group's offsets. Returns the replayed
     and the recorded manifests, oldest first."""
@@ -650,7 +672,7 @@ def commit_landing(event_log: EventLog, lake: LakeResource, plan: LandingPlan) -
     return manifests
 
 
-def _partial(lake: LakeResource, plan: LandingPlan, partition: int) -> list[dict]:
+def _partial(lake: Lake, plan: LandingPlan, partition: int) -> list[dict]:
     """A partition's per-hour results; a missing entry fails the commit (nothing is recorded:
     the next run of these hours lands them again)."""
     path = partial_path(plan.first_hour, plan.token, partition)
@@ -661,7 +683,7 @@ def _partial(lake: LakeResource, plan: LandingPlan, partition: int) -> list[dict
 
 def _record(
     event_log: EventLog,
-    lake: LakeResource,
+    lake: Lake,
     ledger: Ledger,
     plan: LandingPlan,
     results: dict[int, list[dict]],
@@ -692,8 +714,8 @@ def _record(
 
 @contextmanager
 def _pool(
-    event_log: EventLog, partitions: int, lake: LakeResource
-) -> Iterator[tuple[Executor, Callable[[], EventLog], Callable[[], LakeResource]]]:
+    event_log: EventLog, partitions: int, lake: Lake
+) -> Iterator[tuple[Executor, Callable[[], EventLog], Callable[[], Lake]]]:
     """Kafka partitions land in parallel: in worker processes when the log can be reopened there
     (the Kafka client is CPU-bound Python), else in threads. Yields the executor and how a
     worker opens the log and the lake."""
@@ -701,7 +723,7 @@ def _pool(
     if event_log.process_safe and workers > 1:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            yield pool, event_log.opener(), partial(LakeResource, url=lake.url)
+            yield pool, event_log.opener(), partial(Lake, url=lake.url)
     else:
         with ThreadPoolExecutor(max(1, min(partitions, 8))) as pool:
             yield pool, event_log.opener(), lambda: lake
@@ -709,7 +731,7 @@ def _pool(
 
 def _replay(
     event_log: EventLog,
-    lake: LakeResource,
+    lake: Lake,
     manifests: list[Manifest],
     now: datetime,
     first_instant: datetime,

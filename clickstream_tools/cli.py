@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from core.settings import ConfigError, Settings, load
-from resources.kafka import KafkaUnavailable
-from resources.lake import LakeUnavailable
+from resources.event_log import KafkaUnavailable
+from resources.lake_store import LakeUnavailable
 
 START_DATE = "CLICKSTREAM_START_DATE"
 
@@ -300,15 +300,14 @@ def _catch_up(settings: Settings, args: argparse.Namespace) -> int:
 
 def _land_slice(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream_assets.landing import land_slice
-    from partitions import first_instant
-    from resources.kafka import KafkaResource
-    from resources.lake import LakeResource
+    from resources.event_log import KafkaLog
+    from resources.lake_store import Lake
 
     landed = land_slice(
-        KafkaResource(bootstrap_servers=settings.kafka_bootstrap, topic=settings.topic),
-        LakeResource(url=settings.lake_url),
+        KafkaLog(bootstrap_servers=settings.kafka_bootstrap, topic=settings.topic),
+        Lake(url=settings.lake_url),
         now=args.at or datetime.now(UTC),
-        first_instant=first_instant,
+        first_instant=settings.start_datetime,
     )
     if landed is None:
         print("no slice: no open hour after the ledger's head, or another landing won")

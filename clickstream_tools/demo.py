@@ -27,7 +27,8 @@ from clickstream_tools.report import lake_frame, warehouse_frame, write_report
 from core.ledger import Ledger
 from core.settings import Settings
 from resources.broker import EmbeddedBroker, answers_metadata
-from resources.kafka import KafkaResource, KafkaUnavailable
+from resources.event_log import KafkaUnavailable
+from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.warehouse import read_mart
 

@@ -20,7 +20,7 @@ import uvicorn
 from collector.app import CollectorApp
 from collector.sink import KafkaSink, SinkConfig
 from core.settings import ConfigError, Settings
-from resources.kafka import KafkaUnavailable
+from resources.event_log import KafkaUnavailable
 
 
 def listen_address(addr: str) -> tuple[str, int]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 
-from resources.kafka import partition_for_key
+from resources.event_log import partition_for_key
 
 
 @dataclass(frozen=True)

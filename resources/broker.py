@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from resources.kafka import KafkaUnavailable
+from resources.event_log import KafkaUnavailable
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -34,7 +34,7 @@ from partitions import (
     first_instant,
 )
 from resources.clock import ClockResource
-from resources.kafka import EventLog
+from resources.event_log import EventLog
 from resources.lake import LakeResource
 from sensors.in_flight import in_flight
 from sensors.plan import closed_hours, next_slice

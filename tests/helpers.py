@@ -23,7 +23,7 @@ from clickstream_tools.generator import Traffic, TrafficSpec, expected_marts, ge
 from core.ledger import Ledger, Manifest, hour_label
 from core.settings import Settings
 from core.warehouse import MARTS
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka
 from resources.lake import LakeResource
 from resources.warehouse import read_mart
 

@@ -9,7 +9,7 @@ from dagster import instance_for_test, materialize
 from clickstream_assets.assets import events, raw_events
 from core.ledger import Ledger, events_file
 from partitions import AS_OF_TAG, RANGE_END_TAG, RANGE_START_TAG
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka
 from resources.lake import LakeResource
 from tests.helpers import at, land_range, produce, value
 

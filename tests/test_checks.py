@@ -23,7 +23,7 @@ from clickstream_assets.checks import (
 )
 from core.ledger import Ledger, Manifest, PartitionRange, manifest_path
 from partitions import AS_OF_TAG
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka
 from resources.lake import LakeResource
 from tests.helpers import produce, value
 

@@ -31,7 +31,7 @@ from core.ledger import (
     cleaning_quarantine_file,
     events_file,
 )
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka
 from resources.lake import LakeResource
 from tests.helpers import START, all_manifests, at, histogram, produce, to_ms, value
 

@@ -14,8 +14,10 @@ from clickstream_assets.definitions import defs
 from clickstream_assets.landing import land_hours
 from core.ledger import MANIFESTS
 from core.settings import ConfigError, Settings, parse_duration
-from resources.kafka import InMemoryKafka, KafkaResource, KafkaUnavailable
-from resources.lake import LakeResource, LakeUnavailable
+from resources.event_log import InMemoryKafka, KafkaUnavailable
+from resources.kafka import KafkaResource
+from resources.lake import LakeResource
+from resources.lake_store import LakeUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ from clickstream_assets.cleaning import BUCKET_ROWS, clean_hour
 from clickstream_assets.landing import cut_timestamps, land_hours
 from core.contract import parse_events
 from core.ledger import Ledger, bronze_file, copies_file, events_file
-from resources.kafka import InMemoryKafka, OffsetsGone
+from resources.event_log import InMemoryKafka, OffsetsGone
 from tests.helpers import START, CountingLake, at, produce, to_ms, value
 
 H10, H11, H12 = at(10), at(11), at(12)

@@ -11,7 +11,7 @@ import pytest
 from dagster import instance_for_test
 
 from clickstream_tools.catchup import run_catch_up
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka
 from resources.warehouse import read_mart
 from tests.helpers import (
     MARTS,

@@ -8,7 +8,7 @@ from datetime import timedelta
 from dagster import instance_for_test
 
 from clickstream_tools.catchup import run_catch_up
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka
 from tests.test_restatement import DAY, events, on_time, query, revision, settings  # noqa: F401
 
 

@@ -20,7 +20,7 @@ from clickstream_tools.generator import (
     produce,
     write_expected_marts,
 )
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 KNOWN_TYPES = {"page_view", "click", "play", "pause", "seek", "ad_impression", "heartbeat"}

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
+import subprocess
+import sys
 from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clickstream_assets.landing import first_at_or_after, land_hours
+from clickstream_assets import landing
+from clickstream_assets.landing import first_at_or_after, land_hours, row_groups
 from core.ledger import (
     CorrectedCopy,
     Ledger,
@@ -22,7 +26,8 @@ from core.ledger import (
     landing_quarantine_file,
     manifest_path,
 )
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka, KafkaLog
+from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from sensors.landing import first_ingest_hour
 from tests.helpers import START, all_manifests, at, histogram, produce, to_ms, value
@@ -88,14 +93,54 @@ def test_next_hour_starts_where_the_previous_ended(log, lake):
     assert ranges(m12) == {0: (6, 7), 1: (2, 2), 2: (0, 0)}
 
 
-def test_bronze_row_groups_hold_one_event_hour_each(log, lake):
-    # Row-group statistics are what lets cleaning skip everything but the hour it rebuilds.
-    land(log, lake, [H10, H11], now=H12)
-    metadata = pq.ParquetFile(lake.path(bronze_file(H11, 0))).metadata
+def test_bronze_row_groups_cut_long_runs_alone_and_share_short_ones(lake, monkeypatch):
+    # Row-group statistics are what lets cleaning skip everything but the hour it rebuilds: a
+    # long run of one event hour is a row group of its own, late events of other hours share
+    # one, and a filter on the event hour still reads exactly that hour's rows.
+    monkeypatch.setattr(landing, "RUN_ROWS", 3)
+    log = InMemoryKafka(topic="t", partitions=1)
+    produce(
+        log,
+        0,
+        [
+            (at(11, 1), value("e1", at(11, 0))),
+            (at(11, 2), value("e2", at(11, 1))),
+            (at(11, 3), value("late-9", at(9, 15))),
+            (at(11, 4), value("e3", at(11, 2))),
+            (at(11, 5), value("late-10a", at(10, 15))),
+            (at(11, 6), value("late-10b", at(10, 20))),
+        ],
+    )
+    land(log, lake, [H11], now=H12)
+    path = lake.path(bronze_file(H11, 0))
+    metadata = pq.ParquetFile(path).metadata
     event_hour = metadata.schema.to_arrow_schema().get_field_index("event_hour")
-    for group in range(metadata.num_row_groups):
-        stats = metadata.row_group(group).column(event_hour).statistics
-        assert stats.null_count == metadata.row_group(group).num_rows or stats.min == stats.max
+    groups = [
+        (stats.min, stats.max, metadata.row_group(g).num_rows)
+        for g in range(metadata.num_row_groups)
+        for stats in [metadata.row_group(g).column(event_hour).statistics]
+    ]
+    assert groups == [(at(9), at(10), 3), (H11, H11, 3)]
+    for hour, ids in [
+        (at(9), ["late-9"]),
+        (at(10), ["late-10a", "late-10b"]),
+        (H11, ["e1", "e2", "e3"]),
+    ]:
+        read = pq.read_table(path, columns=["event_id"], filters=[("event_hour", "==", hour)])
+        assert sorted(read.column("event_id").to_pylist()) == ids
+
+
+@pytest.mark.parametrize(
+    ("run_ends", "expected"),
+    [
+        ([5, 6, 7, 20, 21], [(0, 5), (5, 7), (7, 20), (20, 21)]),
+        ([1, 2, 3, 4, 5, 6], [(0, 5), (5, 6)]),
+        ([10], [(0, 10)]),
+        ([2], [(0, 2)]),
+    ],
+)
+def test_row_groups(run_ends, expected):
+    assert list(row_groups(run_ends, 5)) == expected
 
 
 def test_out_of_order_record_after_the_boundary_lands_in_the_later_hour(log, lake):
@@ -501,3 +546,27 @@ def test_first_ingest_hour():
     assert first_ingest_hour(log, not_before=START) == at(9, 0)
     log.truncate_before(1, 1)
     assert first_ingest_hour(log, not_before=START) == at(10, 0)
+
+
+def test_a_landing_worker_opens_the_log_and_the_lake_without_importing_dagster(
+    tmp_path, monkeypatch
+):
+    # Dagster was most of a spawned worker's start-up: a worker process imports landing and
+    # unpickles the openers of the log and the lake, and neither may bring Dagster in.
+    monkeypatch.setattr(landing.os, "cpu_count", lambda: 2)  # worker processes on any machine
+    kafka = KafkaResource(bootstrap_servers="127.0.0.1:1", topic="t", group_id="g")
+    with landing._pool(kafka, 2, LakeResource(url=str(tmp_path))) as (_, open_log, open_lake):
+        openers = pickle.dumps((open_log, open_lake))
+    script = (
+        "import pickle, sys\n"
+        "import clickstream_assets.landing\n"
+        "open_log, open_lake = pickle.loads(sys.stdin.buffer.read())\n"
+        "log, lake = open_log(), open_lake()\n"
+        "print(type(log).__name__, log.topic, log.group_id, type(lake).__name__, lake.url)\n"
+        "print('dagster' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], input=openers, capture_output=True, check=True
+    )
+    assert result.stdout.decode().split() == ["KafkaLog", "t", "g", "Lake", str(tmp_path), "False"]
+    assert isinstance(kafka.opener()(), KafkaLog)

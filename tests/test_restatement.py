@@ -13,7 +13,7 @@ from dagster import instance_for_test
 from clickstream_assets.checks import daily_events_reconcile
 from clickstream_tools.catchup import run_catch_up
 from core.settings import Settings
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka
 
 DAY = datetime(2026, 11, 20, tzinfo=UTC)
 BEFORE = DAY - timedelta(days=1)

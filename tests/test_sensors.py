@@ -26,7 +26,7 @@ from partitions import AS_OF_TAG, STAGE_TAG, first_instant
 from partitions import RANGE_END_TAG as RANGE_END
 from partitions import RANGE_START_TAG as RANGE_START
 from resources.clock import ClockResource
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka
 from resources.lake import LakeResource
 from resources.warehouse import write_mart_stamp
 from sensors.landing import landing_sensor

@@ -29,7 +29,7 @@ from clickstream_assets.landing import (
 from core.ledger import PARTIALS, Ledger, Manifest, bronze_file, partition_key
 from core.settings import ConfigError, Settings
 from partitions import AS_OF_TAG, RANGE_END_TAG, RANGE_START_TAG
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka
 from resources.lake import LakeResource
 from tests.helpers import START, all_manifests, at, produce, value
 

@@ -28,7 +28,7 @@ from clickstream_assets.landing import (
 from core.ledger import HOUR, Ledger, Manifest, slices_dir
 from core.settings import ConfigError, Settings
 from resources.clock import ClockResource
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka
 from resources.lake import LakeResource
 from sensors.landing import slice_sensor
 from sensors.plan import next_slice

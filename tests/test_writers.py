@@ -13,7 +13,7 @@ from clickstream_assets.checks import bronze_row_problems, offset_range_problems
 from clickstream_assets.cleaning import clean_hour
 from clickstream_assets.landing import land_hours
 from core.ledger import Ledger, events_file
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka
 from resources.lake import LakeResource
 from tests.helpers import START, all_manifests, at, produce, value
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clickstream_tools.generator.spec import Traffic
-from resources.kafka import EventLog, key_partitions
+from resources.event_log import EventLog, key_partitions
 
 _TRACKED = ("event_id", "event_type", "event_time", "device_id")
 """An element the SDK can send as generated has these keys (whatever their values)."""

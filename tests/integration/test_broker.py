@@ -11,7 +11,8 @@ import pytest
 
 from clickstream_tools.generator import TrafficSpec, generate, produce
 from resources.broker import EmbeddedBroker
-from resources.kafka import KafkaResource, KafkaUnavailable, partition_for_key
+from resources.event_log import KafkaUnavailable, partition_for_key
+from resources.kafka import KafkaResource
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 from dagster import instance_for_test
 
 from clickstream_tools.catchup import run_catch_up
-from resources.kafka import InMemoryKafka
+from resources.event_log import InMemoryKafka
 from tests.helpers import assert_marts_match, configured, local_env, messy_traffic
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,209 @@
+"""The lake: bronze, silver and quarantine files on a local path or `s3://`, through fsspec.
+
+Every write goes to a temporary name and is renamed into place, so a crash leaves no half-written
+file under a real name; readers never see partial output.
+
+This module does not import Dagster (resources.lake holds the Dagster resource over Lake):
+landing's worker processes import it, and Dagster would be most of their start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, PrivateAttr
+
+
+class LakeUnavailable(RuntimeError):
+    """The lake cannot be written; the message says what to fix."""
+
+
+class Lake(BaseModel):
+    """A directory tree of Parquet and JSON files, addressed by paths relative to `url`."""
+
+    url: str
+    _fs: Any = PrivateAttr(default=None)
+    _root: str = PrivateAttr(default="")
+
+    def _setup(self) -> None:
+        if self._fs is None:
+            self._fs, self._root = fsspec.core.url_to_fs(self.url)
+            self._root = self._root.rstrip("/")
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        self._setup()
+        return self._fs
+
+    def path(self, relative: str) -> str:
+        """The filesystem path of `relative` (no protocol), for fsspec and pyarrow."""
+        self._setup()
+        return f"{self._root}/{relative}"
+
+    def uri(self, relative: str) -> str:
+        """`relative` as a URL that DuckDB and dbt can read (protocol included for s3)."""
+        return f"{self.url.rstrip('/')}/{relative}"
+
+    def check_writable(self) -> None:
+        """Fail fast, before any partial output, when the lake cannot be written."""
+        probe = f"_probe/{uuid.uuid4().hex}"
+        try:
+            self.write_bytes(probe, b"ok")
+            self.fs.rm(self.path(probe))
+        except Exception as error:  # noqa: BLE001 - any failure means the same fix
+            raise LakeUnavailable(
+                f"cannot write to the lake at {self.url} ({type(error).__name__}: {error}): "
+                "set CLICKSTREAM_LAKE_URL to a writable path or s3://bucket/prefix"
+            ) from None
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.exists(self.path(relative))
+
+    def list(self, relative: str) -> list[str]:
+        """Names directly under `relative`, sorted; empty when it does not exist. Never from a
+        cache: s3fs keeps listings forever by default, and a long-lived sensor must see the
+        manifests that other processes wrote since."""
+        full = self.path(relative)
+        self.fs.invalidate_cache(full)
+        try:
+            found = self.fs.ls(full, detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in found)
+
+    def _commit(self, temporary: str, final: str, *, exclusive: bool = False) -> bool:
+        """Move `temporary` into place; with `exclusive`, only if nothing is there yet (False,
+        and the temporary removed, when something is)."""
+        if not exclusive:
+            self.fs.mv(temporary, final)
+            return True
+        if isinstance(self.fs, LocalFileSystem):
+            try:
+                os.link(temporary, final)  # atomic create-if-absent
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(temporary)
+        with self.fs.open(temporary, "rb") as handle:
+            data = handle.read()
+        self.fs.rm(temporary)
+        try:
+            self.fs.pipe_file(final, data, mode="create")  # S3 conditional put (If-None-Match)
+        except (FileExistsError, OSError) as error:
+            if "PreconditionFailed" in str(error) or isinstance(error, FileExistsError):
+                return False
+            raise
+        return True
+
+    def _temporary(self, relative: str) -> tuple[str, str]:
+        final = self.path(relative)
+        directory, name = final.rsplit("/", 1)
+        self.fs.makedirs(directory, exist_ok=True)
+        return f"{directory}/.{name}.{uuid.uuid4().hex}.tmp", final
+
+    def write_bytes(self, relative: str, data: bytes, *, exclusive: bool = False) -> bool:
+        """Write `data` whole or not at all; with `exclusive`, only where nothing is yet
+        (returns False when something was there)."""
+        temporary, final = self._temporary(relative)
+        with self.fs.open(temporary, "wb") as handle:
+            handle.write(data)
+        return self._commit(temporary, final, exclusive=exclusive)
+
+    def write_json(self, relative: str, obj: Any, *, exclusive: bool = False) -> bool:
+        data = json.dumps(obj, indent=1, sort_keys=True).encode()
+        return self.write_bytes(relative, data, exclusive=exclusive)
+
+    def footer_metadata(self, relative: str) -> dict[bytes, bytes] | None:
+        """A Parquet file's key-value footer metadata (no data read), None without a file."""
+        try:
+            with self.fs.open(self.path(relative), "rb") as handle:
+                return pq.ParquetFile(handle).metadata.metadata or {}
+        except FileNotFoundError:
+            return None
+
+    def read_json(self, relative: str) -> Any:
+        with self.fs.open(self.path(relative), "rb") as handle:
+            return json.load(handle)
+
+    @contextmanager
+    def parquet_writer(
+        self,
+        relative: str,
+        schema: pa.Schema,
+        *,
+        keep: Callable[[], bool] = lambda: True,
+        statistics: list[str] | None = None,
+        dictionary: list[str] | None = None,
+    ) -> Iterator[pq.ParquetWriter]:
+        """A streaming Parquet writer whose file appears under `relative` only on success, and
+        only if `keep()` still says so then (checked just before the rename). `statistics`
+        names the columns readers filter on (all when None): min/max of the others, such as
+        random ids and raw values, cost time to write and prune nothing. `dictionary` names the
+        columns worth dictionary encoding (all when None)."""
+        temporary, final = self._temporary(relative)
+        handle = self.fs.open(temporary, "wb")
+        writer = pq.ParquetWriter(
+            handle,
+            schema,
+            compression="zstd",
+            write_statistics=statistics or True,
+            use_dictionary=dictionary or True,
+        )
+        try:
+            yield writer
+            writer.close()
+            handle.close()
+        except BaseException:
+            writer.close()
+            handle.close()
+            self.fs.rm(temporary)
+            raise
+        if keep():
+            self._commit(temporary, final)
+        else:
+            self.fs.rm(temporary)
+
+    def write_parquet(self, relative: str, table: pa.Table) -> None:
+        with self.parquet_writer(relative, table.schema) as writer:
+            writer.write_table(table, row_group_size=256 * 1024)
+
+    def read_parquet(
+        self,
+        relatives: list[str],
+        *,
+        columns: list[str] | None = None,
+        filters=None,
+        schema: pa.Schema | None = None,
+    ) -> pa.Table:
+        """Read files; row-group statistics skip what `filters` excludes. With `schema`, a
+        column that an older file lacks reads as nulls."""
+        return pq.read_table(
+            [self.path(r) for r in relatives],
+            filesystem=self.fs,
+            columns=columns,
+            filters=filters,
+            schema=schema,
+        )
+
+    def dataset(self, relatives: list[str], schema: pa.Schema) -> ds.Dataset:
+        """Files as one Arrow dataset of `schema`, for streaming scans (a column an older file
+        lacks reads as nulls)."""
+        return ds.dataset(
+            [self.path(r) for r in relatives], schema=schema, format="parquet", filesystem=self.fs
+        )
+
+    def remove(self, relative: str) -> None:
+        full = self.path(relative)
+        if self.fs.exists(full):
+            self.fs.rm(full, recursive=True)
