@@ -129,20 +129,22 @@ def _earlier(a: str, b: str) -> pl.Expr:
 
 
 def deduplicate(
-    valid: pl.DataFrame,
+    valid: pa.Table,
     winners: pl.DataFrame,
     elsewhere: pl.DataFrame | None = None,
     *,
     order: tuple[str, ...] = (),
-) -> pl.DataFrame:
+) -> pa.Table:
     """One row per event_id: the first received copy (earliest Kafka timestamp, then lowest
     partition, then lowest offset). A corrected event keeps only its global first copy, and an
     event with a valid copy in another event hour (a client that re-stamps on retry) is kept
     only where its first received copy is (`elsewhere`: those copies' arrival columns).
 
-    The choice is made on the key columns alone and the kept rows are gathered once, in `order`
-    when given, so memory is the rows plus their keys, not several copies of every column."""
-    keys = valid.select(*dict.fromkeys(["event_id", *ARRIVAL_ORDER, *order])).with_row_index()
+    The choice is made on the key columns alone (in Polars) and the kept rows are taken once from
+    the Arrow table, in `order` when given: memory is the rows plus their keys, and the columns
+    are never converted between Arrow and Polars."""
+    keys = _frame(valid.select(list(dict.fromkeys(["event_id", *ARRIVAL_ORDER, *order]))))
+    keys = keys.with_row_index()
     first = keys.sort(ARRIVAL_ORDER).unique("event_id", keep="first", maintain_order=True)
     joined = first.join(winners, on="event_id", how="left", suffix="_winner")
     keep = pl.col("kafka_partition_winner").is_null() | (
@@ -161,7 +163,7 @@ def deduplicate(
         kept = compared.filter(~lost)
     if order:
         kept = kept.sort(order)
-    return valid.select(pl.all().gather(kept["index"]))
+    return valid.take(kept["index"].to_arrow())
 
 
 BUCKET_ROWS = 500_000
@@ -201,15 +203,15 @@ def _in_buckets(
     columns: dict[str, ds.Expression],
     buckets: int,
     spill: str,
-) -> Callable[[int], pl.DataFrame]:
+) -> Callable[[int], pa.Table]:
     """Read the rows of `files` matching `row_filter`, one dedup bucket at a time, in memory
     bounded by a bucket: with more than one bucket, one streaming pass writes each bucket's rows
     to local Arrow files under `spill` (copies of an event share a bucket), and each is read
     back alone. Returns the reader of a bucket."""
     dataset = lake.dataset(files, BRONZE_SCHEMA)
     if buckets == 1:
-        frame = _frame(dataset.to_table(columns=columns, filter=row_filter))
-        return lambda _bucket: frame
+        table = dataset.to_table(columns=columns, filter=row_filter)
+        return lambda _bucket: table
     mask = pa.scalar(buckets - 1, pa.uint8())
     scanner = dataset.scanner(
         # A row without a bucket (bronze of an older version) goes with the first, to be refused.
@@ -230,11 +232,11 @@ def _in_buckets(
     )
     empty = scanner.projected_schema.remove(scanner.projected_schema.get_field_index("bucket"))
 
-    def read(bucket: int) -> pl.DataFrame:
+    def read(bucket: int) -> pa.Table:
         directory = os.path.join(spill, str(bucket))
         if not os.path.isdir(directory):
-            return _frame(empty.empty_table())
-        return _frame(ds.dataset(directory, format="ipc", schema=empty).to_table())
+            return empty.empty_table()
+        return ds.dataset(directory, format="ipc", schema=empty).to_table()
 
     return read
 
@@ -265,12 +267,12 @@ def _frame(table: pa.Table) -> pl.DataFrame:
     return frame
 
 
-def _check_typed(events: pl.DataFrame) -> None:
+def _check_typed(events: pa.Table) -> None:
     """Bronze landed before it kept typed events reads as valid rows without types (a column a
     file lacks reads as nulls): refuse it, by name."""
-    untyped = events.filter(pl.col("event_type").is_null())
-    if not untyped.is_empty():
-        hours = sorted({hour_label(h) for h in untyped["ingest_hour"].unique().to_list()})
+    if events["event_type"].null_count:
+        untyped = events.filter(pc.is_null(events["event_type"]))["ingest_hour"]
+        hours = sorted({hour_label(h) for h in pc.unique(untyped).to_pylist()})
         raise ValueError(
             f"bronze of ingest hours {', '.join(hours)} was landed before bronze kept typed "
             "events: re-land those hours (a backfill of raw_events; the same ranges are read "
@@ -303,7 +305,9 @@ def cross_hour_copies(
         with tempfile.TemporaryDirectory(prefix="copies-", dir=spill) as directory:
             read = _in_buckets(lake, files, valid, columns, buckets, directory)
             multi = pl.col("event_hour").n_unique().over("event_id") > 1
-            found = [read(b).filter(multi).select(COPIES_SCHEMA.names) for b in range(buckets)]
+            found = [
+                _frame(read(b)).filter(multi).select(COPIES_SCHEMA.names) for b in range(buckets)
+            ]
         copies = pl.concat([copies, *found])
     copies = copies.sort(["event_id", *ARRIVAL_ORDER])
     lake.write_parquet(copies_file(ingest_hour), copies.to_arrow().cast(COPIES_SCHEMA))
@@ -411,16 +415,14 @@ def clean_hour(
         for bucket in range(buckets if files else 0):
             events = events_of(bucket)
             _check_typed(events)
-            elsewhere = copies.filter(pl.col("event_id").is_in(events["event_id"].implode()))
-            clean = deduplicate(events, winners, elsewhere, order=("event_time", "event_id"))
-            silver_writer.write_table(
-                clean.select(SILVER_SCHEMA.names).to_arrow().cast(SILVER_SCHEMA)
-            )
-            counts["events"] += clean.height
-            counts["duplicates"] += events.height - clean.height
-            counts["clock_corrected"] += int(clean["clock_corrected"].sum())
-            counts["late_events"] += int((clean["ingest_hour"] > event_hour).sum())
-            sources.update(events["ingest_hour"].unique().to_list())
+            clean = deduplicate(events, winners, copies, order=("event_time", "event_id"))
+            silver_writer.write_table(clean.select(SILVER_SCHEMA.names).cast(SILVER_SCHEMA))
+            counts["events"] += clean.num_rows
+            counts["duplicates"] += events.num_rows - clean.num_rows
+            late = pc.greater(clean["ingest_hour"], pa.scalar(event_hour, UTC_US))
+            counts["clock_corrected"] += pc.sum(clean["clock_corrected"], min_count=0).as_py()
+            counts["late_events"] += pc.sum(late, min_count=0).as_py()
+            sources.update(pc.unique(events["ingest_hour"]).to_pylist())
         stamp = CleanStamp(
             event_hour=event_hour,
             inputs=tuple(inputs),

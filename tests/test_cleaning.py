@@ -364,7 +364,7 @@ def test_an_empty_hour_yields_an_empty_silver_file(log, lake, landed):
 # --- the pure helpers -----------------------------------------------------------------------
 
 
-def frame(rows: list[tuple[str, datetime, int, int]]) -> pl.DataFrame:
+def frame(rows: list[tuple[str, datetime, int, int]]) -> pa.Table:
     return pl.DataFrame(
         {
             "event_id": [r[0] for r in rows],
@@ -372,7 +372,7 @@ def frame(rows: list[tuple[str, datetime, int, int]]) -> pl.DataFrame:
             "kafka_partition": pl.Series([r[2] for r in rows], dtype=pl.Int32),
             "kafka_offset": pl.Series([r[3] for r in rows], dtype=pl.Int64),
         }
-    )
+    ).to_arrow()
 
 
 NO_WINNERS = pl.DataFrame(
@@ -393,7 +393,7 @@ def test_deduplicate_by_arrival_order():
         ]
     )
     kept = deduplicate(valid, NO_WINNERS)
-    got = sorted((r["event_id"], r["kafka_partition"], r["kafka_offset"]) for r in kept.to_dicts())
+    got = sorted((r["event_id"], r["kafka_partition"], r["kafka_offset"]) for r in kept.to_pylist())
     assert got == [("a", 2, 0), ("b", 0, 7), ("c", 0, 6), ("d", 2, 2)]
 
 
@@ -407,7 +407,7 @@ def test_deduplicate_keeps_a_corrected_event_only_at_its_global_winner():
         }
     )
     kept = deduplicate(valid, global_winners)
-    assert kept["event_id"].to_list() == ["y"]
+    assert kept["event_id"].to_pylist() == ["y"]
 
 
 def test_corrected_winners_pick_the_first_received_copy():
