@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from clickstream_assets.landing import BRONZE_SCHEMA, QUARANTINE_SCHEMA
+from clickstream_assets.landing import BRONZE_DICTIONARY, BRONZE_SCHEMA, QUARANTINE_SCHEMA
 from core.contract import DEDUP_BUCKETS, EVENT_SCHEMA, UTC_US
 from core.ledger import (
     HOUR,
@@ -56,6 +56,9 @@ SILVER_STATISTICS = [
     "ingest_hour",
 ]
 """The silver columns worth min/max statistics: times and positions, not random ids."""
+SILVER_DICTIONARY = [name for name in SILVER_SCHEMA.names if name in BRONZE_DICTIONARY]
+"""The silver columns of few distinct values, dictionary-encoded as in bronze: trying it on
+every row group's ids only to fall back costs time and saves no bytes."""
 ARRIVAL_ORDER = ["received_at", "kafka_partition", "kafka_offset"]
 """The contract's tie-break for the first received copy."""
 
@@ -128,21 +131,22 @@ def _earlier(a: str, b: str) -> pl.Expr:
     )
 
 
-def deduplicate(
+def first_copies(
     valid: pa.Table,
     winners: pl.DataFrame,
     elsewhere: pl.DataFrame | None = None,
     *,
     order: tuple[str, ...] = (),
-) -> pa.Table:
-    """One row per event_id: the first received copy (earliest Kafka timestamp, then lowest
+) -> pa.Array:
+    """The positions in `valid` of one row per event_id, in `order` when given: the first
+    received copy (earliest Kafka timestamp, then lowest
     partition, then lowest offset). A corrected event keeps only its global first copy, and an
     event with a valid copy in another event hour (a client that re-stamps on retry) is kept
     only where its first received copy is (`elsewhere`: those copies' arrival columns).
 
-    The choice is made on the key columns alone (in Polars) and the kept rows are taken once from
-    the Arrow table, in `order` when given: memory is the rows plus their keys, and the columns
-    are never converted between Arrow and Polars."""
+    The choice is made on the key columns alone, in Polars; the caller takes the kept rows from
+    the Arrow table, a slice at a time, so the columns are never converted between Arrow and
+    Polars and memory is the rows, their keys and a slice."""
     keys = _frame(valid.select(list(dict.fromkeys(["event_id", *ARRIVAL_ORDER, *order]))))
     keys = keys.with_row_index()
     first = keys.sort(ARRIVAL_ORDER).unique("event_id", keep="first", maintain_order=True)
@@ -163,9 +167,11 @@ def deduplicate(
         kept = compared.filter(~lost)
     if order:
         kept = kept.sort(order)
-    return valid.take(kept["index"].to_arrow())
+    return kept["index"].to_arrow()
 
 
+SILVER_ROW_GROUP_ROWS = 256 * 1024
+"""Silver rows taken and written at once (one row group)."""
 BUCKET_ROWS = 500_000
 """Rows deduplicated at once: bounds cleaning's memory whatever an event hour's size."""
 
@@ -387,7 +393,11 @@ def clean_hour(
     with (
         tempfile.TemporaryDirectory(prefix="clickstream-clean-") as spill,
         lake.parquet_writer(
-            silver_path, SILVER_SCHEMA, keep=newest, statistics=SILVER_STATISTICS
+            silver_path,
+            SILVER_SCHEMA,
+            keep=newest,
+            statistics=SILVER_STATISTICS,
+            dictionary=SILVER_DICTIONARY,
         ) as silver_writer,
         lake.parquet_writer(quarantine_path, QUARANTINE_SCHEMA, keep=newest) as quarantine_writer,
     ):
@@ -415,13 +425,15 @@ def clean_hour(
         for bucket in range(buckets if files else 0):
             events = events_of(bucket)
             _check_typed(events)
-            clean = deduplicate(events, winners, copies, order=("event_time", "event_id"))
-            silver_writer.write_table(clean.select(SILVER_SCHEMA.names).cast(SILVER_SCHEMA))
-            counts["events"] += clean.num_rows
-            counts["duplicates"] += events.num_rows - clean.num_rows
-            late = pc.greater(clean["ingest_hour"], pa.scalar(event_hour, UTC_US))
-            counts["clock_corrected"] += pc.sum(clean["clock_corrected"], min_count=0).as_py()
-            counts["late_events"] += pc.sum(late, min_count=0).as_py()
+            kept = first_copies(events, winners, copies, order=("event_time", "event_id"))
+            for start in range(0, len(kept), SILVER_ROW_GROUP_ROWS):
+                clean = events.take(kept.slice(start, SILVER_ROW_GROUP_ROWS))
+                silver_writer.write_table(clean.select(SILVER_SCHEMA.names).cast(SILVER_SCHEMA))
+                late = pc.greater(clean["ingest_hour"], pa.scalar(event_hour, UTC_US))
+                counts["clock_corrected"] += pc.sum(clean["clock_corrected"], min_count=0).as_py()
+                counts["late_events"] += pc.sum(late, min_count=0).as_py()
+            counts["events"] += len(kept)
+            counts["duplicates"] += events.num_rows - len(kept)
             sources.update(pc.unique(events["ingest_hour"]).to_pylist())
         stamp = CleanStamp(
             event_hour=event_hour,
