@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -172,8 +173,11 @@ def first_copies(
 
 SILVER_ROW_GROUP_ROWS = 256 * 1024
 """Silver rows taken and written at once (one row group)."""
-BUCKET_ROWS = 500_000
-"""Rows deduplicated at once: bounds cleaning's memory whatever an event hour's size."""
+BUCKET_ROWS = 1_200_000
+"""Rows deduplicated at once, the memory budget: an hour of at most this many bronze rows (the
+manifests count them before any read) is read straight into memory and pays no spill; a larger
+one goes in buckets of at most about this many. Bounds cleaning's memory whatever an event
+hour's size."""
 
 
 def bucket_count(rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
@@ -422,19 +426,33 @@ def clean_hour(
             )
             copies = _copies_near(lake, ledger, inputs, manifests, recorded, spill)
             copies = copies.filter(pl.col("event_hour") != event_hour)
-        for bucket in range(buckets if files else 0):
-            events = events_of(bucket)
-            _check_typed(events)
-            kept = first_copies(events, winners, copies, order=("event_time", "event_id"))
-            for start in range(0, len(kept), SILVER_ROW_GROUP_ROWS):
-                clean = events.take(kept.slice(start, SILVER_ROW_GROUP_ROWS))
-                silver_writer.write_table(clean.select(SILVER_SCHEMA.names).cast(SILVER_SCHEMA))
-                late = pc.greater(clean["ingest_hour"], pa.scalar(event_hour, UTC_US))
-                counts["clock_corrected"] += pc.sum(clean["clock_corrected"], min_count=0).as_py()
-                counts["late_events"] += pc.sum(late, min_count=0).as_py()
-            counts["events"] += len(kept)
-            counts["duplicates"] += events.num_rows - len(kept)
-            sources.update(pc.unique(events["ingest_hour"]).to_pylist())
+        # One row group is written (in a thread; both release the GIL) while the next is taken
+        # and the next bucket read: a core each. Never more than one write in flight.
+        with ThreadPoolExecutor(max_workers=1) as writes:
+            writing: Future | None = None
+            for bucket in range(buckets if files else 0):
+                events = events_of(bucket)
+                _check_typed(events)
+                kept = first_copies(events, winners, copies, order=("event_time", "event_id"))
+                for start in range(0, len(kept), SILVER_ROW_GROUP_ROWS):
+                    clean = events.take(kept.slice(start, SILVER_ROW_GROUP_ROWS))
+                    late = pc.greater(clean["ingest_hour"], pa.scalar(event_hour, UTC_US))
+                    counts["clock_corrected"] += pc.sum(
+                        clean["clock_corrected"], min_count=0
+                    ).as_py()
+                    counts["late_events"] += pc.sum(late, min_count=0).as_py()
+                    if writing is not None:
+                        writing.result()
+                    writing = writes.submit(
+                        silver_writer.write_table,
+                        clean.select(SILVER_SCHEMA.names).cast(SILVER_SCHEMA),
+                    )
+                counts["events"] += len(kept)
+                counts["duplicates"] += events.num_rows - len(kept)
+                sources.update(pc.unique(events["ingest_hour"]).to_pylist())
+                del events, kept  # not in memory while the next bucket is read
+            if writing is not None:
+                writing.result()
         stamp = CleanStamp(
             event_hour=event_hour,
             inputs=tuple(inputs),
