@@ -201,6 +201,9 @@ COPIES_SCHEMA = pa.schema(
 )
 
 
+SPILL_CHUNK_ROWS = 64 * 1024
+"""Rows a spill gathers per bucket before writing them: few chunks to read back, and a small
+buffer (a bucket each)."""
 SCAN_READAHEAD = {"batch_readahead": 2, "fragment_readahead": 1}
 """A streaming scan reads a few row groups ahead, not Arrow's default of 16: its memory stays
 that of a few row groups whatever the hour's size."""
@@ -239,6 +242,8 @@ def _in_buckets(
         partitioning=ds.partitioning(pa.schema([("bucket", pa.uint8())])),
         preserve_order=False,
         existing_data_behavior="error",
+        # Batches of a scan are small: taking rows from hundreds of chunks costs twice as much.
+        min_rows_per_group=SPILL_CHUNK_ROWS,
     )
     empty = scanner.projected_schema.remove(scanner.projected_schema.get_field_index("bucket"))
 
