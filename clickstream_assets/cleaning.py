@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from clickstream_assets.landing import BRONZE_SCHEMA, QUARANTINE_SCHEMA
+from clickstream_assets.landing import BRONZE_DICTIONARY, BRONZE_SCHEMA, QUARANTINE_SCHEMA
 from core.contract import DEDUP_BUCKETS, EVENT_SCHEMA, UTC_US
 from core.ledger import (
     HOUR,
@@ -56,6 +57,9 @@ SILVER_STATISTICS = [
     "ingest_hour",
 ]
 """The silver columns worth min/max statistics: times and positions, not random ids."""
+SILVER_DICTIONARY = [name for name in SILVER_SCHEMA.names if name in BRONZE_DICTIONARY]
+"""The silver columns of few distinct values, dictionary-encoded as in bronze: trying it on
+every row group's ids only to fall back costs time and saves no bytes."""
 ARRIVAL_ORDER = ["received_at", "kafka_partition", "kafka_offset"]
 """The contract's tie-break for the first received copy."""
 
@@ -128,21 +132,24 @@ def _earlier(a: str, b: str) -> pl.Expr:
     )
 
 
-def deduplicate(
-    valid: pl.DataFrame,
+def first_copies(
+    valid: pa.Table,
     winners: pl.DataFrame,
     elsewhere: pl.DataFrame | None = None,
     *,
     order: tuple[str, ...] = (),
-) -> pl.DataFrame:
-    """One row per event_id: the first received copy (earliest Kafka timestamp, then lowest
+) -> pa.Array:
+    """The positions in `valid` of one row per event_id, in `order` when given: the first
+    received copy (earliest Kafka timestamp, then lowest
     partition, then lowest offset). A corrected event keeps only its global first copy, and an
     event with a valid copy in another event hour (a client that re-stamps on retry) is kept
     only where its first received copy is (`elsewhere`: those copies' arrival columns).
 
-    The choice is made on the key columns alone and the kept rows are gathered once, in `order`
-    when given, so memory is the rows plus their keys, not several copies of every column."""
-    keys = valid.select(*dict.fromkeys(["event_id", *ARRIVAL_ORDER, *order])).with_row_index()
+    The choice is made on the key columns alone, in Polars; the caller takes the kept rows from
+    the Arrow table, a slice at a time, so the columns are never converted between Arrow and
+    Polars and memory is the rows, their keys and a slice."""
+    keys = _frame(valid.select(list(dict.fromkeys(["event_id", *ARRIVAL_ORDER, *order]))))
+    keys = keys.with_row_index()
     first = keys.sort(ARRIVAL_ORDER).unique("event_id", keep="first", maintain_order=True)
     joined = first.join(winners, on="event_id", how="left", suffix="_winner")
     keep = pl.col("kafka_partition_winner").is_null() | (
@@ -161,11 +168,16 @@ def deduplicate(
         kept = compared.filter(~lost)
     if order:
         kept = kept.sort(order)
-    return valid.select(pl.all().gather(kept["index"]))
+    return kept["index"].to_arrow()
 
 
-BUCKET_ROWS = 500_000
-"""Rows deduplicated at once: bounds cleaning's memory whatever an event hour's size."""
+SILVER_ROW_GROUP_ROWS = 256 * 1024
+"""Silver rows taken and written at once (one row group)."""
+BUCKET_ROWS = 1_200_000
+"""Rows deduplicated at once, the memory budget: an hour of at most this many bronze rows (the
+manifests count them before any read) is read straight into memory and pays no spill; a larger
+one goes in buckets of at most about this many. Bounds cleaning's memory whatever an event
+hour's size."""
 
 
 def bucket_count(rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
@@ -189,6 +201,9 @@ COPIES_SCHEMA = pa.schema(
 )
 
 
+SPILL_CHUNK_ROWS = 64 * 1024
+"""Rows a spill gathers per bucket before writing them: few chunks to read back, and a small
+buffer (a bucket each)."""
 SCAN_READAHEAD = {"batch_readahead": 2, "fragment_readahead": 1}
 """A streaming scan reads a few row groups ahead, not Arrow's default of 16: its memory stays
 that of a few row groups whatever the hour's size."""
@@ -201,15 +216,15 @@ def _in_buckets(
     columns: dict[str, ds.Expression],
     buckets: int,
     spill: str,
-) -> Callable[[int], pl.DataFrame]:
+) -> Callable[[int], pa.Table]:
     """Read the rows of `files` matching `row_filter`, one dedup bucket at a time, in memory
     bounded by a bucket: with more than one bucket, one streaming pass writes each bucket's rows
     to local Arrow files under `spill` (copies of an event share a bucket), and each is read
     back alone. Returns the reader of a bucket."""
     dataset = lake.dataset(files, BRONZE_SCHEMA)
     if buckets == 1:
-        frame = _frame(dataset.to_table(columns=columns, filter=row_filter))
-        return lambda _bucket: frame
+        table = dataset.to_table(columns=columns, filter=row_filter)
+        return lambda _bucket: table
     mask = pa.scalar(buckets - 1, pa.uint8())
     scanner = dataset.scanner(
         # A row without a bucket (bronze of an older version) goes with the first, to be refused.
@@ -227,14 +242,16 @@ def _in_buckets(
         partitioning=ds.partitioning(pa.schema([("bucket", pa.uint8())])),
         preserve_order=False,
         existing_data_behavior="error",
+        # Batches of a scan are small: taking rows from hundreds of chunks costs twice as much.
+        min_rows_per_group=SPILL_CHUNK_ROWS,
     )
     empty = scanner.projected_schema.remove(scanner.projected_schema.get_field_index("bucket"))
 
-    def read(bucket: int) -> pl.DataFrame:
+    def read(bucket: int) -> pa.Table:
         directory = os.path.join(spill, str(bucket))
         if not os.path.isdir(directory):
-            return _frame(empty.empty_table())
-        return _frame(ds.dataset(directory, format="ipc", schema=empty).to_table())
+            return empty.empty_table()
+        return ds.dataset(directory, format="ipc", schema=empty).to_table()
 
     return read
 
@@ -265,12 +282,12 @@ def _frame(table: pa.Table) -> pl.DataFrame:
     return frame
 
 
-def _check_typed(events: pl.DataFrame) -> None:
+def _check_typed(events: pa.Table) -> None:
     """Bronze landed before it kept typed events reads as valid rows without types (a column a
     file lacks reads as nulls): refuse it, by name."""
-    untyped = events.filter(pl.col("event_type").is_null())
-    if not untyped.is_empty():
-        hours = sorted({hour_label(h) for h in untyped["ingest_hour"].unique().to_list()})
+    if events["event_type"].null_count:
+        untyped = events.filter(pc.is_null(events["event_type"]))["ingest_hour"]
+        hours = sorted({hour_label(h) for h in pc.unique(untyped).to_pylist()})
         raise ValueError(
             f"bronze of ingest hours {', '.join(hours)} was landed before bronze kept typed "
             "events: re-land those hours (a backfill of raw_events; the same ranges are read "
@@ -303,7 +320,9 @@ def cross_hour_copies(
         with tempfile.TemporaryDirectory(prefix="copies-", dir=spill) as directory:
             read = _in_buckets(lake, files, valid, columns, buckets, directory)
             multi = pl.col("event_hour").n_unique().over("event_id") > 1
-            found = [read(b).filter(multi).select(COPIES_SCHEMA.names) for b in range(buckets)]
+            found = [
+                _frame(read(b)).filter(multi).select(COPIES_SCHEMA.names) for b in range(buckets)
+            ]
         copies = pl.concat([copies, *found])
     copies = copies.sort(["event_id", *ARRIVAL_ORDER])
     lake.write_parquet(copies_file(ingest_hour), copies.to_arrow().cast(COPIES_SCHEMA))
@@ -383,7 +402,11 @@ def clean_hour(
     with (
         tempfile.TemporaryDirectory(prefix="clickstream-clean-") as spill,
         lake.parquet_writer(
-            silver_path, SILVER_SCHEMA, keep=newest, statistics=SILVER_STATISTICS
+            silver_path,
+            SILVER_SCHEMA,
+            keep=newest,
+            statistics=SILVER_STATISTICS,
+            dictionary=SILVER_DICTIONARY,
         ) as silver_writer,
         lake.parquet_writer(quarantine_path, QUARANTINE_SCHEMA, keep=newest) as quarantine_writer,
     ):
@@ -408,19 +431,33 @@ def clean_hour(
             )
             copies = _copies_near(lake, ledger, inputs, manifests, recorded, spill)
             copies = copies.filter(pl.col("event_hour") != event_hour)
-        for bucket in range(buckets if files else 0):
-            events = events_of(bucket)
-            _check_typed(events)
-            elsewhere = copies.filter(pl.col("event_id").is_in(events["event_id"].implode()))
-            clean = deduplicate(events, winners, elsewhere, order=("event_time", "event_id"))
-            silver_writer.write_table(
-                clean.select(SILVER_SCHEMA.names).to_arrow().cast(SILVER_SCHEMA)
-            )
-            counts["events"] += clean.height
-            counts["duplicates"] += events.height - clean.height
-            counts["clock_corrected"] += int(clean["clock_corrected"].sum())
-            counts["late_events"] += int((clean["ingest_hour"] > event_hour).sum())
-            sources.update(events["ingest_hour"].unique().to_list())
+        # One row group is written (in a thread; both release the GIL) while the next is taken
+        # and the next bucket read: a core each. Never more than one write in flight.
+        with ThreadPoolExecutor(max_workers=1) as writes:
+            writing: Future | None = None
+            for bucket in range(buckets if files else 0):
+                events = events_of(bucket)
+                _check_typed(events)
+                kept = first_copies(events, winners, copies, order=("event_time", "event_id"))
+                for start in range(0, len(kept), SILVER_ROW_GROUP_ROWS):
+                    clean = events.take(kept.slice(start, SILVER_ROW_GROUP_ROWS))
+                    late = pc.greater(clean["ingest_hour"], pa.scalar(event_hour, UTC_US))
+                    counts["clock_corrected"] += pc.sum(
+                        clean["clock_corrected"], min_count=0
+                    ).as_py()
+                    counts["late_events"] += pc.sum(late, min_count=0).as_py()
+                    if writing is not None:
+                        writing.result()
+                    writing = writes.submit(
+                        silver_writer.write_table,
+                        clean.select(SILVER_SCHEMA.names).cast(SILVER_SCHEMA),
+                    )
+                counts["events"] += len(kept)
+                counts["duplicates"] += events.num_rows - len(kept)
+                sources.update(pc.unique(events["ingest_hour"]).to_pylist())
+                del events, kept  # not in memory while the next bucket is read
+            if writing is not None:
+                writing.result()
         stamp = CleanStamp(
             event_hour=event_hour,
             inputs=tuple(inputs),

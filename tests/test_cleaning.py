@@ -19,7 +19,7 @@ from clickstream_assets.cleaning import (
     bucket_count,
     clean_hour,
     corrected_winners,
-    deduplicate,
+    first_copies,
 )
 from clickstream_assets.landing import land_hours
 from core.contract import UTC_US
@@ -364,7 +364,7 @@ def test_an_empty_hour_yields_an_empty_silver_file(log, lake, landed):
 # --- the pure helpers -----------------------------------------------------------------------
 
 
-def frame(rows: list[tuple[str, datetime, int, int]]) -> pl.DataFrame:
+def frame(rows: list[tuple[str, datetime, int, int]]) -> pa.Table:
     return pl.DataFrame(
         {
             "event_id": [r[0] for r in rows],
@@ -372,7 +372,7 @@ def frame(rows: list[tuple[str, datetime, int, int]]) -> pl.DataFrame:
             "kafka_partition": pl.Series([r[2] for r in rows], dtype=pl.Int32),
             "kafka_offset": pl.Series([r[3] for r in rows], dtype=pl.Int64),
         }
-    )
+    ).to_arrow()
 
 
 NO_WINNERS = pl.DataFrame(
@@ -380,7 +380,7 @@ NO_WINNERS = pl.DataFrame(
 )
 
 
-def test_deduplicate_by_arrival_order():
+def test_first_copies_by_arrival_order():
     valid = frame(
         [
             ("a", at(10, 5), 1, 9),
@@ -392,12 +392,12 @@ def test_deduplicate_by_arrival_order():
             ("d", at(10, 9), 2, 2),
         ]
     )
-    kept = deduplicate(valid, NO_WINNERS)
-    got = sorted((r["event_id"], r["kafka_partition"], r["kafka_offset"]) for r in kept.to_dicts())
+    kept = valid.take(first_copies(valid, NO_WINNERS))
+    got = sorted((r["event_id"], r["kafka_partition"], r["kafka_offset"]) for r in kept.to_pylist())
     assert got == [("a", 2, 0), ("b", 0, 7), ("c", 0, 6), ("d", 2, 2)]
 
 
-def test_deduplicate_keeps_a_corrected_event_only_at_its_global_winner():
+def test_first_copies_keeps_a_corrected_event_only_at_its_global_winner():
     valid = frame([("x", at(11, 5), 0, 4), ("y", at(11, 6), 0, 5)])
     global_winners = pl.DataFrame(
         {
@@ -406,8 +406,8 @@ def test_deduplicate_keeps_a_corrected_event_only_at_its_global_winner():
             "kafka_offset": pl.Series([0, 5], dtype=pl.Int64),
         }
     )
-    kept = deduplicate(valid, global_winners)
-    assert kept["event_id"].to_list() == ["y"]
+    kept = valid.take(first_copies(valid, global_winners))
+    assert kept["event_id"].to_pylist() == ["y"]
 
 
 def test_corrected_winners_pick_the_first_received_copy():
