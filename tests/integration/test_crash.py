@@ -90,10 +90,11 @@ def test_a_killed_catch_up_is_repaired_by_the_next(traffic_in, stage, sig):
         assert time.monotonic() < deadline, f"{stage} never started"
         time.sleep(0.05)
     process.send_signal(sig)
-    stopped = time.monotonic()
-    process.wait(timeout=60)
+    process.wait(timeout=60)  # a guard against a hang, not a measure of speed
     if sig == signal.SIGTERM:
-        assert time.monotonic() - stopped < 15, "SIGTERM must stop catch-up promptly"
+        # Stopped by its handler, at once, not by finishing the run in progress first.
+        assert process.returncode == 128 + signal.SIGTERM
+        assert "catch-up stopped" in process.stdout.read()
     assert process.returncode != 0
 
     began = time.monotonic()
