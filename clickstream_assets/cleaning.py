@@ -194,6 +194,9 @@ _EVENT_COLUMNS = {
     **{name: ds.field(name) for name in ["kafka_partition", "kafka_offset", "ingest_hour"]},
 }
 """A valid bronze row as cleaning reads it: the typed event and where it arrived."""
+_ROW_COLUMNS = {**_EVENT_COLUMNS, "reason": ds.field("reason")}
+"""A bronze row of the hour, valid or not: the event columns and why it was refused, if it was
+(the raw record, read only for refused rows, is most of a row group's bytes)."""
 _COPY_COLUMNS = {name: _EVENT_COLUMNS[name] for name in ["event_id", *ARRIVAL_ORDER]}
 """The arrival of a valid copy in another event hour, to compare with this hour's copies."""
 COPIES_SCHEMA = pa.schema(
@@ -274,6 +277,33 @@ def _chunks(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
             pending, count = [], 0
     if pending:
         yield pa.Table.from_batches(pending)
+
+
+def _pairs(rows: pa.Table) -> set[tuple[datetime, int]]:
+    """The (ingest hour, Kafka partition) of `rows`: which bronze files hold them."""
+    pairs = rows.select(["ingest_hour", "kafka_partition"]).group_by(
+        ["ingest_hour", "kafka_partition"]
+    )
+    found = pairs.aggregate([]).to_pylist()
+    return {(row["ingest_hour"], row["kafka_partition"]) for row in found}
+
+
+def _files_of(manifests: dict[datetime, Manifest], pair: tuple[datetime, int]) -> list[str]:
+    ingest_hour, partition = pair
+    return manifests[ingest_hour].partitions[partition].files
+
+
+def _invalid_rows(
+    lake: LakeResource, files: list[str], row_filter: ds.Expression
+) -> Iterator[pl.DataFrame]:
+    """The rows of `files` matching `row_filter` with their raw records, in chunks."""
+    if not files:
+        return
+    scanner = lake.dataset(files, BRONZE_SCHEMA).scanner(
+        columns=QUARANTINE_SCHEMA.names[1:], filter=row_filter, **SCAN_READAHEAD
+    )
+    for chunk in _chunks(scanner.to_batches(), QUARANTINE_CHUNK_ROWS):
+        yield _frame(chunk)
 
 
 def _frame(table: pa.Table) -> pl.DataFrame:
@@ -391,6 +421,7 @@ def clean_hour(
     counts = Counter()
     reasons: Counter = Counter()
     sources: set[datetime] = set()
+    held: set[tuple[datetime, int]] = set()  # (ingest hour, Kafka partition) of invalid rows
     silver_path, quarantine_path = events_file(event_hour), cleaning_quarantine_file(event_hour)
     this_hour = ds.field("event_hour") == pa.scalar(event_hour, UTC_US)
     valid = ds.field("reason").is_null()
@@ -411,24 +442,8 @@ def clean_hour(
         lake.parquet_writer(quarantine_path, QUARANTINE_SCHEMA, keep=newest) as quarantine_writer,
     ):
         if files:
-            # Invalid rows need no dedup: streamed to quarantine as received, in ledger order.
-            invalid_rows = lake.dataset(files, BRONZE_SCHEMA).scanner(
-                columns=QUARANTINE_SCHEMA.names[1:], filter=this_hour & ~valid, **SCAN_READAHEAD
-            )
-            for chunk in _chunks(invalid_rows.to_batches(), QUARANTINE_CHUNK_ROWS):
-                invalid = _frame(chunk)
-                quarantine_writer.write_table(
-                    invalid.with_columns(stage=pl.lit("cleaning"))
-                    .select(QUARANTINE_SCHEMA.names)
-                    .to_arrow()
-                    .cast(QUARANTINE_SCHEMA)
-                )
-                counts["quarantined"] += invalid.height
-                reasons.update(dict(invalid.group_by("reason").len().iter_rows()))
-                sources.update(invalid["ingest_hour"].unique().to_list())
-            events_of = _in_buckets(
-                lake, files, this_hour & valid, _EVENT_COLUMNS, buckets, f"{spill}/events"
-            )
+            # One scan reads the hour's valid and invalid rows (their cheap columns) together.
+            rows_of = _in_buckets(lake, files, this_hour, _ROW_COLUMNS, buckets, f"{spill}/events")
             copies = _copies_near(lake, ledger, inputs, manifests, recorded, spill)
             copies = copies.filter(pl.col("event_hour") != event_hour)
         # One row group is written (in a thread; both release the GIL) while the next is taken
@@ -436,7 +451,12 @@ def clean_hour(
         with ThreadPoolExecutor(max_workers=1) as writes:
             writing: Future | None = None
             for bucket in range(buckets if files else 0):
-                events = events_of(bucket)
+                rows = rows_of(bucket)
+                refused = pc.is_valid(rows["reason"])
+                held.update(_pairs(rows.filter(refused)))
+                events = rows.filter(pc.invert(refused)).drop_columns(["reason"])
+                sources.update(pc.unique(rows["ingest_hour"]).to_pylist())
+                del rows, refused
                 _check_typed(events)
                 kept = first_copies(events, winners, copies, order=("event_time", "event_id"))
                 for start in range(0, len(kept), SILVER_ROW_GROUP_ROWS):
@@ -454,10 +474,21 @@ def clean_hour(
                     )
                 counts["events"] += len(kept)
                 counts["duplicates"] += events.num_rows - len(kept)
-                sources.update(pc.unique(events["ingest_hour"]).to_pylist())
                 del events, kept  # not in memory while the next bucket is read
             if writing is not None:
                 writing.result()
+        # Invalid rows need no dedup: streamed to quarantine as received, in ledger order, with
+        # their raw records read only from the files that hold some.
+        holding = {file for pair in held for file in _files_of(manifests, pair)}
+        for invalid in _invalid_rows(lake, [f for f in files if f in holding], this_hour & ~valid):
+            quarantine_writer.write_table(
+                invalid.with_columns(stage=pl.lit("cleaning"))
+                .select(QUARANTINE_SCHEMA.names)
+                .to_arrow()
+                .cast(QUARANTINE_SCHEMA)
+            )
+            counts["quarantined"] += invalid.height
+            reasons.update(dict(invalid.group_by("reason").len().iter_rows()))
         stamp = CleanStamp(
             event_hour=event_hour,
             inputs=tuple(inputs),
