@@ -225,10 +225,13 @@ raw_events = build_raw_events(load().landing_shards)
 )
 def events(context: AssetExecutionContext, lake: LakeResource) -> None:
     """Silver: valid, deduplicated events of an event hour, rebuilt from all bronze holding it."""
-    recorded = set(Ledger(lake).recorded_hours())  # one listing for the whole range
+    ledger = Ledger(lake, remember=True)  # each manifest and listing read once for the range
+    recorded = set(ledger.recorded_hours())
     now = run_clock(context)
     for hour in hours_of(context):
-        cleaned = clean_hour(lake, hour, first_instant=first_instant, now=now, recorded=recorded)
+        cleaned = clean_hour(
+            lake, hour, first_instant=first_instant, now=now, recorded=recorded, ledger=ledger
+        )
         stamp = cleaned.stamp
         context.log.info(f"cleaned {hour_label(hour)}: {stamp.events} events")
         context.add_asset_metadata(

@@ -402,6 +402,7 @@ def clean_hour(
     first_instant: datetime,
     now: datetime,
     recorded: set[datetime] | None = None,
+    ledger: Ledger | None = None,
     bucket_rows: int = BUCKET_ROWS,
 ) -> Cleaned:
     """Rebuild silver and quarantine for `event_hour` from what the ledger holds now, one dedup
@@ -409,8 +410,9 @@ def clean_hour(
     whole or not at all, quarantine first and silver last.
 
     A run that finds silver already built from more ingest hours than it read (a newer run
-    finished first) leaves that silver alone."""
-    ledger = Ledger(lake)
+    finished first) leaves that silver alone. A run over many hours passes its `ledger` (one
+    that remembers what it read) and the `recorded` hours it began with."""
+    ledger = ledger if ledger is not None else Ledger(lake)
     recorded = recorded if recorded is not None else set(ledger.recorded_hours())
     inputs = ledger.inputs(event_hour, recorded)
     manifests = ledger.manifests(inputs)

@@ -269,6 +269,24 @@ def test_restamped_copies_are_found_once_per_ingest_hour_and_only_in_adjacent_on
     assert counting.reads["read_json"] == 1  # the hour's manifest; the frames are kept
 
 
+def test_a_run_over_many_hours_reads_each_manifest_and_listing_once(lake):
+    log = InMemoryKafka(topic="t", partitions=2)
+    produce(log, 0, [(at(10, 50), value("x", at(10, 50)))])
+    produce(log, 1, [(at(11, 10), value("x", at(11, 10)))])
+    produce(log, 0, [(at(11, 20), value("w", at(10, 40)))])  # late: H10 reads H11 too
+    produce(log, 1, [(at(12, 30), value("y", at(12, 30)))])
+    land(log, lake, H10, H11, H12, now=at(14))
+    counting = CountingLake(lake)
+    ledger = Ledger(counting, remember=True)
+    recorded = set(ledger.recorded_hours())
+    options = {"first_instant": START, "now": at(14), "recorded": recorded, "ledger": ledger}
+    events = {h: clean_hour(counting, h, **options).stamp.events for h in (H10, H11, H12)}
+    assert events == {H10: 2, H11: 0, H12: 1}
+    assert counting.reads["read_json"] == 3  # each recorded hour's manifest, once
+    # The manifests listing, then each hour's index and claims, once.
+    assert counting.reads["list"] == 1 + 2 * 3
+
+
 def test_relanding_an_hour_drops_the_copies_found_from_it(lake):
     log = InMemoryKafka(topic="t", partitions=2)
     produce(log, 0, [(at(10, 50), value("x", at(10, 50)))])
