@@ -194,9 +194,10 @@ _EVENT_COLUMNS = {
     **{name: ds.field(name) for name in ["kafka_partition", "kafka_offset", "ingest_hour"]},
 }
 """A valid bronze row as cleaning reads it: the typed event and where it arrived."""
-_ROW_COLUMNS = {**_EVENT_COLUMNS, "reason": ds.field("reason")}
+ROW_COLUMNS = {**_EVENT_COLUMNS, "reason": ds.field("reason")}
 """A bronze row of the hour, valid or not: the event columns and why it was refused, if it was
 (the raw record, read only for refused rows, is most of a row group's bytes)."""
+_EMPTY_ROWS = ds.dataset(BRONZE_SCHEMA.empty_table()).to_table(columns=ROW_COLUMNS)
 _COPY_COLUMNS = {name: _EVENT_COLUMNS[name] for name in ["event_id", *ARRIVAL_ORDER]}
 """The arrival of a valid copy in another event hour, to compare with this hour's copies."""
 COPIES_SCHEMA = pa.schema(
@@ -226,8 +227,7 @@ def _in_buckets(
     back alone. Returns the reader of a bucket."""
     dataset = lake.dataset(files, BRONZE_SCHEMA)
     if buckets == 1:
-        table = dataset.to_table(columns=columns, filter=row_filter)
-        return lambda _bucket: table
+        return _read_once(dataset.to_table(columns=columns, filter=row_filter))
     mask = pa.scalar(buckets - 1, pa.uint8())
     scanner = dataset.scanner(
         # A row without a bucket (bronze of an older version) goes with the first, to be refused.
@@ -257,6 +257,73 @@ def _in_buckets(
         return ds.dataset(directory, format="ipc", schema=empty).to_table()
 
     return read
+
+
+SHARED_ROWS = BUCKET_ROWS // 4
+"""Rows of shared row groups a run keeps decoded: a quarter of the memory budget, beside the hour
+being cleaned."""
+
+
+class SharedRowGroups:
+    """Bronze as one run reads it, cleaning hours in turn: each file's footer read once, and each
+    row group that holds several event hours (the late events of many hours share row groups)
+    decoded once and kept, at most `SHARED_ROWS` rows of them, while later hours may need it."""
+
+    def __init__(self, lake: LakeResource) -> None:
+        self.lake = lake
+        self._pieces: dict[str, list[ds.ParquetFileFragment]] = {}
+        self._kept: dict[tuple[str, int], tuple[datetime, pa.Table]] = {}
+
+    def _row_groups(self, file: str) -> list[ds.ParquetFileFragment]:
+        if file not in self._pieces:
+            (whole,) = self.lake.dataset([file], BRONZE_SCHEMA).get_fragments()
+            self._pieces[file] = whole.split_by_row_group()
+        return self._pieces[file]
+
+    def _decode(self, piece: ds.ParquetFileFragment) -> pa.Table:
+        return ds.Scanner.from_fragment(piece, schema=BRONZE_SCHEMA, columns=ROW_COLUMNS).to_table()
+
+    def read(self, files: list[str], event_hour: datetime) -> pa.Table:
+        """The rows of `event_hour` in `files` (`ROW_COLUMNS`), in file and row order."""
+        self._kept = {key: kept for key, kept in self._kept.items() if kept[0] >= event_hour}
+        parts = []
+        for file in files:
+            for index, piece in enumerate(self._row_groups(file)):
+                hours = piece.row_groups[0].statistics.get("event_hour", {})
+                low, high = hours.get("min"), hours.get("max")
+                if low is not None and not low <= event_hour <= high:
+                    continue
+                if (file, index) in self._kept:
+                    table = self._kept[file, index][1]
+                else:
+                    table = self._decode(piece)
+                    room = SHARED_ROWS - sum(kept[1].num_rows for kept in self._kept.values())
+                    if high is not None and high > event_hour and table.num_rows <= room:
+                        self._kept[file, index] = (high, table)
+                parts.append(
+                    table.filter(pc.equal(table["event_hour"], pa.scalar(event_hour, UTC_US)))
+                )
+        return pa.concat_tables([_EMPTY_ROWS, *parts])
+
+
+@dataclass
+class CleaningRun:
+    """What a run cleaning many hours reads once: its ledger, which remembers manifests and
+    listings, the hours recorded when it began, and the bronze row groups its hours share."""
+
+    ledger: Ledger
+    recorded: set[datetime]
+    shared: SharedRowGroups
+
+    @classmethod
+    def of(cls, lake: LakeResource) -> CleaningRun:
+        ledger = Ledger(lake, remember=True)
+        return cls(ledger, set(ledger.recorded_hours()), SharedRowGroups(lake))
+
+
+def _read_once(table: pa.Table) -> Callable[[int], pa.Table]:
+    """The reader of an hour read whole: its one bucket."""
+    return lambda _bucket: table
 
 
 QUARANTINE_CHUNK_ROWS = 100_000
@@ -402,7 +469,7 @@ def clean_hour(
     first_instant: datetime,
     now: datetime,
     recorded: set[datetime] | None = None,
-    ledger: Ledger | None = None,
+    run: CleaningRun | None = None,
     bucket_rows: int = BUCKET_ROWS,
 ) -> Cleaned:
     """Rebuild silver and quarantine for `event_hour` from what the ledger holds now, one dedup
@@ -410,9 +477,11 @@ def clean_hour(
     whole or not at all, quarantine first and silver last.
 
     A run that finds silver already built from more ingest hours than it read (a newer run
-    finished first) leaves that silver alone. A run over many hours passes its `ledger` (one
-    that remembers what it read) and the `recorded` hours it began with."""
-    ledger = ledger if ledger is not None else Ledger(lake)
+    finished first) leaves that silver alone. A run over many hours passes its `run`: what it
+    reads once for all of them (the hours recorded when it began among them)."""
+    ledger = run.ledger if run is not None else Ledger(lake)
+    if run is not None:
+        recorded = run.recorded
     recorded = recorded if recorded is not None else set(ledger.recorded_hours())
     inputs = ledger.inputs(event_hour, recorded)
     manifests = ledger.manifests(inputs)
@@ -445,7 +514,12 @@ def clean_hour(
     ):
         if files:
             # One scan reads the hour's valid and invalid rows (their cheap columns) together.
-            rows_of = _in_buckets(lake, files, this_hour, _ROW_COLUMNS, buckets, f"{spill}/events")
+            if run is not None and buckets == 1:
+                rows_of = _read_once(run.shared.read(files, event_hour))
+            else:
+                rows_of = _in_buckets(
+                    lake, files, this_hour, ROW_COLUMNS, buckets, f"{spill}/events"
+                )
             copies = _copies_near(lake, ledger, inputs, manifests, recorded, spill)
             copies = copies.filter(pl.col("event_hour") != event_hour)
         # One row group is written (in a thread; both release the GIL) while the next is taken
