@@ -15,7 +15,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import polars as pl
@@ -309,11 +309,13 @@ class SharedRowGroups:
 @dataclass
 class CleaningRun:
     """What a run cleaning many hours reads once: its ledger, which remembers manifests and
-    listings, the hours recorded when it began, and the bronze row groups its hours share."""
+    listings, the hours recorded when it began, the bronze row groups its hours share, and the
+    re-stamped copies found per ingest hour (`cross_hour_copies`)."""
 
     ledger: Ledger
     recorded: set[datetime]
     shared: SharedRowGroups
+    copies: dict[datetime, pl.DataFrame] = field(default_factory=dict)
 
     @classmethod
     def of(cls, lake: LakeResource) -> CleaningRun:
@@ -433,20 +435,22 @@ def _copies_near(
     manifests: dict[datetime, Manifest],
     recorded: set[datetime],
     spill: str,
+    found: dict[datetime, pl.DataFrame],
 ) -> pl.DataFrame:
     """The re-stamped copies an event hour built from `inputs` (their `manifests`) must see:
-    those found for its input hours and the hours after them, computed where still missing."""
+    those found for its input hours and the hours after them, computed where still missing;
+    each ingest hour's frame read once into `found`."""
     near = sorted(h for h in {*inputs, *(i + HOUR for i in inputs)} if h in recorded)
-    missing = [h for h in near if not lake.exists(copies_file(h))]
+    missing = [h for h in near if h not in found and not lake.exists(copies_file(h))]
     wanted = {h for hour in missing for h in (hour - HOUR, hour) if h in recorded}
     known = manifests | ledger.manifests(wanted - set(manifests))
-    frames = [
-        cross_hour_copies(lake, h, {k: known[k] for k in (h - HOUR, h) if k in known}, spill)
-        if h in missing
-        else _frame(lake.read_parquet([copies_file(h)], schema=COPIES_SCHEMA))
-        for h in near
-    ]
-    return pl.concat([_frame(COPIES_SCHEMA.empty_table()), *frames])
+    for h in near:
+        if h in missing:
+            adjacent = {k: known[k] for k in (h - HOUR, h) if k in known}
+            found[h] = cross_hour_copies(lake, h, adjacent, spill)
+        elif h not in found:
+            found[h] = _frame(lake.read_parquet([copies_file(h)], schema=COPIES_SCHEMA))
+    return pl.concat([_frame(COPIES_SCHEMA.empty_table()), *(found[h] for h in near)])
 
 
 @dataclass(frozen=True)
@@ -520,7 +524,8 @@ def clean_hour(
                 rows_of = _in_buckets(
                     lake, files, this_hour, ROW_COLUMNS, buckets, f"{spill}/events"
                 )
-            copies = _copies_near(lake, ledger, inputs, manifests, recorded, spill)
+            found = run.copies if run is not None else {}
+            copies = _copies_near(lake, ledger, inputs, manifests, recorded, spill, found)
             copies = copies.filter(pl.col("event_hour") != event_hour)
         # One row group is written (in a thread; both release the GIL) while the next is taken
         # and the next bucket read: a core each. Never more than one write in flight.
