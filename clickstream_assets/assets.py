@@ -27,7 +27,7 @@ from dagster import (
     op,
 )
 
-from clickstream_assets.cleaning import clean_hour
+from clickstream_assets.cleaning import CleaningRun, clean_hour
 from clickstream_assets.landing import (
     LandingPlan,
     commit_landing,
@@ -37,7 +37,7 @@ from clickstream_assets.landing import (
     plan_landing,
 )
 from clickstream_assets.pods import CLEANING_POD, LANDING_POD
-from core.ledger import HOUR, Ledger, Manifest, hour_label, partition_key
+from core.ledger import HOUR, Manifest, hour_label, partition_key
 from core.settings import load
 from partitions import (
     AS_OF_TAG,
@@ -225,10 +225,10 @@ raw_events = build_raw_events(load().landing_shards)
 )
 def events(context: AssetExecutionContext, lake: LakeResource) -> None:
     """Silver: valid, deduplicated events of an event hour, rebuilt from all bronze holding it."""
-    recorded = set(Ledger(lake).recorded_hours())  # one listing for the whole range
+    run = CleaningRun.of(lake)  # what the range's hours share is read once
     now = run_clock(context)
     for hour in hours_of(context):
-        cleaned = clean_hour(lake, hour, first_instant=first_instant, now=now, recorded=recorded)
+        cleaned = clean_hour(lake, hour, first_instant=first_instant, now=now, run=run)
         stamp = cleaned.stamp
         context.log.info(f"cleaned {hour_label(hour)}: {stamp.events} events")
         context.add_asset_metadata(

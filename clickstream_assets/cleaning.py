@@ -15,7 +15,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import polars as pl
@@ -194,6 +194,10 @@ _EVENT_COLUMNS = {
     **{name: ds.field(name) for name in ["kafka_partition", "kafka_offset", "ingest_hour"]},
 }
 """A valid bronze row as cleaning reads it: the typed event and where it arrived."""
+ROW_COLUMNS = {**_EVENT_COLUMNS, "reason": ds.field("reason")}
+"""A bronze row of the hour, valid or not: the event columns and why it was refused, if it was
+(the raw record, read only for refused rows, is most of a row group's bytes)."""
+_EMPTY_ROWS = ds.dataset(BRONZE_SCHEMA.empty_table()).to_table(columns=ROW_COLUMNS)
 _COPY_COLUMNS = {name: _EVENT_COLUMNS[name] for name in ["event_id", *ARRIVAL_ORDER]}
 """The arrival of a valid copy in another event hour, to compare with this hour's copies."""
 COPIES_SCHEMA = pa.schema(
@@ -223,8 +227,7 @@ def _in_buckets(
     back alone. Returns the reader of a bucket."""
     dataset = lake.dataset(files, BRONZE_SCHEMA)
     if buckets == 1:
-        table = dataset.to_table(columns=columns, filter=row_filter)
-        return lambda _bucket: table
+        return _read_once(dataset.to_table(columns=columns, filter=row_filter))
     mask = pa.scalar(buckets - 1, pa.uint8())
     scanner = dataset.scanner(
         # A row without a bucket (bronze of an older version) goes with the first, to be refused.
@@ -256,6 +259,75 @@ def _in_buckets(
     return read
 
 
+SHARED_ROWS = BUCKET_ROWS // 4
+"""Rows of shared row groups a run keeps decoded: a quarter of the memory budget, beside the hour
+being cleaned."""
+
+
+class SharedRowGroups:
+    """Bronze as one run reads it, cleaning hours in turn: each file's footer read once, and each
+    row group that holds several event hours (the late events of many hours share row groups)
+    decoded once and kept, at most `SHARED_ROWS` rows of them, while later hours may need it."""
+
+    def __init__(self, lake: LakeResource) -> None:
+        self.lake = lake
+        self._pieces: dict[str, list[ds.ParquetFileFragment]] = {}
+        self._kept: dict[tuple[str, int], tuple[datetime, pa.Table]] = {}
+
+    def _row_groups(self, file: str) -> list[ds.ParquetFileFragment]:
+        if file not in self._pieces:
+            (whole,) = self.lake.dataset([file], BRONZE_SCHEMA).get_fragments()
+            self._pieces[file] = whole.split_by_row_group()
+        return self._pieces[file]
+
+    def _decode(self, piece: ds.ParquetFileFragment) -> pa.Table:
+        return ds.Scanner.from_fragment(piece, schema=BRONZE_SCHEMA, columns=ROW_COLUMNS).to_table()
+
+    def read(self, files: list[str], event_hour: datetime) -> pa.Table:
+        """The rows of `event_hour` in `files` (`ROW_COLUMNS`), in file and row order."""
+        self._kept = {key: kept for key, kept in self._kept.items() if kept[0] >= event_hour}
+        parts = []
+        for file in files:
+            for index, piece in enumerate(self._row_groups(file)):
+                hours = piece.row_groups[0].statistics.get("event_hour", {})
+                low, high = hours.get("min"), hours.get("max")
+                if low is not None and not low <= event_hour <= high:
+                    continue
+                if (file, index) in self._kept:
+                    table = self._kept[file, index][1]
+                else:
+                    table = self._decode(piece)
+                    room = SHARED_ROWS - sum(kept[1].num_rows for kept in self._kept.values())
+                    if high is not None and high > event_hour and table.num_rows <= room:
+                        self._kept[file, index] = (high, table)
+                parts.append(
+                    table.filter(pc.equal(table["event_hour"], pa.scalar(event_hour, UTC_US)))
+                )
+        return pa.concat_tables([_EMPTY_ROWS, *parts])
+
+
+@dataclass
+class CleaningRun:
+    """What a run cleaning many hours reads once: its ledger, which remembers manifests and
+    listings, the hours recorded when it began, the bronze row groups its hours share, and the
+    re-stamped copies found per ingest hour (`cross_hour_copies`)."""
+
+    ledger: Ledger
+    recorded: set[datetime]
+    shared: SharedRowGroups
+    copies: dict[datetime, pl.DataFrame] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, lake: LakeResource) -> CleaningRun:
+        ledger = Ledger(lake, remember=True)
+        return cls(ledger, set(ledger.recorded_hours()), SharedRowGroups(lake))
+
+
+def _read_once(table: pa.Table) -> Callable[[int], pa.Table]:
+    """The reader of an hour read whole: its one bucket."""
+    return lambda _bucket: table
+
+
 QUARANTINE_CHUNK_ROWS = 100_000
 """Invalid rows stream to quarantine in chunks of this many: bounded memory, few row groups."""
 
@@ -274,6 +346,33 @@ def _chunks(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
             pending, count = [], 0
     if pending:
         yield pa.Table.from_batches(pending)
+
+
+def _pairs(rows: pa.Table) -> set[tuple[datetime, int]]:
+    """The (ingest hour, Kafka partition) of `rows`: which bronze files hold them."""
+    pairs = rows.select(["ingest_hour", "kafka_partition"]).group_by(
+        ["ingest_hour", "kafka_partition"]
+    )
+    found = pairs.aggregate([]).to_pylist()
+    return {(row["ingest_hour"], row["kafka_partition"]) for row in found}
+
+
+def _files_of(manifests: dict[datetime, Manifest], pair: tuple[datetime, int]) -> list[str]:
+    ingest_hour, partition = pair
+    return manifests[ingest_hour].partitions[partition].files
+
+
+def _invalid_rows(
+    lake: LakeResource, files: list[str], row_filter: ds.Expression
+) -> Iterator[pl.DataFrame]:
+    """The rows of `files` matching `row_filter` with their raw records, in chunks."""
+    if not files:
+        return
+    scanner = lake.dataset(files, BRONZE_SCHEMA).scanner(
+        columns=QUARANTINE_SCHEMA.names[1:], filter=row_filter, **SCAN_READAHEAD
+    )
+    for chunk in _chunks(scanner.to_batches(), QUARANTINE_CHUNK_ROWS):
+        yield _frame(chunk)
 
 
 def _frame(table: pa.Table) -> pl.DataFrame:
@@ -336,20 +435,22 @@ def _copies_near(
     manifests: dict[datetime, Manifest],
     recorded: set[datetime],
     spill: str,
+    found: dict[datetime, pl.DataFrame],
 ) -> pl.DataFrame:
     """The re-stamped copies an event hour built from `inputs` (their `manifests`) must see:
-    those found for its input hours and the hours after them, computed where still missing."""
+    those found for its input hours and the hours after them, computed where still missing;
+    each ingest hour's frame read once into `found`."""
     near = sorted(h for h in {*inputs, *(i + HOUR for i in inputs)} if h in recorded)
-    missing = [h for h in near if not lake.exists(copies_file(h))]
+    missing = [h for h in near if h not in found and not lake.exists(copies_file(h))]
     wanted = {h for hour in missing for h in (hour - HOUR, hour) if h in recorded}
     known = manifests | ledger.manifests(wanted - set(manifests))
-    frames = [
-        cross_hour_copies(lake, h, {k: known[k] for k in (h - HOUR, h) if k in known}, spill)
-        if h in missing
-        else _frame(lake.read_parquet([copies_file(h)], schema=COPIES_SCHEMA))
-        for h in near
-    ]
-    return pl.concat([_frame(COPIES_SCHEMA.empty_table()), *frames])
+    for h in near:
+        if h in missing:
+            adjacent = {k: known[k] for k in (h - HOUR, h) if k in known}
+            found[h] = cross_hour_copies(lake, h, adjacent, spill)
+        elif h not in found:
+            found[h] = _frame(lake.read_parquet([copies_file(h)], schema=COPIES_SCHEMA))
+    return pl.concat([_frame(COPIES_SCHEMA.empty_table()), *(found[h] for h in near)])
 
 
 @dataclass(frozen=True)
@@ -372,6 +473,7 @@ def clean_hour(
     first_instant: datetime,
     now: datetime,
     recorded: set[datetime] | None = None,
+    run: CleaningRun | None = None,
     bucket_rows: int = BUCKET_ROWS,
 ) -> Cleaned:
     """Rebuild silver and quarantine for `event_hour` from what the ledger holds now, one dedup
@@ -379,8 +481,11 @@ def clean_hour(
     whole or not at all, quarantine first and silver last.
 
     A run that finds silver already built from more ingest hours than it read (a newer run
-    finished first) leaves that silver alone."""
-    ledger = Ledger(lake)
+    finished first) leaves that silver alone. A run over many hours passes its `run`: what it
+    reads once for all of them (the hours recorded when it began among them)."""
+    ledger = run.ledger if run is not None else Ledger(lake)
+    if run is not None:
+        recorded = run.recorded
     recorded = recorded if recorded is not None else set(ledger.recorded_hours())
     inputs = ledger.inputs(event_hour, recorded)
     manifests = ledger.manifests(inputs)
@@ -391,6 +496,7 @@ def clean_hour(
     counts = Counter()
     reasons: Counter = Counter()
     sources: set[datetime] = set()
+    held: set[tuple[datetime, int]] = set()  # (ingest hour, Kafka partition) of invalid rows
     silver_path, quarantine_path = events_file(event_hour), cleaning_quarantine_file(event_hour)
     this_hour = ds.field("event_hour") == pa.scalar(event_hour, UTC_US)
     valid = ds.field("reason").is_null()
@@ -411,32 +517,27 @@ def clean_hour(
         lake.parquet_writer(quarantine_path, QUARANTINE_SCHEMA, keep=newest) as quarantine_writer,
     ):
         if files:
-            # Invalid rows need no dedup: streamed to quarantine as received, in ledger order.
-            invalid_rows = lake.dataset(files, BRONZE_SCHEMA).scanner(
-                columns=QUARANTINE_SCHEMA.names[1:], filter=this_hour & ~valid, **SCAN_READAHEAD
-            )
-            for chunk in _chunks(invalid_rows.to_batches(), QUARANTINE_CHUNK_ROWS):
-                invalid = _frame(chunk)
-                quarantine_writer.write_table(
-                    invalid.with_columns(stage=pl.lit("cleaning"))
-                    .select(QUARANTINE_SCHEMA.names)
-                    .to_arrow()
-                    .cast(QUARANTINE_SCHEMA)
+            # One scan reads the hour's valid and invalid rows (their cheap columns) together.
+            if run is not None and buckets == 1:
+                rows_of = _read_once(run.shared.read(files, event_hour))
+            else:
+                rows_of = _in_buckets(
+                    lake, files, this_hour, ROW_COLUMNS, buckets, f"{spill}/events"
                 )
-                counts["quarantined"] += invalid.height
-                reasons.update(dict(invalid.group_by("reason").len().iter_rows()))
-                sources.update(invalid["ingest_hour"].unique().to_list())
-            events_of = _in_buckets(
-                lake, files, this_hour & valid, _EVENT_COLUMNS, buckets, f"{spill}/events"
-            )
-            copies = _copies_near(lake, ledger, inputs, manifests, recorded, spill)
+            found = run.copies if run is not None else {}
+            copies = _copies_near(lake, ledger, inputs, manifests, recorded, spill, found)
             copies = copies.filter(pl.col("event_hour") != event_hour)
         # One row group is written (in a thread; both release the GIL) while the next is taken
         # and the next bucket read: a core each. Never more than one write in flight.
         with ThreadPoolExecutor(max_workers=1) as writes:
             writing: Future | None = None
             for bucket in range(buckets if files else 0):
-                events = events_of(bucket)
+                rows = rows_of(bucket)
+                refused = pc.is_valid(rows["reason"])
+                held.update(_pairs(rows.filter(refused)))
+                events = rows.filter(pc.invert(refused)).drop_columns(["reason"])
+                sources.update(pc.unique(rows["ingest_hour"]).to_pylist())
+                del rows, refused
                 _check_typed(events)
                 kept = first_copies(events, winners, copies, order=("event_time", "event_id"))
                 for start in range(0, len(kept), SILVER_ROW_GROUP_ROWS):
@@ -454,10 +555,21 @@ def clean_hour(
                     )
                 counts["events"] += len(kept)
                 counts["duplicates"] += events.num_rows - len(kept)
-                sources.update(pc.unique(events["ingest_hour"]).to_pylist())
                 del events, kept  # not in memory while the next bucket is read
             if writing is not None:
                 writing.result()
+        # Invalid rows need no dedup: streamed to quarantine as received, in ledger order, with
+        # their raw records read only from the files that hold some.
+        holding = {file for pair in held for file in _files_of(manifests, pair)}
+        for invalid in _invalid_rows(lake, [f for f in files if f in holding], this_hour & ~valid):
+            quarantine_writer.write_table(
+                invalid.with_columns(stage=pl.lit("cleaning"))
+                .select(QUARANTINE_SCHEMA.names)
+                .to_arrow()
+                .cast(QUARANTINE_SCHEMA)
+            )
+            counts["quarantined"] += invalid.height
+            reasons.update(dict(invalid.group_by("reason").len().iter_rows()))
         stamp = CleanStamp(
             event_hour=event_hour,
             inputs=tuple(inputs),

@@ -377,17 +377,28 @@ def _labels(names: Iterable[str]) -> list[datetime]:
 
 
 class Ledger:
-    """The ledger of one lake: every read and write of manifests, index and stamps."""
+    """The ledger of one lake: every read and write of manifests, index and stamps.
 
-    def __init__(self, lake: LakeFiles) -> None:
+    With `remember`, the ledger of one run: each manifest and each index or claims listing is
+    read once. Exact for the hours recorded when the run began (a manifest is immutable once
+    recorded, and an hour's index and claims are written before its manifest), which is all a
+    run reads; a long-lived reader (a sensor) must not remember."""
+
+    def __init__(self, lake: LakeFiles, *, remember: bool = False) -> None:
         self.lake = lake
+        self._manifests: dict[datetime, Manifest] | None = {} if remember else None
+        self._listings: dict[str, list[datetime]] | None = {} if remember else None
 
     def recorded_hours(self) -> list[datetime]:
         """Ingest hours with a manifest, oldest first: one listing, no manifest read."""
         return _labels(self.lake.list(MANIFESTS))
 
     def manifest(self, hour: datetime) -> Manifest:
-        return Manifest.from_json(self.lake.read_json(manifest_path(hour)))
+        if self._manifests is None:
+            return Manifest.from_json(self.lake.read_json(manifest_path(hour)))
+        if hour not in self._manifests:
+            self._manifests[hour] = Manifest.from_json(self.lake.read_json(manifest_path(hour)))
+        return self._manifests[hour]
 
     def manifests(self, hours: Iterable[datetime]) -> dict[datetime, Manifest]:
         return {hour: self.manifest(hour) for hour in sorted(set(hours))}
@@ -436,7 +447,13 @@ class Ledger:
         )
 
     def _listed(self, root: str, hour: datetime, recorded: set[datetime] | None) -> list[datetime]:
-        hours = _labels(self.lake.list(f"{root}/{hour_label(hour)}"))
+        directory = f"{root}/{hour_label(hour)}"
+        if self._listings is None:
+            hours = _labels(self.lake.list(directory))
+        elif directory in self._listings:
+            hours = self._listings[directory]
+        else:
+            hours = self._listings[directory] = _labels(self.lake.list(directory))
         # An entry whose manifest is missing is a landing that crashed before its commit.
         known = recorded if recorded is not None else set(self.recorded_hours())
         return [h for h in hours if h in known]

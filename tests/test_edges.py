@@ -10,13 +10,20 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
 from clickstream_assets.checks import bronze_row_problems, lost_offset_problems
-from clickstream_assets.cleaning import BUCKET_ROWS, clean_hour
-from clickstream_assets.landing import cut_timestamps, land_hours
-from core.contract import parse_events
+from clickstream_assets.cleaning import (
+    BUCKET_ROWS,
+    ROW_COLUMNS,
+    CleaningRun,
+    SharedRowGroups,
+    clean_hour,
+)
+from clickstream_assets.landing import BRONZE_SCHEMA, cut_timestamps, land_hours
+from core.contract import UTC_US, parse_events
 from core.ledger import Ledger, bronze_file, copies_file, events_file
 from resources.event_log import InMemoryKafka, OffsetsGone
 from tests.helpers import START, CountingLake, at, produce, to_ms, value
@@ -267,6 +274,37 @@ def test_restamped_copies_are_found_once_per_ingest_hour_and_only_in_adjacent_on
     counting = CountingLake(lake)
     assert clean_hour(counting, H11, **options).stamp.duplicates == 1
     assert counting.reads["read_json"] == 1  # the hour's manifest; the frames are kept
+
+
+def test_a_run_over_many_hours_reads_each_manifest_and_listing_once(lake):
+    log = InMemoryKafka(topic="t", partitions=2)
+    produce(log, 0, [(at(10, 50), value("x", at(10, 50)))])
+    produce(log, 1, [(at(11, 10), value("x", at(11, 10)))])
+    produce(log, 0, [(at(11, 20), value("w", at(10, 40)))])  # late: H10 reads H11 too
+    produce(log, 1, [(at(12, 30), value("y", at(12, 30)))])
+    land(log, lake, H10, H11, H12, now=at(14))
+    counting = CountingLake(lake)
+    options = {"first_instant": START, "now": at(14), "run": CleaningRun.of(counting)}
+    events = {h: clean_hour(counting, h, **options).stamp.events for h in (H10, H11, H12)}
+    assert events == {H10: 2, H11: 0, H12: 1}
+    assert counting.reads["read_json"] == 3  # each recorded hour's manifest, once
+    # The manifests listing, then each hour's index and claims, once.
+    assert counting.reads["list"] == 1 + 2 * 3
+
+
+def test_row_groups_shared_by_hours_read_as_a_scan_of_each_hour_would(lake):
+    log = InMemoryKafka(topic="t", partitions=1)
+    late = [(at(12, 10 + i), value(f"late{i}", at(10 + i % 2, 30))) for i in range(4)]
+    produce(log, 0, [*late, (at(12, 30), value("now", at(12, 30)))])
+    land(log, lake, H10, H11, H12, now=at(14))
+    files = [f for m in Ledger(lake).manifests([H12]).values() for f in m.partitions[0].files]
+    shared = SharedRowGroups(lake)
+    for hour in (H10, H12, H11, H10):  # kept row groups serve later hours; earlier ones re-read
+        expected = lake.dataset(files, BRONZE_SCHEMA).to_table(
+            columns=ROW_COLUMNS, filter=ds.field("event_hour") == pa.scalar(hour, UTC_US)
+        )
+        assert shared.read(files, hour).equals(expected)
+    assert sorted(shared.read(files, H11)["event_id"].to_pylist()) == ["late1", "late3"]
 
 
 def test_relanding_an_hour_drops_the_copies_found_from_it(lake):
