@@ -423,7 +423,9 @@ def bench_day(results: Results, bootstrap: str, topic: str, workdir: Path, n: in
         "marts, one day rebuilt (a Dagster run: dbt in-process, 8 models, 15 data tests)",
         f"{full.wall:.1f} s (CPU {full.cpu:.1f} s) for {silver:,} silver rows",
         f"an empty day, the fixed cost: {empty.wall:.1f} s (CPU {empty.cpu:.1f} s)",
-        f"{silver / max(full.wall - empty.wall, 1e-9):,.0f} rows/s above the fixed cost",
+        f"{silver / (full.wall - empty.wall):,.0f} rows/s above the fixed cost"
+        if full.wall > empty.wall
+        else "the day's rows cost less than the runs' noise",
     )
     return {"root": root, "stages": stages, "silver_rows": silver}
 
