@@ -44,9 +44,9 @@ def _started(stage: str, root: Path) -> bool:
     return (root / "warehouse.duckdb").exists()
 
 
-def _catch_up(env: dict[str, str], until: datetime = UNTIL) -> subprocess.Popen:
+def _cli(env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "clickstream_tools.cli", "catch-up", "--until", until.isoformat()],
+        [sys.executable, "-m", "clickstream_tools.cli", *args],
         env=os.environ | env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -54,20 +54,51 @@ def _catch_up(env: dict[str, str], until: datetime = UNTIL) -> subprocess.Popen:
     )
 
 
-@pytest.fixture
-def traffic_in(broker, tmp_path, request):
-    topic = f"it.crash.{request.node.name[-40:].replace('[', '.').replace(']', '')}"
+def _catch_up(env: dict[str, str], until: datetime = UNTIL) -> subprocess.Popen:
+    return _cli(env, "catch-up", "--until", until.isoformat())
+
+
+def _land_slice(env: dict[str, str], at: datetime) -> subprocess.Popen:
+    return _cli(env, "land-slice", "--at", at.isoformat())
+
+
+def _deployment(broker, root: Path, topic: str) -> tuple[KafkaResource, dict[str, str]]:
+    """A topic of 3 partitions on the broker, and the environment of a deployment reading it
+    into a lake and warehouse under `root`."""
     kafka = KafkaResource(bootstrap_servers=broker.bootstrap, topic=topic)
     kafka.create_topic(3)
-    traffic = messy_traffic(START, END, events=6_000, seed=21, max_late=timedelta(hours=4))
-    produce(kafka, traffic.messages, chunk_rows=6_000)
     env = local_env(
-        tmp_path,
+        root,
         CLICKSTREAM_KAFKA_BOOTSTRAP=broker.bootstrap,
         CLICKSTREAM_TOPIC=topic,
         CLICKSTREAM_START_DATE=START.date().isoformat(),
         DBT_SEND_ANONYMOUS_USAGE_STATS="false",
     )
+    return kafka, env
+
+
+def _traffic():
+    return messy_traffic(START, END, events=6_000, seed=21, max_late=timedelta(hours=4))
+
+
+def _stop_when(process: subprocess.Popen, started, what: str, sig=signal.SIGKILL) -> None:
+    """Send `sig` once `started()` (the lake shows `what` under way), and wait for the end."""
+    deadline = time.monotonic() + 300
+    while not started():
+        assert process.poll() is None, f"ended before {what}: {process.stdout.read()}"
+        assert time.monotonic() < deadline, f"{what} never started"
+        time.sleep(0.02)
+    process.send_signal(sig)
+    process.wait(timeout=60)  # a guard against a hang, not a measure of speed
+    assert process.returncode != 0
+
+
+@pytest.fixture
+def traffic_in(broker, tmp_path, request):
+    topic = f"it.crash.{request.node.name[-40:].replace('[', '.').replace(']', '')}"
+    kafka, env = _deployment(broker, tmp_path, topic)
+    traffic = _traffic()
+    produce(kafka, traffic.messages, chunk_rows=6_000)
     return traffic, env, tmp_path
 
 
@@ -84,18 +115,11 @@ def traffic_in(broker, tmp_path, request):
 def test_a_killed_catch_up_is_repaired_by_the_next(traffic_in, stage, sig):
     traffic, env, root = traffic_in
     process = _catch_up(env)
-    deadline = time.monotonic() + 300
-    while not _started(stage, root):
-        assert process.poll() is None, f"catch-up ended before {stage}: {process.stdout.read()}"
-        assert time.monotonic() < deadline, f"{stage} never started"
-        time.sleep(0.05)
-    process.send_signal(sig)
-    process.wait(timeout=60)  # a guard against a hang, not a measure of speed
+    _stop_when(process, lambda: _started(stage, root), stage, sig)
     if sig == signal.SIGTERM:
         # Stopped by its handler, at once, not by finishing the run in progress first.
         assert process.returncode == 128 + signal.SIGTERM
         assert "catch-up stopped" in process.stdout.read()
-    assert process.returncode != 0
 
     began = time.monotonic()
     rerun = _catch_up(env)
@@ -112,13 +136,7 @@ def test_a_killed_catch_up_is_repaired_by_the_next(traffic_in, stage, sig):
 
 def test_a_lost_dagster_instance_loses_nothing(traffic_in):
     traffic, env, root = traffic_in
-    process = _catch_up(env)
-    deadline = time.monotonic() + 300
-    while not _started("cleaning", root):
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
+    _stop_when(_catch_up(env), lambda: _started("cleaning", root), "cleaning")
     # Every run record, event, cursor and concurrency slot goes.
     shutil.rmtree(env["DAGSTER_HOME"])
     rerun = _catch_up(env)
@@ -131,16 +149,6 @@ SLICED = START + timedelta(hours=19)
 """The hour landed in slices (the traffic's peak): its first slice at :20, its second at :40."""
 
 
-def _land_slice(env: dict[str, str], at: datetime) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "clickstream_tools.cli", "land-slice", "--at", at.isoformat()],
-        env=os.environ | env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def _received(messages, start: datetime | None, end: datetime):
     import pyarrow.compute as pc
 
@@ -151,39 +159,19 @@ def _received(messages, start: datetime | None, end: datetime):
     return messages.filter(mask)
 
 
-def _kill_when(process: subprocess.Popen, started, what: str) -> None:
-    deadline = time.monotonic() + 300
-    while not started():
-        assert process.poll() is None, f"ended before {what}: {process.stdout.read()}"
-        assert time.monotonic() < deadline, f"{what} never started"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    assert process.returncode != 0
-
-
 def _slice_files(folder: Path, piece: int) -> bool:
     return any(folder.glob(f"*.slice-{piece}.parquet*")) or any(folder.glob(f".*.slice-{piece}.*"))
 
 
 @pytest.mark.parametrize("kill", ["slice-begun", "slice-written", "close"])
 def test_a_killed_slice_or_close_of_a_sliced_hour_is_repaired(broker, tmp_path, kill):
-    """The log grows while hour 06 is open: its slices land as it arrives, one landing (a slice,
-    or the hour's at its close) is killed once it has begun writing, and the next landings and
-    catch-up still make the marts equal the generator's expectation, with no slice file left that
-    the hour's manifest does not list."""
-    topic = f"it.crash.sliced.{kill}"
-    kafka = KafkaResource(bootstrap_servers=broker.bootstrap, topic=topic)
-    kafka.create_topic(3)
-    traffic = messy_traffic(START, END, events=6_000, seed=21, max_late=timedelta(hours=4))
+    """The log grows while the peak hour is open: its slices land as it arrives, one landing (a
+    slice, or the hour's at its close) is killed once it has begun writing, and the next landings
+    and catch-up still make the marts equal the generator's expectation, with no slice file left
+    that the hour's manifest does not list."""
+    kafka, env = _deployment(broker, tmp_path, f"it.crash.sliced.{kill}")
+    traffic = _traffic()
     messages = traffic.messages.sort_by("timestamp_ms")
-    env = local_env(
-        tmp_path,
-        CLICKSTREAM_KAFKA_BOOTSTRAP=broker.bootstrap,
-        CLICKSTREAM_TOPIC=topic,
-        CLICKSTREAM_START_DATE=START.date().isoformat(),
-        DBT_SEND_ANONYMOUS_USAGE_STATS="false",
-    )
     lake = tmp_path / "lake"
     hour_dir = lake / f"bronze/date={SLICED:%Y-%m-%d}/hour={SLICED:%H}"
     first, second = SLICED + timedelta(minutes=20), SLICED + timedelta(minutes=40)
@@ -197,16 +185,16 @@ def test_a_killed_slice_or_close_of_a_sliced_hour_is_repaired(broker, tmp_path, 
     run(_catch_up(env, SLICED))
     if kill == "slice-begun":
         marker = lake / f"bronze/_slices/{SLICED:%Y-%m-%dT%H}"
-        _kill_when(_land_slice(env, first), marker.exists, "slice 0")
+        _stop_when(_land_slice(env, first), marker.exists, "slice 0")
     if kill == "slice-written":
-        _kill_when(_land_slice(env, first), lambda: _slice_files(hour_dir, 0), "slice 0's files")
+        _stop_when(_land_slice(env, first), lambda: _slice_files(hour_dir, 0), "slice 0's files")
     assert "records landed" in run(_land_slice(env, first))
     produce(kafka, _received(messages, first, second), chunk_rows=6_000)
     assert "records landed" in run(_land_slice(env, second))
     produce(kafka, _received(messages, second, UNTIL), chunk_rows=6_000)
     if kill == "close":
         partials = lake / f"bronze/_partials/{SLICED:%Y-%m-%dT%H}"
-        _kill_when(_catch_up(env), partials.exists, "the close of the sliced hour")
+        _stop_when(_catch_up(env), partials.exists, "the close of the sliced hour")
     run(_catch_up(env))
     assert_marts_match(env["CLICKSTREAM_WAREHOUSE"], traffic.truth)
     manifest = json.loads((lake / f"bronze/_manifests/{SLICED:%Y-%m-%dT%H}.json").read_text())
