@@ -1,7 +1,7 @@
 """`make bench`: each stage of the pipeline beside its peer, measured in one run on this machine.
 
     .venv/bin/python benchmarks/bench.py [--events 200000] [--hour-sizes 1000000,2000000]
-                                         [--no-spark] [--only producer,landing,...,rollup]
+                                         [--no-spark] [--only producer,landing,...,marts-day]
 
 Sections (each prints as it finishes; a Markdown table of everything comes last):
 - producer: KafkaResource.produce vs a bare kafka-python producer (default settings), same
@@ -20,6 +20,8 @@ Sections (each prints as it finishes; a Markdown table of everything comes last)
 - rollup: the hourly rollup at reduced scale (--rollup-events, default 1/100 of an hour at a
   billion events a day): a deployment caught up with the hours before, then the time from the
   close of the peak hour to its rows in the warehouse, beside the README's model.
+- marts-day: a day of 24 silver hours of --marts-hour-events each: the day's marts after one
+  hour is cleaned again (only its hourly rollup reads silver) beside every hour re-read.
 
 Wall-clock figures on a shared machine move with its load; CPU seconds are printed beside them.
 """
@@ -559,6 +561,84 @@ def bench_spark(results: Results, day: dict, workdir: Path) -> None:
 # -- main ----------------------------------------------------------------------------------------
 
 
+# -- the day's marts after an hour changes, at a larger scale ------------------------------------
+
+
+def bench_marts_day(results: Results, workdir: Path, hour_events: int) -> None:
+    """A day of 24 silver hours of `hour_events` events each (one hour generated, landed and
+    cleaned, then copied to every hour of the day under its own clean stamp). The day's marts
+    are built three ways: after one hour is cleaned again (its rollup alone is read from
+    silver), with every hour re-read from silver (what each build did before the hourly
+    rollup), and with nothing changed."""
+    import polars as pl
+    from dagster import instance_for_test, materialize
+
+    from clickstream_assets import marts as marts_module
+    from clickstream_assets.cleaning import clean_hour
+    from clickstream_assets.definitions import all_assets, all_checks, build_resources
+    from clickstream_assets.landing import land_hours
+    from core.ledger import HOUR, STAMP_KEY, CleanStamp, events_file
+
+    settings = _deployment(workdir / "marts-day", "localhost:9", "bench.marts")
+    from resources.lake import LakeResource
+
+    lake = LakeResource(url=settings.lake_url)
+    generated = DAY + timedelta(hours=20)
+    records = str(workdir / "marts-hour.parquet")
+    write_hour_records(records, hour_events, generated)
+    land_hours(_parquet_log(records), lake, [generated], now=generated + HOUR, first_instant=DAY)
+    clean_hour(lake, generated, first_instant=DAY, now=generated + HOUR)
+    os.remove(records)
+    silver = pl.read_parquet(Path(settings.lake_url) / events_file(generated))
+    moved = ["event_time", "event_hour", "ingest_hour", "received_at"]
+
+    def write_hour(hour: datetime, cleaned_at: str) -> None:
+        shift = hour - generated
+        table = silver.with_columns(pl.col(moved) + shift).to_arrow()
+        stamp = CleanStamp(hour, (hour,), events=silver.height, cleaned_at=cleaned_at)
+        path = Path(settings.lake_url) / events_file(hour)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.replace_schema_metadata({STAMP_KEY: stamp.to_bytes()}), path)
+
+    for i in range(24):
+        write_hour(DAY + i * HOUR, "first")
+
+    def build() -> Timer:
+        with instance_for_test() as instance, Timer() as timer:
+            result = materialize(
+                [*all_assets, *all_checks],
+                selection=list(marts.keys),
+                partition_key=DAY.date().isoformat(),
+                resources=build_resources(settings, as_of=DAY + timedelta(days=1)),
+                instance=instance,
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            )
+        assert result.success
+        return timer
+
+    marts = marts_module.marts
+    build()  # the first build: the rollup table is created from every hour
+    write_hour(DAY + 23 * HOUR, "again")  # the day's last hour, cleaned again
+    one_hour = build()
+    unchanged = build()
+    version = marts_module._rollup_version
+    marts_module._rollup_version = lambda: "another version"  # every hour is read again
+    try:
+        whole_day = build()
+    finally:
+        marts_module._rollup_version = version
+    rows = 24 * silver.height
+    results.add(
+        f"the day's marts after one of its hours is cleaned again ({rows:,} silver rows in the"
+        " day)",
+        f"{one_hour.wall:.1f} s (CPU {one_hour.cpu:.1f} s); nothing changed: "
+        f"{unchanged.wall:.1f} s (CPU {unchanged.cpu:.1f} s)",
+        f"every hour re-read from silver, as each build did before the hourly rollup: "
+        f"{whole_day.wall:.1f} s (CPU {whole_day.cpu:.1f} s)",
+        f"{whole_day.wall / one_hour.wall:.1f}x wall, {whole_day.cpu / one_hour.cpu:.1f}x CPU",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=200_000, help="events in the realistic day")
@@ -574,8 +654,14 @@ def main() -> None:
         help="records in the closing hour of the rollup stage (default: 1/100 of an hour of a "
         "billion events a day)",
     )
+    parser.add_argument(
+        "--marts-hour-events",
+        type=int,
+        default=1_000_000,
+        help="silver events in each of the 24 hours of the marts-day stage",
+    )
     parser.add_argument("--no-spark", action="store_true")
-    parser.add_argument("--only", default="producer,landing,hour,day,spark,rollup")
+    parser.add_argument("--only", default="producer,landing,hour,day,spark,rollup,marts-day")
     parser.add_argument("--hour-stage", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hour_stage:
@@ -610,6 +696,8 @@ def main() -> None:
             bench_spark(results, day, workdir)
         if "rollup" in only:
             bench_rollup(results, broker.bootstrap, workdir, args.rollup_events)
+    if "marts-day" in only:
+        bench_marts_day(results, workdir, args.marts_hour_events)
     print()
     print(f"`{' '.join([Path(sys.executable).name, 'benchmarks/bench.py', *sys.argv[1:]])}`")
     print(f"on {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")

@@ -1,10 +1,18 @@
 """The gold layer: the dbt marts, built one event day (a daily partition) per run from silver.
 
+A run rebuilds from silver only the event hours whose silver changed since they were last built
+(the hourly rollup `int_hourly_activity`, whose rows record the digest of the clean stamp they
+were built from), then the day's marts from the day's hourly rows: after an hour closes, its
+rollup reads that hour's silver, not the day's.
+
 Each run passes the day, the clock (`as_of`) and the lateness to dbt, so that finality and
 revisions are reproducible: rerunning with the same clock gives the same rows. dbt runs in this
 process (resources/dbt.py): a day costs its SQL, not a dbt start-up and parse.
 """
 
+import functools
+import hashlib
+import json
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
@@ -22,17 +30,25 @@ from pydantic import Field
 
 from clickstream_assets.assets import TRANSIENT_RETRIES
 from clickstream_assets.pods import MARTS_POD
-from core.ledger import Ledger, MartStamp, day_final_at, inputs_digest
+from core.ledger import (
+    Ledger,
+    MartStamp,
+    day_final_at,
+    inputs_digest,
+    owed_rollup_hours,
+    rollup_digests,
+)
 from core.settings import Settings, load
 from core.warehouse import MART_PERIODS
 from partitions import AS_OF_TAG, event_days
 from resources.clock import parse_instant
 from resources.dbt import DbtRunnerResource, dbt_project
 from resources.lake import LakeResource
-from resources.warehouse import write_mart_stamp
+from resources.warehouse import ROLLUP_TABLE, read_rollups_built, write_mart_stamp
 
 MARTS_GROUP = "marts"
 SILVER_EVENTS_KEY = AssetKey("events")
+ROLLUP_MODEL = f"model.clickstream.{ROLLUP_TABLE}"
 
 _PERIOD_DAY = {
     "event_date": "event_date",
@@ -78,10 +94,17 @@ def resolve_as_of(configured: str | None, tags: Mapping[str, str], now: datetime
 
 
 def dbt_vars(
-    event_date: str, as_of: str, landed_through: str, settings: Settings, warehouse_path: str
+    event_date: str,
+    as_of: str,
+    landed_through: str,
+    settings: Settings,
+    warehouse_path: str,
+    rollup_hours: Mapping[int, str | None],
 ) -> dict:
     """The --vars of one mart run; the dbt project's only inputs. A period is final once every
-    Kafka partition has landed through its end plus the allowed lateness (`landed_through`)."""
+    Kafka partition has landed through its end plus the allowed lateness (`landed_through`);
+    `rollup_hours` are the day's hours whose hourly rollup is rebuilt from silver, each with the
+    digest of what its silver holds (None when it has no clean stamp)."""
     return {
         "event_date": event_date,
         "as_of": as_of,
@@ -89,7 +112,25 @@ def dbt_vars(
         "allowed_lateness_minutes": int(settings.allowed_lateness.total_seconds() // 60),
         "lake_url": settings.lake_url,
         "warehouse_path": warehouse_path,
+        "rollup_hours": dict(rollup_hours),
     }
+
+
+def rollup_version(manifest: Mapping[str, Any]) -> str:
+    """The SQL the hourly rollup is built with: the checksums of its model and of the models it
+    reads. A change to any of them rebuilds every hour's rollup as its day is built."""
+    nodes, checksums, todo = manifest["nodes"], set(), [ROLLUP_MODEL]
+    while todo:
+        node = nodes.get(todo.pop())
+        if node is not None:  # a source is not a node
+            checksums.add(node["checksum"]["checksum"])
+            todo.extend(node["depends_on"]["nodes"])
+    return hashlib.sha1(",".join(sorted(checksums)).encode()).hexdigest()
+
+
+@functools.cache
+def _rollup_version() -> str:
+    return rollup_version(json.loads(dbt_project.manifest_path.read_text(encoding="utf-8")))
 
 
 def _rows_written(warehouse: DuckDBResource, event_date: str, as_of: str) -> dict[str, int]:
@@ -123,17 +164,26 @@ def marts(
     lake: LakeResource,
     config: MartsConfig,
 ) -> Iterator[Any]:
-    """Daily marts: DAU, by platform, title plays, campaign impressions, hourly events."""
+    """The hourly rollup and the daily marts: DAU, by platform, title plays, campaign
+    impressions, hourly events."""
     settings = load()
     as_of = resolve_as_of(config.as_of, context.run.tags, datetime.now(UTC))
     ledger = Ledger(lake)
     day = date.fromisoformat(context.partition_key)
     # Read before dbt reads silver: a cleaning that lands meanwhile leaves the stamp behind the
     # ledger, and the day is owed again.
-    digest = inputs_digest(ledger.day_stamps(day))
+    stamps = ledger.day_stamps(day)
+    digest, rollups = inputs_digest(stamps), rollup_digests(stamps, _rollup_version())
+    with warehouse.get_connection() as connection:
+        rollup_hours = owed_rollup_hours(day, rollups, read_rollups_built(connection, day))
     landed_through = ledger.landed_through() or datetime.min.replace(tzinfo=UTC)
     run_vars = dbt_vars(
-        context.partition_key, as_of, landed_through.isoformat(), settings, warehouse.database
+        context.partition_key,
+        as_of,
+        landed_through.isoformat(),
+        settings,
+        warehouse.database,
+        rollup_hours,
     )
     context.log.info(f"dbt vars: {run_vars}")
     # Buffer the events: the row counts attached below are read after dbt has written.

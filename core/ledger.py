@@ -22,7 +22,8 @@ records it was built from. It is the system of record; Dagster's history is only
   an index derived from final bronze, written by the first cleaning that needs it and dropped
   when either hour is re-landed.
 - A clean event hour records, in its Parquet footers, the ingest hours it read (`CleanStamp`).
-- A mart day records the clean stamps it read (the warehouse table `mart_stamps`).
+- A mart day records the clean stamps it read (the warehouse table `mart_stamps`), and each event
+  hour's rows in the hourly rollup the clean stamp they were built from (`built_from`).
 A partition is owed work exactly when what it records differs from what the ledger holds now.
 """
 
@@ -333,6 +334,24 @@ def inputs_digest(stamps: Iterable[CleanStamp]) -> str:
         for s in sorted(stamps, key=lambda s: s.event_hour)
     )
     return hashlib.sha1(text.encode()).hexdigest()
+
+
+def rollup_digests(stamps: Iterable[CleanStamp], version: str) -> dict[datetime, str]:
+    """What each clean event hour's hourly rollup is built from: the hour's whole clean stamp
+    (every re-clean changes it, even from the same inputs) and the rollup SQL's `version`."""
+    return {s.event_hour: hashlib.sha1(s.to_bytes() + version.encode()).hexdigest() for s in stamps}
+
+
+def owed_rollup_hours(
+    day: date, current: Mapping[datetime, str], built: Mapping[datetime, str]
+) -> dict[int, str | None]:
+    """The hours of `day` (0-23) whose hourly rollup is rebuilt from silver, each with the digest
+    of what its silver holds now: those whose digest differs from the one their rollup was built
+    from. An hour without a clean stamp (None) is always rebuilt: nothing says what its silver
+    holds, and without silver it reads nothing."""
+    start = day_start(day)
+    hours = (start + i * HOUR for i in range(24))
+    return {h.hour: current.get(h) for h in hours if h not in current or current[h] != built.get(h)}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from), and helpers to read a table as Polars."""
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
@@ -61,6 +61,7 @@ class WarehouseBusy(RuntimeError):
     """Another process is writing the warehouse (DuckDB allows one writer); try again later."""
 
 
+ROLLUP_TABLE = "int_hourly_activity"
 MART_STAMPS_DDL = """
 create table if not exists mart_stamps (
     event_date date primary key,
@@ -96,6 +97,22 @@ def read_mart_stamps(path: str) -> dict[date, MartStamp]:
         )
         for row in rows
     }
+
+
+def read_rollups_built(connection: duckdb.DuckDBPyConnection, day: date) -> dict[datetime, str]:
+    """What each event hour of `day` in the hourly rollup was built from (its rows' built_from;
+    ledger.rollup_digests): empty before the rollup's first build."""
+    found = connection.execute(
+        "select count(*) from information_schema.tables where table_name = ?", [ROLLUP_TABLE]
+    ).fetchone()
+    if not found or not found[0]:
+        return {}
+    rows = connection.execute(
+        f"select event_hour, any_value(built_from) from {ROLLUP_TABLE}"
+        " where event_date = ? and built_from is not null group by event_hour",
+        [day],
+    ).fetchall()
+    return {row[0].astimezone(UTC): row[1] for row in rows}
 
 
 def write_mart_stamp(connection: duckdb.DuckDBPyConnection, stamp: MartStamp) -> None:

@@ -21,9 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import materialize
 
+from clickstream_assets import marts as marts_module
 from clickstream_assets.cleaning import SILVER_SCHEMA
 from clickstream_assets.marts import dbt_vars, marts, resolve_as_of
-from core.ledger import HOUR, Ledger, Manifest
+from core.ledger import HOUR, STAMP_KEY, CleanStamp, Ledger, Manifest
 from core.settings import Settings
 from core.warehouse import MARTS as CONTRACT_MARTS
 from partitions import AS_OF_TAG
@@ -71,8 +72,16 @@ BAD_DAY_ROW = ("click", "2026-03-14 02:00", "d1", None, "web", None, None)
 EMPTY_DAY, EMPTY_HOUR = "2026-03-12", "hour=03"
 
 
-def write_silver(lake: Path, rows: list[tuple], *, part: int = 0, ingest_hour: str | None = None):
-    """One silver file for the event hour of the rows, as the cleaning stage writes them."""
+def write_silver(
+    lake: Path,
+    rows: list[tuple],
+    *,
+    part: int = 0,
+    ingest_hour: str | None = None,
+    stamp: CleanStamp | None = None,
+):
+    """One silver file for the event hour of the rows, as the cleaning stage writes them (with
+    its clean stamp in the footer when `stamp` is given)."""
     records = []
     for offset, (event_id, event_type, time, device, user, platform, title, campaign) in enumerate(
         rows
@@ -108,6 +117,8 @@ def write_silver(lake: Path, rows: list[tuple], *, part: int = 0, ingest_hour: s
     directory = lake / "silver" / "events" / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
     directory.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(records, schema=SILVER_SCHEMA)
+    if stamp is not None:
+        table = table.replace_schema_metadata({STAMP_KEY: stamp.to_bytes()})
     pq.write_table(table, directory / f"part-{part:04d}.parquet")
 
 
@@ -354,6 +365,66 @@ def test_rebuild_with_nothing_new_changes_nothing(scenario: Scenario):
         ), table
 
 
+# -- the hourly rollup: an hour's build reads that hour's silver -------------------------------
+
+
+def test_a_day_rebuilt_reads_only_the_hours_whose_silver_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    lake, day_key = tmp_path / "lake", "2026-03-10"
+    for name, value in {
+        "CLICKSTREAM_LAKE_URL": str(lake),
+        "CLICKSTREAM_WAREHOUSE": str(tmp_path / "warehouse.duckdb"),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    warehouse = warehouse_resource(settings)
+    resources = {
+        "dbt": dbt_resource(settings),
+        "warehouse": warehouse,
+        "lake": LakeResource(url=str(lake)),
+    }
+
+    def stamp(hour: str, cleaned_at: str) -> CleanStamp:
+        return CleanStamp(utc(hour), (utc(hour),), cleaned_at=cleaned_at)
+
+    def build() -> tuple[tuple, dict]:
+        run = materialize(
+            [marts],
+            partition_key=day_key,
+            resources=resources,
+            tags={AS_OF_TAG: "2026-03-10T12:00:00Z"},
+        )
+        assert run.success
+        dau = read_table(warehouse, "fct_daily_active_users")
+        hourly = read_table(warehouse, "fct_hourly_events")
+        counts = dau.select("active_users", "logged_in_users", "active_devices", "events")
+        by_hour: dict = {}
+        for hour, events in hourly.select("event_hour", "events").iter_rows():
+            by_hour[hour.hour] = by_hour.get(hour.hour, 0) + events
+        return counts.row(0), by_hour
+
+    write_silver(lake, DAY1_HOUR05, stamp=stamp("2026-03-10 05:00", "a"))
+    write_silver(lake, DAY1_HOUR10, stamp=stamp("2026-03-10 10:00", "a"))
+    # By hand: actors u1, device:d3, u2, device:d5, u3; users u1-u3; devices d1-d5; 10 events.
+    assert build() == ((5, 3, 5, 10), {5: 6, 10: 4})
+
+    # Hour 10 re-cleaned (a new stamp) with the late rows; hour 05's file replaced behind the
+    # ledger's back under its old stamp. Only hour 10 is read again: the forged rows of hour 05
+    # (one event of a new user on a new device) do not show, and hour 10's do.
+    write_silver(lake, DAY1_HOUR10 + LATE_DAY1_HOUR10, stamp=stamp("2026-03-10 10:00", "b"))
+    forged = [("f1", "click", "2026-03-10 05:30", "d8", "u8", "web", None, None)]
+    write_silver(lake, forged, stamp=stamp("2026-03-10 05:00", "a"))
+    # Distinct counts merge over the hours: u9 and d9 are new, the others were counted.
+    assert build() == ((6, 4, 6, 12), {5: 6, 10: 6})
+
+    # Another version of the rollup's SQL rebuilds every hour: now hour 05 holds the forged row.
+    monkeypatch.setattr(marts_module, "_rollup_version", lambda: "another version")
+    # Hour 10: u2 (d4), device:d5, u3 (d3), u9 (d9); hour 05: u8 (d8). u1, d1, d2 are gone.
+    assert build() == ((5, 4, 5, 7), {5: 1, 10: 6})
+
+
 # -- the asset and the dbt project ------------------------------------------------------------
 
 
@@ -398,6 +469,7 @@ def test_dbt_vars_carry_the_settings():
         "2026-03-10T22:00:00+00:00",
         settings,
         "/w.duckdb",
+        {5: "ab12", 7: None},
     ) == {
         "event_date": "2026-03-10",
         "as_of": "2026-03-11T00:00:00+00:00",
@@ -405,6 +477,7 @@ def test_dbt_vars_carry_the_settings():
         "allowed_lateness_minutes": 90,
         "lake_url": "s3://bucket/lake",
         "warehouse_path": "/w.duckdb",
+        "rollup_hours": {5: "ab12", 7: None},
     }
 
 

@@ -1,6 +1,7 @@
 {#- The head every mart shares: its period column (replace_partition deletes the rows of the day
-    being built by it; the var `marts` is the one list of marts and their periods) and the CTE `day_events`, the valid events of that day (lake_date reads only
-    the day's silver files), optionally of one event type. Call it first, in place of `with`. -#}
+    being built by it; the var `marts` is the one list of marts and their periods) and the CTE
+    `day_events`: the hourly rollup's rows of that day (int_hourly_activity, each with its
+    `events`), optionally of one event type. Call it first, in place of `with`. -#}
 {% macro mart_head(event_type=none) -%}
     {#- A unit test renders the model as itself: the model it tests is the one to look up. -#}
     {%- set mart = (model.get('tested_node_unique_id') or model.unique_id).split('.')[-1] -%}
@@ -11,9 +12,9 @@
     {%- endif -%}
     {{ config(meta={'partition_column': period}) }}
 with day_events as (
-    select * from {{ ref('stg_events') }}
+    select * from {{ ref('int_hourly_activity') }}
     where
-        lake_date = {{ event_date_literal() }}
+        event_date = {{ event_date_literal() }}
         {%- if event_type %}
             and event_type = '{{ event_type }}'
         {%- endif %}

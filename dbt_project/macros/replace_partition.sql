@@ -1,18 +1,24 @@
 {#- Incremental strategy `replace_partition`: delete the rows of the day being built (var
-    event_date), then insert the new rows. Unlike dbt's delete+insert it also clears rows whose
+    event_date), or of the hours rebuilt (var rollup_hours) when meta.partition_hours is set,
+    then insert the new rows. Unlike dbt's delete+insert it also clears rows whose
     key vanished from the rebuild. A model names the column that holds its period in
     meta.partition_column (event_date, or event_hour for an hourly mart). The day is rendered
     here, when the model runs, never in the model's config (which dbt renders once, at parse
     time), so that one parsed manifest serves every day. -#}
 {% macro get_incremental_replace_partition_sql(arg_dict) -%}
-    {%- set column = (config.get('meta') or {}).get('partition_column') -%}
+    {%- set meta = config.get('meta') or {} -%}
+    {%- set column = meta.get('partition_column') -%}
     {%- if not column -%}
         {{ exceptions.raise_compiler_error(
             "replace_partition needs meta.partition_column: the column that holds the period") }}
     {%- endif -%}
     {%- set columns = arg_dict['dest_columns'] | map(attribute='quoted') | join(', ') -%}
     delete from {{ arg_dict['target_relation'] }}
-    where {{ day_partition_filter(column) }};
+    where
+        {{ day_partition_filter(column) }}
+        {%- if meta.get('partition_hours') %}
+            and {{ rollup_hours_filter("hour(timezone('UTC', " ~ column ~ "))") }}
+        {%- endif %};
 
     insert into {{ arg_dict['target_relation'] }} ({{ columns }})
     select {{ columns }} from {{ arg_dict['temp_relation'] }}

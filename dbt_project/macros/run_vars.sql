@@ -61,3 +61,49 @@
     {%- set found = run_query("select count(*) from glob('" ~ pattern ~ "')") -%}
     {{ return(found.columns[0].values()[0] > 0) }}
 {%- endmacro %}
+
+{% macro rollup_hours() -%}
+    {#- The hours of the day whose hourly rollup this run rebuilds (var rollup_hours: hour 0-23 ->
+        the digest of what its silver holds, or none when unknown), validated. -#}
+    {%- set hours = var('rollup_hours') -%}
+    {%- if hours is not mapping -%}
+        {{ exceptions.raise_compiler_error(
+            "var rollup_hours must map hours to digests, got " ~ hours) }}
+    {%- endif -%}
+    {%- for hour, digest in hours.items() -%}
+        {%- if not modules.re.fullmatch('[0-9]|1[0-9]|2[0-3]', hour | string) -%}
+            {{ exceptions.raise_compiler_error(
+                "var rollup_hours must map hours from 0 to 23, got " ~ hour) }}
+        {%- endif -%}
+        {%- if digest is not none and not modules.re.fullmatch('[0-9a-f]+', digest | string) -%}
+            {{ exceptions.raise_compiler_error(
+                "var rollup_hours must map hours to hex digests, got " ~ digest) }}
+        {%- endif -%}
+    {%- endfor -%}
+    {{ return(hours) }}
+{%- endmacro %}
+
+{% macro rollup_hours_filter(hour_column) -%}
+    {#- The rows of the hours this run rebuilds. -#}
+    {%- set hours = rollup_hours() -%}
+    {%- if hours | length == 0 -%}
+        false
+    {%- else -%}
+        {{ hour_column }} in ({{ hours.keys() | join(', ') }})
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro rollup_built_from(hour_column) -%}
+    {#- The digest of what each rebuilt hour's silver holds: stored with the hour's rows, so that
+        the next run knows what they were built from (an hour not listed reads null). -#}
+    {%- set hours = rollup_hours() -%}
+    {%- if hours | length == 0 -%}
+        cast(null as varchar)
+    {%- else -%}
+        case {{ hour_column }}
+        {%- for hour, digest in hours.items() %}
+            when {{ hour }} then {{ "'" ~ digest ~ "'" if digest is not none else 'null' }}
+        {%- endfor %}
+        end
+    {%- endif -%}
+{%- endmacro %}

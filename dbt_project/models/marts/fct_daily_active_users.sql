@@ -4,10 +4,10 @@
 aggregated as (
     select
         event_date,
+        cast(sum(events) as bigint) as events,
         count(distinct actor_id) as active_users,
         count(distinct user_id) as logged_in_users,
-        count(distinct device_id) as active_devices,
-        count(event_id) as events
+        count(distinct device_id) as active_devices
     from day_events
     group by event_date
 ),

@@ -4,7 +4,7 @@ aggregated as (
     select
         event_date,
         campaign_id,
-        count(event_id) as impressions,
+        cast(sum(events) as bigint) as impressions,
         count(distinct actor_id) as unique_viewers
     from day_events
     group by event_date, campaign_id

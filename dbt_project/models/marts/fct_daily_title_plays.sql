@@ -4,7 +4,7 @@ aggregated as (
     select
         event_date,
         title_id,
-        count(event_id) as plays,
+        cast(sum(events) as bigint) as plays,
         count(distinct actor_id) as unique_viewers
     from day_events
     group by event_date, title_id

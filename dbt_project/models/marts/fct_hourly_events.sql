@@ -5,7 +5,7 @@ aggregated as (
     select
         event_hour,
         event_type,
-        count(event_id) as events,
+        cast(sum(events) as bigint) as events,
         count(distinct actor_id) as active_users
     from day_events
     group by event_hour, event_type

@@ -54,9 +54,10 @@ day_events as (
     select
         event_date,
         event_hour,
-        ingest_hour
-    from {{ ref('stg_events') }}
-    where lake_date = {{ event_date_literal() }}
+        ingest_hour,
+        events
+    from {{ ref('int_hourly_activity') }}
+    where event_date = {{ event_date_literal() }}
 ),
 
 already_listed as (
@@ -82,7 +83,8 @@ late_events as (
         r.event_date,
         r.event_hour,
         r.revision,
-        e.ingest_hour
+        e.ingest_hour,
+        e.events
     from restatements as r
     inner join day_events as e
         on
@@ -106,7 +108,7 @@ late_summary as (
         event_date,
         event_hour,
         revision,
-        count(*) as late_events,
+        cast(sum(events) as bigint) as late_events,
         list_sort(list_distinct(list(ingest_hour))) as late_ingest_hours
     from late_events
     group by model, event_date, event_hour, revision
