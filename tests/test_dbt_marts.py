@@ -5,6 +5,7 @@ One module-scoped scenario builds two days, finalizes one, restates it with late
 rebuilds it unchanged; the tests read the snapshots it took after each step.
 """
 
+import copy
 import json
 import os
 import re
@@ -23,13 +24,13 @@ from dagster import materialize
 
 from clickstream_assets import marts as marts_module
 from clickstream_assets.cleaning import SILVER_SCHEMA
-from clickstream_assets.marts import dbt_vars, marts, resolve_as_of
+from clickstream_assets.marts import dbt_vars, marts, resolve_as_of, rollup_version
 from core.ledger import HOUR, STAMP_KEY, CleanStamp, Ledger, Manifest
 from core.settings import Settings
 from core.warehouse import MARTS as CONTRACT_MARTS
 from partitions import AS_OF_TAG
 from resources.clock import parse_instant
-from resources.dbt import DBT_PROJECT_DIR, dbt_resource
+from resources.dbt import DBT_PROJECT_DIR, dbt_project, dbt_resource
 from resources.lake import LakeResource
 from resources.warehouse import read_table, warehouse_resource
 
@@ -539,3 +540,18 @@ def test_dbt_unit_tests_pass(tmp_path: Path):
     )
     assert tested.returncode == 0, tested.stdout
     assert re.search(r"PASS=[1-9]\d* WARN=0 ERROR=0", tested.stdout), tested.stdout
+
+
+def test_the_rollup_version_follows_its_model_and_the_models_it_reads():
+    manifest = json.loads(dbt_project.manifest_path.read_text())
+    version = rollup_version(manifest)
+
+    def with_checksum(node: str, checksum: str) -> dict:
+        changed = copy.deepcopy(manifest)
+        changed["nodes"][node]["checksum"]["checksum"] = checksum
+        return changed
+
+    assert rollup_version(with_checksum("model.clickstream.stg_events", "x")) != version
+    assert rollup_version(with_checksum("model.clickstream.int_hourly_activity", "x")) != version
+    # A mart reads the rollup; changing it rebuilds no hour.
+    assert rollup_version(with_checksum("model.clickstream.fct_daily_active_users", "x")) == version

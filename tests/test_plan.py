@@ -20,6 +20,8 @@ from core.ledger import (
     day_final_at,
     events_file,
     inputs_digest,
+    owed_rollup_hours,
+    rollup_digests,
 )
 from resources.lake import LakeResource
 from sensors.plan import closed_hours, contiguous_runs, plan_rebuilds
@@ -238,3 +240,23 @@ def record_json(hour: datetime, event_hours: dict[datetime, int]) -> dict:
         partitions={0: PartitionRange(0, 0, 0, None)},
         event_hours=event_hours,
     ).to_json()
+
+
+def test_a_rollup_hour_is_owed_when_its_clean_stamp_or_the_sql_changed():
+    day = date(2026, 3, 10)
+    five, ten = datetime(2026, 3, 10, 5, tzinfo=UTC), datetime(2026, 3, 10, 10, tzinfo=UTC)
+    stamps = [CleanStamp(five, (five,), cleaned_at="a"), CleanStamp(ten, (ten,), cleaned_at="a")]
+    built = rollup_digests(stamps, "v1")
+    unstamped = {h: None for h in range(24) if h not in (5, 10)}
+    # Everything built from the same stamps and SQL: only the hours without a stamp are read.
+    assert owed_rollup_hours(day, built, built) == unstamped
+    # Hour 10 cleaned again, even from the same inputs: its new digest is passed on.
+    again = rollup_digests([stamps[0], CleanStamp(ten, (ten,), cleaned_at="b")], "v1")
+    assert again[five] == built[five] and again[ten] != built[ten]
+    assert owed_rollup_hours(day, again, built) == unstamped | {10: again[ten]}
+    # Another version of the SQL: every hour.
+    other = rollup_digests(stamps, "v2")
+    assert owed_rollup_hours(day, other, built) == unstamped | {5: other[five], 10: other[ten]}
+    # Nothing built yet: every hour, and an hour of another day is not this day's.
+    assert owed_rollup_hours(day, built, {}) == unstamped | {5: built[five], 10: built[ten]}
+    assert list(owed_rollup_hours(date(2026, 3, 11), built, built)) == list(range(24))
