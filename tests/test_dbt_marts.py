@@ -381,35 +381,34 @@ def test_a_day_rebuilt_reads_only_the_hours_whose_silver_changed(
         monkeypatch.setenv(name, value)
     settings = Settings.from_env()
     warehouse = warehouse_resource(settings)
-    resources = {
-        "dbt": dbt_resource(settings),
-        "warehouse": warehouse,
-        "lake": LakeResource(url=str(lake)),
-    }
+    ledger = Ledger(LakeResource(url=str(lake)))
+    resources = {"dbt": dbt_resource(settings), "warehouse": warehouse, "lake": ledger.lake}
 
     def stamp(hour: str, cleaned_at: str) -> CleanStamp:
         return CleanStamp(utc(hour), (utc(hour),), cleaned_at=cleaned_at)
 
-    def build() -> tuple[tuple, dict]:
+    def build(as_of: str) -> tuple[tuple, dict, dict]:
+        """DAU's counts, and per hour of fct_hourly_events: (events, is_final, revision)."""
+        # Every partition has landed through as_of (the hour before it is recorded).
+        ledger.record(Manifest(utc(as_of) - HOUR, "t", partitions={}, event_hours={}))
         run = materialize(
-            [marts],
-            partition_key=day_key,
-            resources=resources,
-            tags={AS_OF_TAG: "2026-03-10T12:00:00Z"},
+            [marts], partition_key=day_key, resources=resources, tags={AS_OF_TAG: as_of}
         )
         assert run.success
         dau = read_table(warehouse, "fct_daily_active_users")
-        hourly = read_table(warehouse, "fct_hourly_events")
         counts = dau.select("active_users", "logged_in_users", "active_devices", "events")
-        by_hour: dict = {}
-        for hour, events in hourly.select("event_hour", "events").iter_rows():
-            by_hour[hour.hour] = by_hour.get(hour.hour, 0) + events
-        return counts.row(0), by_hour
+        hours = (
+            read_table(warehouse, "fct_hourly_events")
+            .group_by(pl.col("event_hour").dt.hour())
+            .agg(pl.sum("events"), pl.col("is_final").all(), pl.max("revision"))
+        )
+        return counts.row(0), {row[0]: row[1:] for row in hours.iter_rows()}
 
     write_silver(lake, DAY1_HOUR05, stamp=stamp("2026-03-10 05:00", "a"))
     write_silver(lake, DAY1_HOUR10, stamp=stamp("2026-03-10 10:00", "a"))
     # By hand: actors u1, device:d3, u2, device:d5, u3; users u1-u3; devices d1-d5; 10 events.
-    assert build() == ((5, 3, 5, 10), {5: 6, 10: 4})
+    # Hour 05 is final at 09:00 (its end + 3 h), hour 10 at 14:00.
+    assert build("2026-03-10 12:00") == ((5, 3, 5, 10), {5: (6, True, 1), 10: (4, False, 1)})
 
     # Hour 10 re-cleaned (a new stamp) with the late rows; hour 05's file replaced behind the
     # ledger's back under its old stamp. Only hour 10 is read again: the forged rows of hour 05
@@ -418,12 +417,15 @@ def test_a_day_rebuilt_reads_only_the_hours_whose_silver_changed(
     forged = [("f1", "click", "2026-03-10 05:30", "d8", "u8", "web", None, None)]
     write_silver(lake, forged, stamp=stamp("2026-03-10 05:00", "a"))
     # Distinct counts merge over the hours: u9 and d9 are new, the others were counted.
-    assert build() == ((6, 4, 6, 12), {5: 6, 10: 6})
+    assert build("2026-03-10 13:00") == ((6, 4, 6, 12), {5: (6, True, 1), 10: (6, False, 1)})
+    # Nothing read again, but the watermark passed hour 10: its rows turn final.
+    assert build("2026-03-10 15:00") == ((6, 4, 6, 12), {5: (6, True, 1), 10: (6, True, 1)})
 
-    # Another version of the rollup's SQL rebuilds every hour: now hour 05 holds the forged row.
+    # Another version of the rollup's SQL rebuilds every hour: now hour 05 holds the forged row,
+    # a restatement of a final hour.
     monkeypatch.setattr(marts_module, "_rollup_version", lambda: "another version")
     # Hour 10: u2 (d4), device:d5, u3 (d3), u9 (d9); hour 05: u8 (d8). u1, d1, d2 are gone.
-    assert build() == ((5, 4, 5, 7), {5: 1, 10: 6})
+    assert build("2026-03-10 16:00") == ((5, 4, 5, 7), {5: (1, True, 2), 10: (6, True, 1)})
 
 
 # -- the asset and the dbt project ------------------------------------------------------------

@@ -10,13 +10,18 @@
         {{ exceptions.raise_compiler_error(
             mart ~ " is missing from the var marts (dbt_project.yml), with its period") }}
     {%- endif -%}
-    {{ config(meta={'partition_column': period}) }}
+    {#- An hourly mart rebuilds only the hours whose rollup is rebuilt and its provisional ones. -#}
+    {%- set hourly = period == 'event_hour' -%}
+    {{ config(meta={'partition_column': period, 'partition_hours': hourly, 'finalizes': hourly}) }}
 with day_events as (
     select * from {{ ref('int_hourly_activity') }}
     where
         event_date = {{ event_date_literal() }}
         {%- if event_type %}
             and event_type = '{{ event_type }}'
+        {%- endif %}
+        {%- if hourly %}
+            and {{ rebuilt_hours_filter(period, finalizes=true) }}
         {%- endif %}
 )
 {%- endmacro %}

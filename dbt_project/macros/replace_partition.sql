@@ -1,6 +1,6 @@
 {#- Incremental strategy `replace_partition`: delete the rows of the day being built (var
-    event_date), or of the hours rebuilt (var rollup_hours) when meta.partition_hours is set,
-    then insert the new rows. Unlike dbt's delete+insert it also clears rows whose
+    event_date), or of the hours it rebuilds when meta.partition_hours is set (rebuilt_hours_filter;
+    meta.finalizes adds the provisional hours), then insert the new rows. Unlike dbt's delete+insert it also clears rows whose
     key vanished from the rebuild. A model names the column that holds its period in
     meta.partition_column (event_date, or event_hour for an hourly mart). The day is rendered
     here, when the model runs, never in the model's config (which dbt renders once, at parse
@@ -17,7 +17,7 @@
     where
         {{ day_partition_filter(column) }}
         {%- if meta.get('partition_hours') %}
-            and {{ rollup_hours_filter("hour(timezone('UTC', " ~ column ~ "))") }}
+            and {{ rebuilt_hours_filter(column, finalizes=meta.get('finalizes', false)) }}
         {%- endif %};
 
     insert into {{ arg_dict['target_relation'] }} ({{ columns }})

@@ -93,6 +93,27 @@
     {%- endif -%}
 {%- endmacro %}
 
+{% macro rebuilt_hours_filter(column, finalizes=false) -%}
+    {#- The rows of an hourly table (timestamp `column`) that this run rebuilds: the hours whose
+        rollup is rebuilt, and in a table that finalizes hours (`finalizes`) also the hours it
+        holds as provisional, whose finality may turn. A first build (not incremental) builds
+        every hour. -#}
+    {%- if not is_incremental() -%}
+        true
+    {%- else -%}
+    ({{ rollup_hours_filter("hour(timezone('UTC', " ~ column ~ "))") }}
+    {%- if finalizes %}
+        or {{ column }} in (
+            select provisional.{{ column }} from {{ this }} as provisional
+            where
+                provisional.{{ column }} >= {{ day_start_literal() }}
+                and provisional.{{ column }} < {{ day_start_literal() }} + interval 1 day
+                and not provisional.is_final
+        )
+    {%- endif %})
+    {%- endif -%}
+{%- endmacro %}
+
 {% macro rollup_built_from(hour_column) -%}
     {#- The digest of what each rebuilt hour's silver holds: stored with the hour's rows, so that
         the next run knows what they were built from (an hour not listed reads null). -#}
@@ -100,10 +121,10 @@
     {%- if hours | length == 0 -%}
         cast(null as varchar)
     {%- else -%}
-        case {{ hour_column }}
+        cast(case {{ hour_column }}
         {%- for hour, digest in hours.items() %}
             when {{ hour }} then {{ "'" ~ digest ~ "'" if digest is not none else 'null' }}
         {%- endfor %}
-        end
+        end as varchar)
     {%- endif -%}
 {%- endmacro %}

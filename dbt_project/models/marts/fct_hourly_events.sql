@@ -1,4 +1,6 @@
-{%- set day_filter = day_partition_filter('event_hour') -%}
+{#- Rebuilds the hours whose rollup was rebuilt and the provisional ones (mart_head). -#}
+{%- set hours_filter = day_partition_filter('event_hour') ~ ' and '
+    ~ rebuilt_hours_filter('event_hour', finalizes=true) -%}
 {{ mart_head() }},
 
 aggregated as (
@@ -19,7 +21,7 @@ aggregated as (
     period_end="event_hour + interval 1 hour",
     keys=['event_type'],
     measures=['events', 'active_users'],
-    partition_filter=day_filter,
+    partition_filter=hours_filter,
 ) }},
 
 final as (
