@@ -63,16 +63,21 @@ RAW_EVENTS = AssetKey("raw_events")
 KAFKA_TOPIC = AssetKey("kafka_topic")
 
 
-def measure_lag(kafka: EventLog, head: Manifest | None, now: datetime) -> dict:
-    """Records and seconds between the log's head and what has landed, per partition."""
+def first_hour_to_land(kafka: EventLog, head: Manifest | None) -> datetime | None:
+    """Where landing stands: the end of the ledger's head, or, before the first landing, the
+    start of the hour of the log's oldest record; None while the log is empty."""
+    return head.ingest_hour + HOUR if head else first_ingest_hour(kafka, not_before=first_instant)
+
+
+def measure_lag(
+    kafka: EventLog, head: Manifest | None, now: datetime, landed_until: datetime | None
+) -> dict:
+    """Records and seconds between the log's head and what has landed, per partition; seconds
+    count from `landed_until` (`first_hour_to_land`: a backlog before the first landing is lag
+    too)."""
     landed = head.ends if head else {}
     positions = {p: max(landed.get(p, 0), kafka.beginning_offset(p)) for p in kafka.partitions()}
     heads = kafka.high_watermarks(positions)
-    # Seconds count from where landing stands: the end of the last landed hour, or, before the
-    # first landing, the start of the hour of the log's oldest record (a backlog is lag too).
-    landed_until = (
-        head.ingest_hour + HOUR if head else first_ingest_hour(kafka, not_before=first_instant)
-    )
     lag = {}
     for p, high in sorted(heads.items()):
         records = max(high - landed.get(p, positions[p]), 0)
@@ -95,7 +100,9 @@ def landing_sensor(
     """Lands every ingest hour that has closed, oldest first, and records the lag."""
     now = clock.now()
     head = Ledger(lake).head()  # the head of the ledger is all landing and lag need
-    lag = measure_lag(kafka, head, now)
+    # Before the first landing this reads the log's first records: once a tick.
+    first = first_hour_to_land(kafka, head)
+    lag = measure_lag(kafka, head, now, first)
     total = sum(v["records"] for v in lag.values())
     worst = max((v["seconds"] for v in lag.values()), default=0.0)
     if worst > LAG_WARNING.total_seconds():
@@ -110,7 +117,6 @@ def landing_sensor(
             "lag_by_partition": MetadataValue.json({str(p): v for p, v in lag.items()}),
         },
     )
-    first = head.ingest_hour + HOUR if head else first_ingest_hour(kafka, not_before=first_instant)
     # An hour exists as a partition once it has closed by the wall clock too: a clock pinned
     # in the future (catch-up --until) never names an hour Dagster does not know yet.
     closed_by = min(now, datetime.now(UTC))

@@ -12,7 +12,7 @@ from dagster import instance_for_test
 from core.ledger import Ledger
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
-from sensors.landing import measure_lag
+from sensors.landing import first_hour_to_land, measure_lag
 from tests.helpers import land_range
 
 pytestmark = pytest.mark.integration
@@ -80,7 +80,7 @@ def test_lag_and_committed_offsets_match_what_was_produced(broker, tmp_path):
     assert head is not None and head.ingest_hour == H + timedelta(hours=1)
     assert head.ends == landed_ends
     now = H + timedelta(hours=3, minutes=30)
-    lag = measure_lag(kafka, head, now)
+    lag = measure_lag(kafka, head, now, first_hour_to_land(kafka, head))
     assert {p: v["records"] for p, v in lag.items()} == {p: waiting[p] for p in range(3)}
     assert all(v["seconds"] == (now - landed_until).total_seconds() > 0 for v in lag.values())
     assert kafka.committed() == landed_ends
