@@ -20,10 +20,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -589,8 +590,8 @@ def _land(event_log: EventLog, lake: Lake, jobs: list[_Job]) -> Iterator[tuple[_
     """Run `jobs` in parallel workers; each job with its per-hour results, in the jobs' order."""
     if not jobs:
         return
-    with _pool(event_log, len(jobs), lake) as (pool, open_log, open_lake):
-        futures = [pool.submit(_land_partition, open_log, open_lake, job) for job in jobs]
+    with _pool(event_log, len(jobs), lake) as submit:
+        futures = [submit(job) for job in jobs]
         for job, future in zip(jobs, futures, strict=True):
             yield job, future.result()
 
@@ -715,18 +716,43 @@ def _record(
 @contextmanager
 def _pool(
     event_log: EventLog, partitions: int, lake: Lake
-) -> Iterator[tuple[Executor, Callable[[], EventLog], Callable[[], Lake]]]:
+) -> Iterator[Callable[[_Job], Future[list[dict]]]]:
     """Kafka partitions land in parallel: in worker processes when the log can be reopened there
-    (the Kafka client is CPU-bound Python), else in threads. Yields the executor and how a
-    worker opens the log and the lake."""
+    (the Kafka client is CPU-bound Python), else in threads. Yields how to submit a job.
+
+    With worker processes, the calling process lands one partition at a time as well, beside
+    one fewer worker: a spawned worker's interpreter and imports cost about a CPU-second and
+    its first second of wall time, and the caller would only wait."""
     workers = max(1, min(partitions, os.cpu_count() or 1, 16))
-    if event_log.process_safe and workers > 1:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            yield pool, event_log.opener(), partial(Lake, url=lake.url)
-    else:
-        with ThreadPoolExecutor(max(1, min(partitions, 8))) as pool:
-            yield pool, event_log.opener(), lambda: lake
+    if not (event_log.process_safe and workers > 1):
+        with ThreadPoolExecutor(max(1, min(partitions, 8))) as threads:
+            yield partial(threads.submit, _land_partition, event_log.opener(), lambda: lake)
+        return
+    open_log, open_lake = _worker_openers(event_log, lake)
+    here = threading.Lock()
+
+    def land(job: _Job) -> list[dict]:
+        if here.acquire(blocking=False):
+            try:
+                return _land_partition(event_log.opener(), lambda: lake, job)
+            finally:
+                here.release()
+        # At most `workers - 1` jobs are here at once: the processes never queue.
+        return processes.submit(_land_partition, open_log, open_lake, job).result()
+
+    context = multiprocessing.get_context("spawn")
+    with (
+        ProcessPoolExecutor(workers - 1, mp_context=context) as processes,
+        ThreadPoolExecutor(workers) as slots,
+    ):
+        yield partial(slots.submit, land)
+
+
+def _worker_openers(
+    event_log: EventLog, lake: Lake
+) -> tuple[Callable[[], EventLog], Callable[[], Lake]]:
+    """How a worker process opens the log and the lake (picklable, without Dagster)."""
+    return event_log.opener(), partial(Lake, url=lake.url)
 
 
 def _replay(

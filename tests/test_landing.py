@@ -548,15 +548,11 @@ def test_first_ingest_hour():
     assert first_ingest_hour(log, not_before=START) == at(10, 0)
 
 
-def test_a_landing_worker_opens_the_log_and_the_lake_without_importing_dagster(
-    tmp_path, monkeypatch
-):
+def test_a_landing_worker_opens_the_log_and_the_lake_without_importing_dagster(tmp_path):
     # Dagster was most of a spawned worker's start-up: a worker process imports landing and
     # unpickles the openers of the log and the lake, and neither may bring Dagster in.
-    monkeypatch.setattr(landing.os, "cpu_count", lambda: 2)  # worker processes on any machine
     kafka = KafkaResource(bootstrap_servers="127.0.0.1:1", topic="t", group_id="g")
-    with landing._pool(kafka, 2, LakeResource(url=str(tmp_path))) as (_, open_log, open_lake):
-        openers = pickle.dumps((open_log, open_lake))
+    openers = pickle.dumps(landing._worker_openers(kafka, LakeResource(url=str(tmp_path))))
     script = (
         "import pickle, sys\n"
         "import clickstream_assets.landing\n"
