@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import queue
 import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -321,12 +322,63 @@ def _parsed(
     for batch, after in reader:
         pending.append(batch)
         rows += batch.num_rows
-        latest = pc.max(batch.column("kafka_timestamp")).as_py() if batch.num_rows else None
-        if rows >= ROW_GROUP_ROWS or (latest is not None and latest >= until):
+        if rows >= ROW_GROUP_ROWS or _reaches(batch, until):
             yield _parse(pending, first_instant), after
             pending, rows = [], 0
     if pending:
         yield _parse(pending, first_instant), after
+
+
+def _read_ahead(
+    reader: Iterator[Positioned], until: datetime, depth: int = 2
+) -> Iterator[Positioned]:
+    """`reader` run on a thread of its own, up to `depth` batches ahead, so that the Kafka
+    client's decoding (Python, holding the GIL) overlaps the parse and the Parquet writes (DuckDB
+    and Arrow, which release it). Past a batch that reaches `until` it reads only on demand: the
+    landing usually ends there, and what follows would be read for nothing. The thread closes
+    `reader` when it stops."""
+    items: queue.Queue = queue.Queue(depth)
+    wanted = threading.Event()  # the reading side waits on an empty queue
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for item in reader:
+                wanted.clear()
+                items.put((item, None))
+                if _reaches(item[0], until):
+                    wanted.wait()
+                if stop.is_set():
+                    return
+            items.put((None, None))
+        except BaseException as error:  # handed to the reading side, raised there
+            items.put((None, error))
+        finally:
+            reader.close()
+
+    thread = threading.Thread(target=pump, name="landing-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            if items.empty():
+                wanted.set()
+            item, error = items.get()
+            if error is not None:
+                raise error
+            if item is None:
+                return
+            yield item
+    finally:
+        stop.set()
+        wanted.set()
+        while thread.is_alive():  # unblock its put, so that it stops and closes the reader
+            with suppress(queue.Empty):
+                items.get(timeout=0.1)
+
+
+def _reaches(batch: pa.RecordBatch, until: datetime) -> bool:
+    """Whether `batch` holds a Kafka timestamp at or after `until`."""
+    return batch.num_rows > 0 and pc.max(batch.column("kafka_timestamp")).as_py() >= until
 
 
 def _parse(batches: list[pa.RecordBatch], first_instant: datetime) -> pa.Table:
@@ -382,7 +434,9 @@ def _land_partition(
         hour = job.hours[min(len(done), len(job.hours) - 1)]
         return _Sink(lake, hour, job.partition, position, job.first_instant)
 
-    reader = event_log.read(job.partition, read_from, job.recorded_end)
+    reader = _read_ahead(
+        event_log.read(job.partition, read_from, job.recorded_end), job.hours[-1] + HOUR
+    )
     try:
         for batch, after in _parsed(reader, job.first_instant, job.hours[-1] + HOUR):
             if job.recorded_end is None and batch.num_rows:
