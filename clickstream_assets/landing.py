@@ -241,11 +241,15 @@ class _Sink:
         for start, end in row_groups(sorted(ends), RUN_ROWS):
             self._writer.write_table(bronze.slice(start, end - start), row_group_size=end - start)
 
-        readable = bronze.filter(pc.invert(landing_bad))
+        # Only the columns that the counts and the quarantine need are filtered: filtering every
+        # column, the raw values too, was a sixth of the sink's CPU.
+        readable = pa.table({"event_hour": bronze["event_hour"].filter(pc.invert(landing_bad))})
         histogram = readable.group_by("event_hour").aggregate([("event_hour", "count")])
         for hour, count in zip(*histogram.columns, strict=True):
             self.event_hours[hour_label(hour.as_py())] += count.as_py()
-        bad = bronze.filter(landing_bad)
+        bad = bronze.select([n for n in QUARANTINE_SCHEMA.names if n != "stage"]).filter(
+            landing_bad
+        )
         if bad.num_rows:
             counts = pc.value_counts(bad.column("reason")).flatten()
             self.quarantined.update(dict(zip(*(c.to_pylist() for c in counts), strict=True)))
