@@ -342,16 +342,20 @@ def _read_ahead(
     landing usually ends there, and what follows would be read for nothing. The thread closes
     `reader` when it stops."""
     items: queue.Queue = queue.Queue(depth)
-    wanted = threading.Event()  # the reading side waits on an empty queue
     stop = threading.Event()
+    demand = threading.Condition()
+    asked = 0  # batches the reading side has asked for
 
     def pump() -> None:
+        given = 0
         try:
             for item in reader:
-                wanted.clear()
                 items.put((item, None))
+                given += 1
                 if _reaches(item[0], until):
-                    wanted.wait()
+                    with demand:  # until the reading side asks for the next one
+                        while asked <= given and not stop.is_set():
+                            demand.wait()
                 if stop.is_set():
                     return
             items.put((None, None))
@@ -364,8 +368,9 @@ def _read_ahead(
     thread.start()
     try:
         while True:
-            if items.empty():
-                wanted.set()
+            with demand:
+                asked += 1
+                demand.notify()
             item, error = items.get()
             if error is not None:
                 raise error
@@ -374,7 +379,8 @@ def _read_ahead(
             yield item
     finally:
         stop.set()
-        wanted.set()
+        with demand:
+            demand.notify()
         while thread.is_alive():  # unblock its put, so that it stops and closes the reader
             with suppress(queue.Empty):
                 items.get(timeout=0.1)
