@@ -26,7 +26,7 @@ from core.ledger import (
     landing_quarantine_file,
     manifest_path,
 )
-from resources.event_log import InMemoryKafka, KafkaLog
+from resources.event_log import InMemoryKafka, KafkaLog, OffsetsGone
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from sensors.landing import first_ingest_hour
@@ -548,15 +548,11 @@ def test_first_ingest_hour():
     assert first_ingest_hour(log, not_before=START) == at(10, 0)
 
 
-def test_a_landing_worker_opens_the_log_and_the_lake_without_importing_dagster(
-    tmp_path, monkeypatch
-):
+def test_a_landing_worker_opens_the_log_and_the_lake_without_importing_dagster(tmp_path):
     # Dagster was most of a spawned worker's start-up: a worker process imports landing and
     # unpickles the openers of the log and the lake, and neither may bring Dagster in.
-    monkeypatch.setattr(landing.os, "cpu_count", lambda: 2)  # worker processes on any machine
     kafka = KafkaResource(bootstrap_servers="127.0.0.1:1", topic="t", group_id="g")
-    with landing._pool(kafka, 2, LakeResource(url=str(tmp_path))) as (_, open_log, open_lake):
-        openers = pickle.dumps((open_log, open_lake))
+    openers = pickle.dumps(landing._worker_openers(kafka, LakeResource(url=str(tmp_path))))
     script = (
         "import pickle, sys\n"
         "import clickstream_assets.landing\n"
@@ -570,3 +566,49 @@ def test_a_landing_worker_opens_the_log_and_the_lake_without_importing_dagster(
     )
     assert result.stdout.decode().split() == ["KafkaLog", "t", "g", "Lake", str(tmp_path), "False"]
     assert isinstance(kafka.opener()(), KafkaLog)
+
+
+def _reads(count: int, pulled: list[int], closed: list[bool]):
+    """A reader of `count` one-record batches, one per hour from 10:00, noting each batch it
+    reads and whether it was closed."""
+    try:
+        for i in range(count):
+            pulled.append(i)
+            batch = pa.record_batch(
+                {"kafka_timestamp": pa.array([at(10 + i)], pa.timestamp("ms", tz="UTC"))}
+            )
+            yield batch, i + 1
+    finally:
+        closed.append(True)
+
+
+def test_read_ahead_yields_the_reads_batches_in_order_and_closes_the_reader():
+    pulled, closed = [], []
+    got = [after for _, after in landing._read_ahead(_reads(5, pulled, closed), at(20))]
+    assert got == [1, 2, 3, 4, 5]
+    assert closed == [True]
+
+
+def test_read_ahead_reads_past_the_batch_that_reaches_until_only_on_demand():
+    pulled, closed = [], []
+    reader = landing._read_ahead(_reads(8, pulled, closed), at(12))
+    got = []
+    for _, after in reader:
+        got.append(after)
+        if after == 3:  # the batch of 12:00, which reaches `until`
+            break
+    reader.close()
+    assert got == [1, 2, 3]
+    assert pulled == [0, 1, 2]
+    assert closed == [True]
+
+
+def test_read_ahead_raises_what_the_reader_raised():
+    def failing():
+        yield from _reads(1, [], [])
+        raise OffsetsGone("t", 0, 1, 5)
+
+    reader = landing._read_ahead(failing(), at(20))
+    assert next(reader)[1] == 1
+    with pytest.raises(OffsetsGone, match="no longer holds offset 1"):
+        next(reader)
