@@ -29,18 +29,7 @@ final as (
         count(event_id) as events,
         {{ rollup_built_from('lake_hour') }} as built_from
     from hour_events
-    group by
-        event_date,
-        event_hour,
-        ingest_hour,
-        event_type,
-        platform,
-        actor_id,
-        user_id,
-        device_id,
-        case when event_type = 'play' then title_id end,
-        case when event_type = 'ad_impression' then campaign_id end,
-        lake_hour
+    group by all
 )
 
 select * from final
