@@ -1,7 +1,7 @@
 {#- Incremental strategy `replace_partition`: delete the rows of the day being built (var
-    event_date), or of the hours it rebuilds when meta.partition_hours is set (rebuilt_hours_filter;
-    meta.finalizes adds the provisional hours), then insert the new rows. Unlike dbt's delete+insert it also clears rows whose
-    key vanished from the rebuild. A model names the column that holds its period in
+    event_date), or only of the hours it rebuilds when meta.partition_hours is set
+    (rebuilt_hours_filter; meta.finalizes adds the provisional hours), then insert the new rows.
+    Unlike dbt's delete+insert it also clears rows whose key vanished from the rebuild. A model names the column that holds its period in
     meta.partition_column (event_date, or event_hour for an hourly mart). The day is rendered
     here, when the model runs, never in the model's config (which dbt renders once, at parse
     time), so that one parsed manifest serves every day. -#}

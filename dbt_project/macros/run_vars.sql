@@ -106,8 +106,7 @@
         or {{ column }} in (
             select provisional.{{ column }} from {{ this }} as provisional
             where
-                provisional.{{ column }} >= {{ day_start_literal() }}
-                and provisional.{{ column }} < {{ day_start_literal() }} + interval 1 day
+                {{ day_partition_filter('provisional.' ~ column) }}
                 and not provisional.is_final
         )
     {%- endif %})
