@@ -29,7 +29,7 @@ from core.ledger import (
     Ledger,
     Manifest,
     cleaning_quarantine_file,
-    day_start,
+    day_hours,
     events_file,
     hour_label,
 )
@@ -287,7 +287,8 @@ def daily_events_reconcile(
     days = list(context.partition_keys)
     with warehouse.get_connection() as connection:
         for day in days:
-            start = day_start(date.fromisoformat(day))
+            hours = day_hours(date.fromisoformat(day))
+            start = hours[0]
             daily = connection.execute(
                 "select sum(events) from fct_daily_active_users where event_date = ?", [day]
             ).fetchone()
@@ -296,7 +297,7 @@ def daily_events_reconcile(
                 "where event_hour >= ? and event_hour < ?",
                 [start, start + timedelta(days=1)],
             ).fetchone()
-            silver = sum(parquet_rows(lake, events_file(start + i * HOUR)) or 0 for i in range(24))
+            silver = sum(parquet_rows(lake, events_file(h)) or 0 for h in hours)
             problems += daily_events_problems(
                 day,
                 daily_events=None if not daily or daily[0] is None else int(daily[0]),

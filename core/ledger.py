@@ -73,6 +73,12 @@ def day_start(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
+def day_hours(day: date) -> list[datetime]:
+    """The 24 UTC hours of `day`."""
+    start = day_start(day)
+    return [start + i * HOUR for i in range(24)]
+
+
 # --- where files live ---------------------------------------------------------------------------
 
 MANIFESTS = "bronze/_manifests"
@@ -349,9 +355,11 @@ def owed_rollup_hours(
     of what its silver holds now: those whose digest differs from the one their rollup was built
     from. An hour without a clean stamp (None) is always rebuilt: nothing says what its silver
     holds, and without silver it reads nothing."""
-    start = day_start(day)
-    hours = (start + i * HOUR for i in range(24))
-    return {h.hour: current.get(h) for h in hours if h not in current or current[h] != built.get(h)}
+    return {
+        h.hour: current.get(h)
+        for h in day_hours(day)
+        if h not in current or current[h] != built.get(h)
+    }
 
 
 @dataclass(frozen=True)
@@ -497,8 +505,7 @@ class Ledger:
 
     def day_stamps(self, day: date) -> list[CleanStamp]:
         """The clean stamps of a day's 24 event hours (footer reads only)."""
-        start = day_start(day)
-        stamps = (self.clean_stamp(start + i * HOUR) for i in range(24))
+        stamps = (self.clean_stamp(hour) for hour in day_hours(day))
         return [s for s in stamps if s is not None]
 
     def clean_stamp(self, event_hour: datetime) -> CleanStamp | None:

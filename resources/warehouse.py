@@ -73,6 +73,14 @@ create table if not exists mart_stamps (
 """
 
 
+def has_table(connection: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether the warehouse holds table `name` yet (a new warehouse holds none)."""
+    found = connection.execute(
+        "select count(*) from information_schema.tables where table_name = ?", [name]
+    ).fetchone()
+    return bool(found and found[0])
+
+
 def read_mart_stamps(path: str) -> dict[date, MartStamp]:
     """What each mart day records it was built from; empty for a warehouse not built yet."""
     if not Path(path).exists():
@@ -83,10 +91,7 @@ def read_mart_stamps(path: str) -> dict[date, MartStamp]:
         raise WarehouseBusy(str(error)) from None
     with connection:
         connection.execute("set TimeZone = 'UTC'")
-        found = connection.execute(
-            "select count(*) from information_schema.tables where table_name = 'mart_stamps'"
-        ).fetchone()
-        if not found or not found[0]:
+        if not has_table(connection, "mart_stamps"):
             return {}
         rows = connection.execute(
             "select event_date, inputs_digest, is_final, landed_through from mart_stamps"
@@ -102,10 +107,7 @@ def read_mart_stamps(path: str) -> dict[date, MartStamp]:
 def read_rollups_built(connection: duckdb.DuckDBPyConnection, day: date) -> dict[datetime, str]:
     """What each event hour of `day` in the hourly rollup was built from (its rows' built_from;
     ledger.rollup_digests): empty before the rollup's first build."""
-    found = connection.execute(
-        "select count(*) from information_schema.tables where table_name = ?", [ROLLUP_TABLE]
-    ).fetchone()
-    if not found or not found[0]:
+    if not has_table(connection, ROLLUP_TABLE):
         return {}
     rows = connection.execute(
         f"select event_hour, any_value(built_from) from {ROLLUP_TABLE}"
