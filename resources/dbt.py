@@ -3,8 +3,9 @@
 dbt runs through its programmatic runner (dbtRunner) rather than a `dbt` subprocess per day: the
 project is parsed once per process (partial parsing keeps even that short) and every build
 reuses the parsed manifest, so a day rebuilt costs its SQL, not dbt's start-up and a parse. The
-manifest depends only on `lake_url` and `warehouse_path` (sources' locations, the catalog);
-every other var is read when a model runs, so one parse serves every day.
+manifest depends only on the name of the warehouse file (DuckDB names its catalog after it); the
+lake's location and every other var are read when a model runs, so one parse serves every day,
+lake and warehouse directory, and dbt's partial parse (kept in target/) serves every process.
 
 dbt's own log lines go to the Dagster run log (one message per build, and each error as it
 happens), never to the console of a catch-up or demo.
@@ -22,24 +23,30 @@ from typing import Any
 from dagster import AssetExecutionContext, ConfigurableResource
 from dagster_dbt import DagsterDbtTranslator, DbtProject
 
-from core.settings import Settings, load
+from core.settings import DEFAULTS, Settings, load
 from core.warehouse import DBT_PROJECT_DIR
 
-PARSE_VARS = ("lake_url", "warehouse_path")
-"""The vars that shape the parsed manifest (sources' locations, the warehouse catalog); the
-others are rendered when models run."""
+DEFAULT_WAREHOUSE = Path(DEFAULTS["CLICKSTREAM_WAREHOUSE"])
+
+
+def parse_vars(warehouse_path: str | os.PathLike[str] = DEFAULT_WAREHOUSE) -> dict[str, str]:
+    """The vars a parse is given: only the warehouse file's name, which names the catalog in
+    every relation of the manifest. dbt re-parses the whole project (seconds) when a parse's vars
+    differ from the last one's, so the directory is left out: it is rendered when models run."""
+    return {"warehouse_path": Path(warehouse_path).name}
 
 
 class DbtError(RuntimeError):
     """dbt failed; the message holds dbt's errors."""
 
 
-def _common_args(project_dir: Path, target: str | None, target_path: Path) -> list[str]:
+def _common_args(project_dir: Path, target: str, target_path: Path) -> list[str]:
     args = ["--project-dir", os.fspath(project_dir), "--profiles-dir", os.fspath(project_dir)]
     args += ["--target-path", os.fspath(target_path)]
     # No console or file log from dbt: callbacks receive every event (see `_invoke`).
     args += ["--log-level", "none", "--log-level-file", "none"]
-    return args + (["--target", target] if target else [])
+    # Always named: dbt re-parses from scratch when a parse's target differs from the last one's.
+    return args + ["--target", target]
 
 
 _lock = threading.Lock()  # dbt keeps global state (flags, adapters): one invocation at a time
@@ -71,12 +78,17 @@ def _invoke(args: list[str], manifest: Any = None) -> tuple[Any, list[Any]]:
     return result, events
 
 
-def parse(project_dir: Path, *, target: str | None = None, vars: Mapping[str, Any] = {}) -> Any:
+def parse(
+    project_dir: Path,
+    *,
+    target: str = "local",
+    warehouse_path: str | os.PathLike[str] = DEFAULT_WAREHOUSE,
+) -> Any:
     """Parse the project in-process (partial parsing on) and return dbt's Manifest; also writes
     target/manifest.json, which @dbt_assets reads at import."""
-    target_path = project_dir / "target"
-    args = ["parse", *_common_args(project_dir, target, target_path)]
-    result, events = _invoke(args + (["--vars", json.dumps(dict(vars))] if vars else []))
+    args = ["parse", *_common_args(project_dir, target, project_dir / "target")]
+    args += ["--vars", json.dumps(parse_vars(warehouse_path))]
+    result, events = _invoke(args)
     if not result.success:
         raise DbtError("dbt parse failed:\n" + "\n".join(_messages(events, errors_only=True)))
     return result.result
@@ -103,8 +115,8 @@ def _messages(events: list[Any], *, errors_only: bool = False) -> list[str]:
     return [e.info.msg for e in events if e.info.level in wanted and e.info.msg]
 
 
-_parsed: dict[tuple, Any] = {}
-"""Manifests parsed in this process, by (project, target, parse vars)."""
+_parsed: dict[tuple[str, str, str], Any] = {}
+"""Manifests parsed in this process, by (project, target, warehouse file name)."""
 
 
 class DbtRunnerResource(ConfigurableResource):
@@ -115,10 +127,10 @@ class DbtRunnerResource(ConfigurableResource):
 
     def manifest(self, run_vars: Mapping[str, Any]) -> Any:
         project = Path(self.project_dir)
-        parse_vars = {k: run_vars[k] for k in PARSE_VARS if k in run_vars}
-        key = (os.fspath(project), self.target, json.dumps(parse_vars, sort_keys=True))
+        warehouse_path = run_vars.get("warehouse_path", DEFAULT_WAREHOUSE)
+        key = (os.fspath(project), self.target, Path(warehouse_path).name)
         if key not in _parsed:
-            _parsed[key] = parse(project, target=self.target, vars=parse_vars)
+            _parsed[key] = parse(project, target=self.target, warehouse_path=warehouse_path)
         return _parsed[key]
 
     def build(

@@ -9,6 +9,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ from core.settings import Settings
 from core.warehouse import MARTS as CONTRACT_MARTS
 from partitions import AS_OF_TAG
 from resources.clock import parse_instant
-from resources.dbt import DBT_PROJECT_DIR, dbt_project, dbt_resource
+from resources import dbt as dbt_module
+from resources.dbt import DBT_PROJECT_DIR, DbtRunnerResource, dbt_project, dbt_resource
 from resources.lake import LakeResource
 from resources.warehouse import read_table, warehouse_resource
 
@@ -521,6 +523,33 @@ def test_dbt_parse_and_docs_generate_work_offline(tmp_path: Path):
     )
     assert docs.returncode == 0, docs.stdout
     assert (tmp_path / "target" / "catalog.json").exists()
+
+
+def test_one_parse_serves_every_lake_and_warehouse_directory(tmp_path: Path, monkeypatch):
+    # dbt parses the whole project again (seconds) when a parse's vars or target differ from the
+    # last one's, or when its saved parse fails to load; a run in a new process, its lake and
+    # warehouse elsewhere, must find nothing to parse.
+    project = tmp_path / "project"
+    shutil.copytree(DBT_PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs"))
+    dbt = DbtRunnerResource(project_dir=str(project))
+
+    def manifest_in_a_new_process(root: Path, warehouse: str = "warehouse.duckdb") -> Any:
+        monkeypatch.setattr(dbt_module, "_parsed", {})
+        return dbt.manifest({"lake_url": str(root / "lake"), "warehouse_path": str(root / warehouse)})
+
+    def files_parsed() -> int:
+        perf = json.loads((project / "target" / "perf_info.json").read_text())
+        assert perf["is_partial_parse_enabled"]
+        return perf["parsed_path_count"]
+
+    manifest_in_a_new_process(tmp_path / "a")
+    assert files_parsed() > 0  # the first parse reads every file
+    manifest = manifest_in_a_new_process(tmp_path / "b")
+    assert files_parsed() == 0
+    assert manifest.nodes["model.clickstream.stg_events"].database == "warehouse"
+    # DuckDB names the catalog after the warehouse file: another name is another parse.
+    renamed = manifest_in_a_new_process(tmp_path / "c", "w.duckdb")
+    assert renamed.nodes["model.clickstream.stg_events"].database == "w"
 
 
 def offline_vars(tmp_path: Path) -> str:

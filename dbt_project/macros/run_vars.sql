@@ -53,6 +53,13 @@
     {{ root.rstrip('/') }}/{{ suffix }}
 {%- endmacro %}
 
+{% macro lake_source(source_name, table_name) -%}
+    {#- A lake source, its location resolved when the model runs: the sources name the lake
+        `$lake_url` rather than var('lake_url'), which dbt would render into the parsed manifest,
+        so one parse serves every lake. -#}
+    {{ return(source(source_name, table_name) | string | replace('$lake_url/', lake_path(''))) }}
+{%- endmacro %}
+
 {% macro lake_has_files(pattern) -%}
     {#- read_parquet fails on a glob that matches nothing; an empty lake is a normal state. -#}
     {%- if not execute -%}

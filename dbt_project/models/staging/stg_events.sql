@@ -1,6 +1,6 @@
 {#- Silver events as the marts see them: UTC event day, the actor, and the lake's day and hour
     directories (filtering on lake_date reads only that day's files). -#}
-{%- set silver = source('silver', 'events') -%}
+{%- set silver = lake_source('silver', 'events') -%}
 
 with source as (
     {% if lake_has_files(lake_path('silver/events/*/*/*.parquet')) %}

@@ -1,7 +1,7 @@
 {#- Every quarantined message, from landing and from cleaning, in one schema. -#}
 {%- set files = [] -%}
 {%- for stage in ['cleaning', 'landing'] -%}
-    {%- set relation = source('quarantine', stage) -%}
+    {%- set relation = lake_source('quarantine', stage) -%}
     {%- if lake_has_files(lake_path('quarantine/' ~ stage ~ '/*/*/*.parquet')) -%}
         {%- do files.append(relation | string) -%}
     {%- endif -%}
