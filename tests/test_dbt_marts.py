@@ -535,7 +535,9 @@ def test_one_parse_serves_every_lake_and_warehouse_directory(tmp_path: Path, mon
 
     def manifest_in_a_new_process(root: Path, warehouse: str = "warehouse.duckdb") -> Any:
         monkeypatch.setattr(dbt_module, "_parsed", {})
-        return dbt.manifest({"lake_url": str(root / "lake"), "warehouse_path": str(root / warehouse)})
+        return dbt.manifest(
+            {"lake_url": str(root / "lake"), "warehouse_path": str(root / warehouse)}
+        )
 
     def files_parsed() -> int:
         perf = json.loads((project / "target" / "perf_info.json").read_text())
