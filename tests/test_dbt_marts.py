@@ -30,8 +30,8 @@ from core.ledger import HOUR, STAMP_KEY, CleanStamp, Ledger, Manifest
 from core.settings import Settings
 from core.warehouse import MARTS as CONTRACT_MARTS
 from partitions import AS_OF_TAG
-from resources.clock import parse_instant
 from resources import dbt as dbt_module
+from resources.clock import parse_instant
 from resources.dbt import DBT_PROJECT_DIR, DbtRunnerResource, dbt_project, dbt_resource
 from resources.lake import LakeResource
 from resources.warehouse import read_table, warehouse_resource
