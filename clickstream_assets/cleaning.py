@@ -132,43 +132,44 @@ def _earlier(a: str, b: str) -> pl.Expr:
     )
 
 
+SILVER_ORDER = ["event_time", "event_id"]
+"""Silver's row order: the same rows always make the same file."""
+
+
 def first_copies(
-    valid: pa.Table,
-    winners: pl.DataFrame,
-    elsewhere: pl.DataFrame | None = None,
-    *,
-    order: tuple[str, ...] = (),
+    rows: pa.Table, winners: pl.DataFrame, elsewhere: pl.DataFrame | None = None
 ) -> pa.Array:
-    """The positions in `valid` of one row per event_id, in `order` when given: the first
-    received copy (earliest Kafka timestamp, then lowest
-    partition, then lowest offset). A corrected event keeps only its global first copy, and an
-    event with a valid copy in another event hour (a client that re-stamps on retry) is kept
-    only where its first received copy is (`elsewhere`: those copies' arrival columns).
+    """The positions in `rows` of one valid row (no `reason`) per event_id, in `SILVER_ORDER`:
+    the first received copy (earliest Kafka timestamp, then lowest partition, then lowest
+    offset). A corrected event keeps only its global first copy, and an event with a valid copy
+    in another event hour (a client that re-stamps on retry) is kept only where its first
+    received copy is (`elsewhere`: those copies' arrival columns).
 
     The choice is made on the key columns alone, in Polars; the caller takes the kept rows from
     the Arrow table, a slice at a time, so the columns are never converted between Arrow and
-    Polars and memory is the rows, their keys and a slice."""
-    keys = _frame(valid.select(list(dict.fromkeys(["event_id", *ARRIVAL_ORDER, *order]))))
-    keys = keys.with_row_index()
-    first = keys.sort(ARRIVAL_ORDER).unique("event_id", keep="first", maintain_order=True)
-    joined = first.join(winners, on="event_id", how="left", suffix="_winner")
-    keep = pl.col("kafka_partition_winner").is_null() | (
-        (pl.col("kafka_partition") == pl.col("kafka_partition_winner"))
-        & (pl.col("kafka_offset") == pl.col("kafka_offset_winner"))
-    )
-    kept = joined.filter(keep)
+    Polars, nor the valid rows copied out of the hour's: memory is the rows, their keys and a
+    slice. The arrival order makes the first copy the first of its event_id, whatever the order
+    `unique` returns; the joins run only when the hour has such events."""
+    keys = _frame(rows.select(list(dict.fromkeys(["event_id", *ARRIVAL_ORDER, *SILVER_ORDER]))))
+    keys = keys.with_row_index().filter(pl.Series(pc.is_null(rows["reason"])))
+    kept = keys.sort(ARRIVAL_ORDER).unique("event_id", keep="first")
+    if not winners.is_empty():
+        joined = kept.join(winners, on="event_id", how="left", suffix="_winner")
+        keep = pl.col("kafka_partition_winner").is_null() | (
+            (pl.col("kafka_partition") == pl.col("kafka_partition_winner"))
+            & (pl.col("kafka_offset") == pl.col("kafka_offset_winner"))
+        )
+        kept = joined.filter(keep)
     if elsewhere is not None and not elsewhere.is_empty():
         best = (
             elsewhere.select("event_id", *ARRIVAL_ORDER)
             .sort(ARRIVAL_ORDER)
-            .unique("event_id", keep="first", maintain_order=True)
+            .unique("event_id", keep="first")
         )
         compared = kept.join(best, on="event_id", how="left", suffix="_elsewhere")
         lost = pl.col("received_at_elsewhere").is_not_null() & _earlier("_elsewhere", "")
         kept = compared.filter(~lost)
-    if order:
-        kept = kept.sort(order)
-    return kept["index"].to_arrow()
+    return kept.sort(SILVER_ORDER)["index"].to_arrow()
 
 
 SILVER_ROW_GROUP_ROWS = 256 * 1024
@@ -381,12 +382,14 @@ def _frame(table: pa.Table) -> pl.DataFrame:
     return frame
 
 
-def _check_typed(events: pa.Table) -> None:
+def _check_typed(rows: pa.Table, refused: pa.ChunkedArray) -> None:
     """Bronze landed before it kept typed events reads as valid rows without types (a column a
     file lacks reads as nulls): refuse it, by name."""
-    if events["event_type"].null_count:
-        untyped = events.filter(pc.is_null(events["event_type"]))["ingest_hour"]
-        hours = sorted({hour_label(h) for h in pc.unique(untyped).to_pylist()})
+    untyped = pc.and_not(pc.is_null(rows["event_type"]), refused)
+    if pc.any(untyped).as_py():
+        hours = sorted(
+            {hour_label(h) for h in pc.unique(rows["ingest_hour"].filter(untyped)).to_pylist()}
+        )
         raise ValueError(
             f"bronze of ingest hours {', '.join(hours)} was landed before bronze kept typed "
             "events: re-land those hours (a backfill of raw_events; the same ranges are read "
@@ -397,6 +400,18 @@ def _check_typed(events: pa.Table) -> None:
 _VALID_TYPED = ds.field("reason").is_null() & ds.field("event_type").is_valid()
 """A valid row (landing left the event hour null where it quarantined); bronze landed before it
 kept typed events has no reason to tell, so its rows never count as valid copies."""
+
+
+def _restamped(copies: pl.DataFrame) -> pl.DataFrame:
+    """The rows of `copies` (valid copies with their event hours) whose event_id has copies in
+    more than one event hour. Such an event has a copy outside the hour that holds most rows, so
+    only the ids of those few rows are grouped, not every id of the ingest hour."""
+    if copies.is_empty():
+        return copies
+    most = copies["event_hour"].value_counts(sort=True)["event_hour"][0]
+    elsewhere = copies.filter(pl.col("event_hour") != most)["event_id"]
+    candidates = copies.filter(pl.col("event_id").is_in(elsewhere.implode()))
+    return candidates.filter(pl.col("event_hour").n_unique().over("event_id") > 1)
 
 
 def cross_hour_copies(
@@ -418,9 +433,8 @@ def cross_hour_copies(
         valid = _VALID_TYPED & ds.field("event_hour").is_valid()
         with tempfile.TemporaryDirectory(prefix="copies-", dir=spill) as directory:
             read = _in_buckets(lake, files, valid, columns, buckets, directory)
-            multi = pl.col("event_hour").n_unique().over("event_id") > 1
             found = [
-                _frame(read(b)).filter(multi).select(COPIES_SCHEMA.names) for b in range(buckets)
+                _restamped(_frame(read(b))).select(COPIES_SCHEMA.names) for b in range(buckets)
             ]
         copies = pl.concat([copies, *found])
     copies = copies.sort(["event_id", *ARRIVAL_ORDER])
@@ -534,12 +548,11 @@ def clean_hour(
             for bucket in range(buckets if files else 0):
                 rows = rows_of(bucket)
                 refused = pc.is_valid(rows["reason"])
-                held.update(_pairs(rows.filter(refused)))
-                events = rows.filter(pc.invert(refused)).drop_columns(["reason"])
+                held.update(_pairs(rows.select(["ingest_hour", "kafka_partition"]).filter(refused)))
                 sources.update(pc.unique(rows["ingest_hour"]).to_pylist())
-                del rows, refused
-                _check_typed(events)
-                kept = first_copies(events, winners, copies, order=("event_time", "event_id"))
+                _check_typed(rows, refused)
+                kept = first_copies(rows, winners, copies)
+                events = rows.select(SILVER_SCHEMA.names)
                 for start in range(0, len(kept), SILVER_ROW_GROUP_ROWS):
                     clean = events.take(kept.slice(start, SILVER_ROW_GROUP_ROWS))
                     late = pc.greater(clean["ingest_hour"], pa.scalar(event_hour, UTC_US))
@@ -549,13 +562,10 @@ def clean_hour(
                     counts["late_events"] += pc.sum(late, min_count=0).as_py()
                     if writing is not None:
                         writing.result()
-                    writing = writes.submit(
-                        silver_writer.write_table,
-                        clean.select(SILVER_SCHEMA.names).cast(SILVER_SCHEMA),
-                    )
+                    writing = writes.submit(silver_writer.write_table, clean.cast(SILVER_SCHEMA))
                 counts["events"] += len(kept)
-                counts["duplicates"] += events.num_rows - len(kept)
-                del events, kept  # not in memory while the next bucket is read
+                counts["duplicates"] += rows["reason"].null_count - len(kept)
+                del rows, refused, events, kept  # not in memory while the next is read
             if writing is not None:
                 writing.result()
         # Invalid rows need no dedup: streamed to quarantine as received, in ledger order, with

@@ -364,13 +364,18 @@ def test_an_empty_hour_yields_an_empty_silver_file(log, lake, landed):
 # --- the pure helpers -----------------------------------------------------------------------
 
 
-def frame(rows: list[tuple[str, datetime, int, int]]) -> pa.Table:
+def frame(
+    rows: list[tuple[str, datetime, int, int]], reasons: tuple[str | None, ...] = ()
+) -> pa.Table:
+    """Copies received at their event time, valid unless `reasons` says otherwise."""
     return pl.DataFrame(
         {
             "event_id": [r[0] for r in rows],
+            "event_time": [r[1] for r in rows],
             "received_at": [r[1] for r in rows],
             "kafka_partition": pl.Series([r[2] for r in rows], dtype=pl.Int32),
             "kafka_offset": pl.Series([r[3] for r in rows], dtype=pl.Int64),
+            "reason": pl.Series(list(reasons) or [None] * len(rows), dtype=pl.String),
         }
     ).to_arrow()
 
@@ -395,6 +400,19 @@ def test_first_copies_by_arrival_order():
     kept = valid.take(first_copies(valid, NO_WINNERS))
     got = sorted((r["event_id"], r["kafka_partition"], r["kafka_offset"]) for r in kept.to_pylist())
     assert got == [("a", 2, 0), ("b", 0, 7), ("c", 0, 6), ("d", 2, 2)]
+
+
+def test_first_copies_never_keeps_an_invalid_copy():
+    rows = frame(
+        [("a", at(10, 4), 0, 1), ("a", at(10, 5), 0, 2), ("b", at(10, 6), 0, 3)],
+        reasons=("wrong_type:user_id", None, "unknown_event_type"),
+    )
+    assert first_copies(rows, NO_WINNERS).to_pylist() == [1]
+
+
+def test_first_copies_in_silver_order():
+    rows = frame([("b", at(10, 7), 0, 1), ("c", at(10, 5), 0, 2), ("a", at(10, 7), 0, 3)])
+    assert first_copies(rows, NO_WINNERS).to_pylist() == [1, 2, 0]
 
 
 def test_first_copies_keeps_a_corrected_event_only_at_its_global_winner():
