@@ -272,13 +272,22 @@ class SharedRowGroups:
 
     def __init__(self, lake: LakeResource) -> None:
         self.lake = lake
-        self._pieces: dict[str, list[ds.ParquetFileFragment]] = {}
+        self._pieces: dict[
+            str, list[tuple[ds.ParquetFileFragment, datetime | None, datetime | None]]
+        ] = {}
         self._kept: dict[tuple[str, int], tuple[datetime, pa.Table]] = {}
 
-    def _row_groups(self, file: str) -> list[ds.ParquetFileFragment]:
+    def _row_groups(
+        self, file: str
+    ) -> list[tuple[ds.ParquetFileFragment, datetime | None, datetime | None]]:
+        """The file's row groups, each with its least and greatest event hour (None when
+        unknown); converting a row group's statistics to Python costs more than most hours."""
         if file not in self._pieces:
             (whole,) = self.lake.dataset([file], BRONZE_SCHEMA).get_fragments()
-            self._pieces[file] = whole.split_by_row_group()
+            self._pieces[file] = []
+            for piece in whole.split_by_row_group():
+                hours = piece.row_groups[0].statistics.get("event_hour", {})
+                self._pieces[file].append((piece, hours.get("min"), hours.get("max")))
         return self._pieces[file]
 
     def _decode(self, piece: ds.ParquetFileFragment) -> pa.Table:
@@ -289,9 +298,7 @@ class SharedRowGroups:
         self._kept = {key: kept for key, kept in self._kept.items() if kept[0] >= event_hour}
         parts = []
         for file in files:
-            for index, piece in enumerate(self._row_groups(file)):
-                hours = piece.row_groups[0].statistics.get("event_hour", {})
-                low, high = hours.get("min"), hours.get("max")
+            for index, (piece, low, high) in enumerate(self._row_groups(file)):
                 if low is not None and not low <= event_hour <= high:
                     continue
                 if (file, index) in self._kept:
