@@ -27,7 +27,7 @@ from dagster import (
     op,
 )
 
-from clickstream_assets.cleaning import CleaningRun, clean_hour
+from clickstream_assets.cleaning import CleaningRun, clean_hours
 from clickstream_assets.landing import (
     LandingPlan,
     commit_landing,
@@ -227,9 +227,11 @@ def events(context: AssetExecutionContext, lake: LakeResource) -> None:
     """Silver: valid, deduplicated events of an event hour, rebuilt from all bronze holding it."""
     run = CleaningRun.of(lake)  # what the range's hours share is read once
     now = run_clock(context)
-    for hour in hours_of(context):
-        cleaned = clean_hour(lake, hour, first_instant=first_instant, now=now, run=run)
+    for cleaned in clean_hours(
+        lake, hours_of(context), first_instant=first_instant, now=now, run=run
+    ):
         stamp = cleaned.stamp
+        hour = stamp.event_hour
         context.log.info(f"cleaned {hour_label(hour)}: {stamp.events} events")
         context.add_asset_metadata(
             {

@@ -10,9 +10,11 @@ per ingest hour (`cross_hour_copies`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections import Counter
+import threading
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -276,6 +278,7 @@ class SharedRowGroups:
             str, list[tuple[ds.ParquetFileFragment, datetime | None, datetime | None]]
         ] = {}
         self._kept: dict[tuple[str, int], tuple[datetime, pa.Table]] = {}
+        self._lock = threading.Lock()  # hours of a run are cleaned two at a time
 
     def _row_groups(
         self, file: str
@@ -284,10 +287,11 @@ class SharedRowGroups:
         unknown); converting a row group's statistics to Python costs more than most hours."""
         if file not in self._pieces:
             (whole,) = self.lake.dataset([file], BRONZE_SCHEMA).get_fragments()
-            self._pieces[file] = []
+            pieces = []
             for piece in whole.split_by_row_group():
                 hours = piece.row_groups[0].statistics.get("event_hour", {})
-                self._pieces[file].append((piece, hours.get("min"), hours.get("max")))
+                pieces.append((piece, hours.get("min"), hours.get("max")))
+            self._pieces[file] = pieces  # whole: another hour's thread may be reading the file
         return self._pieces[file]
 
     def _decode(self, piece: ds.ParquetFileFragment) -> pa.Table:
@@ -295,19 +299,23 @@ class SharedRowGroups:
 
     def read(self, files: list[str], event_hour: datetime) -> pa.Table:
         """The rows of `event_hour` in `files` (`ROW_COLUMNS`), in file and row order."""
-        self._kept = {key: kept for key, kept in self._kept.items() if kept[0] >= event_hour}
+        with self._lock:
+            self._kept = {key: kept for key, kept in self._kept.items() if kept[0] >= event_hour}
         parts = []
         for file in files:
             for index, (piece, low, high) in enumerate(self._row_groups(file)):
                 if low is not None and not low <= event_hour <= high:
                     continue
-                if (file, index) in self._kept:
-                    table = self._kept[file, index][1]
+                with self._lock:
+                    kept = self._kept.get((file, index))
+                if kept is not None:
+                    table = kept[1]
                 else:
                     table = self._decode(piece)
-                    room = SHARED_ROWS - sum(kept[1].num_rows for kept in self._kept.values())
-                    if high is not None and high > event_hour and table.num_rows <= room:
-                        self._kept[file, index] = (high, table)
+                    with self._lock:
+                        room = SHARED_ROWS - sum(k[1].num_rows for k in self._kept.values())
+                        if high is not None and high > event_hour and table.num_rows <= room:
+                            self._kept[file, index] = (high, table)
                 parts.append(
                     table.filter(pc.equal(table["event_hour"], pa.scalar(event_hour, UTC_US)))
                 )
@@ -318,12 +326,14 @@ class SharedRowGroups:
 class CleaningRun:
     """What a run cleaning many hours reads once: its ledger, which remembers manifests and
     listings, the hours recorded when it began, the bronze row groups its hours share, and the
-    re-stamped copies found per ingest hour (`cross_hour_copies`)."""
+    re-stamped copies found per ingest hour (`cross_hour_copies`), computed by one hour at a
+    time (`copies_lock`)."""
 
     ledger: Ledger
     recorded: set[datetime]
     shared: SharedRowGroups
     copies: dict[datetime, pl.DataFrame] = field(default_factory=dict)
+    copies_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def of(cls, lake: LakeResource) -> CleaningRun:
@@ -546,7 +556,8 @@ def clean_hour(
                     lake, files, this_hour, ROW_COLUMNS, buckets, f"{spill}/events"
                 )
             found = run.copies if run is not None else {}
-            copies = _copies_near(lake, ledger, inputs, manifests, recorded, spill, found)
+            with run.copies_lock if run is not None else contextlib.nullcontext():
+                copies = _copies_near(lake, ledger, inputs, manifests, recorded, spill, found)
             copies = copies.filter(pl.col("event_hour") != event_hour)
         # One row group is written (in a thread; both release the GIL) while the next is taken
         # and the next bucket read: a core each. Never more than one write in flight.
@@ -608,3 +619,49 @@ def clean_hour(
         quarantined_by_reason=dict(sorted(reasons.items())),
         source_ingest_hours=sorted(sources),
     )
+
+
+CLEANING_THREADS = 2
+"""Hours a run cleans at once. Most of an hour's work releases the GIL (Arrow, Polars, the
+Parquet writer), and a run's hours are often small: the demo's are ~37k events, so one hour at a
+time leaves a core idle."""
+
+
+def clean_hours(
+    lake: LakeResource,
+    hours: Iterable[datetime],
+    *,
+    first_instant: datetime,
+    now: datetime,
+    run: CleaningRun,
+    bucket_rows: int = BUCKET_ROWS,
+) -> Iterator[Cleaned]:
+    """`clean_hour` for each of `hours` in one run, yielded in their order. Up to
+    `CLEANING_THREADS` hours are cleaned at once while their bronze rows together fit the memory
+    budget (`bucket_rows`); an hour at least that large is cleaned alone."""
+
+    def rows(hour: datetime) -> int:
+        inputs = run.ledger.inputs(hour, run.recorded)
+        return min(bronze_rows(run.ledger.manifests(inputs).values(), hour), bucket_rows)
+
+    with ThreadPoolExecutor(CLEANING_THREADS, thread_name_prefix="clean-hour") as pool:
+        pending: deque[tuple[int, Future[Cleaned]]] = deque()
+        for hour in hours:
+            size = rows(hour)
+            while pending and (
+                len(pending) == CLEANING_THREADS
+                or size + sum(held for held, _ in pending) > bucket_rows
+            ):
+                yield pending.popleft()[1].result()
+            cleaning = pool.submit(
+                clean_hour,
+                lake,
+                hour,
+                first_instant=first_instant,
+                now=now,
+                run=run,
+                bucket_rows=bucket_rows,
+            )
+            pending.append((size, cleaning))
+        while pending:
+            yield pending.popleft()[1].result()
