@@ -267,6 +267,10 @@ SHARED_ROWS = BUCKET_ROWS // 4
 being cleaned."""
 
 
+RowGroup = tuple[ds.ParquetFileFragment, datetime | None, datetime | None]
+"""A bronze row group and its least and greatest event hour (None when unknown)."""
+
+
 class SharedRowGroups:
     """Bronze as one run reads it, cleaning hours in turn: each file's footer read once, and each
     row group that holds several event hours (the late events of many hours share row groups)
@@ -274,17 +278,13 @@ class SharedRowGroups:
 
     def __init__(self, lake: LakeResource) -> None:
         self.lake = lake
-        self._pieces: dict[
-            str, list[tuple[ds.ParquetFileFragment, datetime | None, datetime | None]]
-        ] = {}
+        self._pieces: dict[str, list[RowGroup]] = {}
         self._kept: dict[tuple[str, int], tuple[datetime, pa.Table]] = {}
         self._lock = threading.Lock()  # hours of a run are cleaned two at a time
 
-    def _row_groups(
-        self, file: str
-    ) -> list[tuple[ds.ParquetFileFragment, datetime | None, datetime | None]]:
-        """The file's row groups, each with its least and greatest event hour (None when
-        unknown); converting a row group's statistics to Python costs more than most hours."""
+    def _row_groups(self, file: str) -> list[RowGroup]:
+        """The file's row groups, each read once a run: converting a row group's statistics to
+        Python costs more than most hours' rows."""
         if file not in self._pieces:
             (whole,) = self.lake.dataset([file], BRONZE_SCHEMA).get_fragments()
             pieces = []

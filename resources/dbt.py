@@ -29,13 +29,6 @@ from core.warehouse import DBT_PROJECT_DIR
 DEFAULT_WAREHOUSE = Path(DEFAULTS["CLICKSTREAM_WAREHOUSE"])
 
 
-def parse_vars(warehouse_path: str | os.PathLike[str] = DEFAULT_WAREHOUSE) -> dict[str, str]:
-    """The vars a parse is given: only the warehouse file's name, which names the catalog in
-    every relation of the manifest. dbt re-parses the whole project (seconds) when a parse's vars
-    differ from the last one's, so the directory is left out: it is rendered when models run."""
-    return {"warehouse_path": Path(warehouse_path).name}
-
-
 class DbtError(RuntimeError):
     """dbt failed; the message holds dbt's errors."""
 
@@ -87,7 +80,10 @@ def parse(
     """Parse the project in-process (partial parsing on) and return dbt's Manifest; also writes
     target/manifest.json, which @dbt_assets reads at import."""
     args = ["parse", *_common_args(project_dir, target, project_dir / "target")]
-    args += ["--vars", json.dumps(parse_vars(warehouse_path))]
+    # The one var a parse is given: the warehouse file's name, which names the catalog in every
+    # relation. dbt re-parses the whole project (seconds) when a parse's vars differ from the
+    # last one's, so the directory is left out: it is rendered when models run.
+    args += ["--vars", json.dumps({"warehouse_path": Path(warehouse_path).name})]
     result, events = _invoke(args)
     if not result.success:
         raise DbtError("dbt parse failed:\n" + "\n".join(_messages(events, errors_only=True)))
