@@ -77,9 +77,11 @@ def parse(
     target: str = "local",
     warehouse_path: str | os.PathLike[str] = DEFAULT_WAREHOUSE,
 ) -> Any:
-    """Parse the project in-process (partial parsing on) and return dbt's Manifest; also writes
-    target/manifest.json, which @dbt_assets reads at import."""
-    args = ["parse", *_common_args(project_dir, target, project_dir / "target")]
+    """Parse the project in-process (partial parsing on) and return dbt's Manifest; a parse for
+    the `local` target also writes target/manifest.json, which @dbt_assets reads at import."""
+    # dbt keeps one saved parse per target directory: another profile target parses beside it.
+    target_path = project_dir / "target" / ("" if target == "local" else target)
+    args = ["parse", *_common_args(project_dir, target, target_path)]
     # The one var a parse is given: the warehouse file's name, which names the catalog in every
     # relation. dbt re-parses the whole project (seconds) when a parse's vars differ from the
     # last one's, so the directory is left out: it is rendered when models run.

@@ -546,6 +546,8 @@ def test_one_parse_serves_every_lake_and_warehouse_directory(tmp_path: Path, mon
 
     manifest_in_a_new_process(tmp_path / "a")
     assert files_parsed() > 0  # the first parse reads every file
+    # A process of the other profile target keeps a parse of its own, beside this one.
+    dbt_module.parse(project, target="s3")
     manifest = manifest_in_a_new_process(tmp_path / "b")
     assert files_parsed() == 0
     assert manifest.nodes["model.clickstream.stg_events"].database == "warehouse"
