@@ -5,7 +5,8 @@ project is parsed once per process (partial parsing keeps even that short) and e
 reuses the parsed manifest, so a day rebuilt costs its SQL, not dbt's start-up and a parse. The
 manifest depends only on the name of the warehouse file (DuckDB names its catalog after it); the
 lake's location and every other var are read when a model runs, so one parse serves every day,
-lake and warehouse directory, and dbt's partial parse (kept in target/) serves every process.
+lake and warehouse directory, and dbt's partial parse (kept in target/, a directory per profile
+target) serves every process.
 
 dbt's own log lines go to the Dagster run log (one message per build, and each error as it
 happens), never to the console of a catch-up or demo.
@@ -27,6 +28,8 @@ from core.settings import DEFAULTS, Settings, load
 from core.warehouse import DBT_PROJECT_DIR
 
 DEFAULT_WAREHOUSE = Path(DEFAULTS["CLICKSTREAM_WAREHOUSE"])
+LOCAL_TARGET = "local"
+"""The profile's target for a lake on a local path; its saved parse is the one in target/."""
 
 
 class DbtError(RuntimeError):
@@ -74,13 +77,13 @@ def _invoke(args: list[str], manifest: Any = None) -> tuple[Any, list[Any]]:
 def parse(
     project_dir: Path,
     *,
-    target: str = "local",
+    target: str = LOCAL_TARGET,
     warehouse_path: str | os.PathLike[str] = DEFAULT_WAREHOUSE,
 ) -> Any:
     """Parse the project in-process (partial parsing on) and return dbt's Manifest; a parse for
     the `local` target also writes target/manifest.json, which @dbt_assets reads at import."""
     # dbt keeps one saved parse per target directory: another profile target parses beside it.
-    target_path = project_dir / "target" / ("" if target == "local" else target)
+    target_path = project_dir / "target" / ("" if target == LOCAL_TARGET else target)
     args = ["parse", *_common_args(project_dir, target, target_path)]
     # The one var a parse is given: the warehouse file's name, which names the catalog in every
     # relation. dbt re-parses the whole project (seconds) when a parse's vars differ from the
@@ -102,7 +105,7 @@ if not dbt_project.manifest_path.exists():
 
 def dbt_target(settings: Settings) -> str:
     """The profile target: `s3` attaches s3fs for an s3:// lake, `local` reads paths directly."""
-    return "s3" if settings.lake_url.startswith("s3://") else "local"
+    return "s3" if settings.lake_url.startswith("s3://") else LOCAL_TARGET
 
 
 def _messages(events: list[Any], *, errors_only: bool = False) -> list[str]:
@@ -121,7 +124,7 @@ class DbtRunnerResource(ConfigurableResource):
     """Runs dbt commands in this process against the project, reusing one parsed manifest."""
 
     project_dir: str = os.fspath(DBT_PROJECT_DIR)
-    target: str = "local"
+    target: str = LOCAL_TARGET
 
     def manifest(self, run_vars: Mapping[str, Any]) -> Any:
         project = Path(self.project_dir)
