@@ -379,14 +379,14 @@ def bench_day(results: Results, bootstrap: str, topic: str, workdir: Path, n: in
     runs it. Returns the stage seconds for the Spark comparison."""
     root = workdir / "day"
     settings = _deployment(root, bootstrap, topic)
-    from dagster import instance_for_test, materialize
+    from dagster import materialize
 
     from clickstream_assets.definitions import all_assets, all_checks, build_resources
     from clickstream_assets.marts import marts
-    from clickstream_tools.catchup import run_catch_up
+    from clickstream_tools.catchup import instance_for, run_catch_up
 
     until = DAY + timedelta(days=1, hours=7)
-    with instance_for_test() as instance, Timer() as total:
+    with instance_for(settings) as instance, Timer() as total:
         report = run_catch_up(settings, until=until, instance=instance, log=lambda _: None)
     stages = report.seconds_by_stage()
     days = [r for r in report.runs if r["stage"] == "marts"]
@@ -399,7 +399,7 @@ def bench_day(results: Results, bootstrap: str, topic: str, workdir: Path, n: in
     )
 
     def build(day: str) -> Timer:
-        with instance_for_test() as instance:
+        with instance_for(settings) as instance:
             with Timer() as timer:
                 result = materialize(
                     [*all_assets, *all_checks],
@@ -499,10 +499,8 @@ def _rollup(
     """One deployment through the hour: caught up at its start, the hour's records produced (in
     `slices` parts, each landed as a slice when it has arrived), then the catch-up at the close,
     timed. Returns that timer, its stages' seconds and the slices' seconds."""
-    from dagster import instance_for_test
-
     from clickstream_assets.landing import land_slice
-    from clickstream_tools.catchup import run_catch_up
+    from clickstream_tools.catchup import instance_for, run_catch_up
     from clickstream_tools.generator.send import produce
     from partitions import first_instant
     from resources.kafka import KafkaResource
@@ -517,7 +515,7 @@ def _rollup(
     close = hour + timedelta(hours=1)
     edges = [hour + (close - hour) * i / max(slices, 1) for i in range(1, max(slices, 1))]
     sliced = 0.0
-    with instance_for_test() as instance:
+    with instance_for(settings) as instance:
         run_catch_up(settings, until=hour, instance=instance, log=lambda _: None)
         previous = hour
         for edge in edges:
@@ -571,12 +569,13 @@ def bench_marts_day(results: Results, workdir: Path, hour_events: int) -> None:
     silver), with every hour re-read from silver (what each build did before the hourly
     rollup), and with nothing changed."""
     import polars as pl
-    from dagster import instance_for_test, materialize
+    from dagster import materialize
 
     from clickstream_assets import marts as marts_module
     from clickstream_assets.cleaning import clean_hour
     from clickstream_assets.definitions import all_assets, all_checks, build_resources
     from clickstream_assets.landing import land_hours
+    from clickstream_tools.catchup import instance_for
     from core.ledger import HOUR, STAMP_KEY, CleanStamp, events_file
 
     settings = _deployment(workdir / "marts-day", "localhost:9", "bench.marts")
@@ -604,7 +603,7 @@ def bench_marts_day(results: Results, workdir: Path, hour_events: int) -> None:
         write_hour(DAY + i * HOUR, "first")
 
     def build() -> Timer:
-        with instance_for_test() as instance, Timer() as timer:
+        with instance_for(settings) as instance, Timer() as timer:
             result = materialize(
                 [*all_assets, *all_checks],
                 selection=list(marts.keys),
