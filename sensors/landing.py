@@ -37,7 +37,13 @@ from resources.clock import ClockResource
 from resources.event_log import EventLog
 from resources.lake import LakeResource
 from sensors.in_flight import in_flight
-from sensors.plan import closed_hours, next_slice
+from sensors.plan import (
+    LANDING_RUN_RECORDS,
+    OWED_HOURS_READ,
+    closed_hours,
+    landing_run_hours,
+    next_slice,
+)
 
 
 def first_ingest_hour(event_log: EventLog, *, not_before: datetime) -> datetime | None:
@@ -58,7 +64,6 @@ def first_ingest_hour(event_log: EventLog, *, not_before: datetime) -> datetime 
 
 
 LAG_WARNING = timedelta(hours=2)
-MAX_HOURS_PER_RUN = 24
 RAW_EVENTS = AssetKey("raw_events")
 KAFKA_TOPIC = AssetKey("kafka_topic")
 
@@ -120,7 +125,8 @@ def landing_sensor(
     # An hour exists as a partition once it has closed by the wall clock too: a clock pinned
     # in the future (catch-up --until) never names an hour Dagster does not know yet.
     closed_by = min(now, datetime.now(UTC))
-    hours = closed_hours(first, closed_by, limit=MAX_HOURS_PER_RUN) if first else []
+    owed = closed_hours(first, closed_by, limit=OWED_HOURS_READ) if first else []
+    hours = owed[: landing_run_hours(len(owed), total, LANDING_RUN_RECORDS)]
     if not hours:
         return SensorResult(
             asset_events=[observation], skip_reason=SkipReason("no closed hour to land")

@@ -33,6 +33,25 @@ def closed_hours(first: datetime, now: datetime, *, limit: int) -> list[datetime
     return hours
 
 
+LANDING_RUN_RECORDS = 50_000_000
+"""About how many records one landing run takes on when landing is behind (after an outage):
+12-19 minutes of landing on this project's 2-core machine (44-67k records/s), so that a crash
+re-does at most that much and each run's hours go on to cleaning as it ends. A backlog within it
+lands in one run, however many hours it spans (each run costs seconds of its own)."""
+OWED_HOURS_READ = 8 * 24
+"""The most closed hours one tick considers: past the log's retention (7 days by default),
+older hours have nothing left to land."""
+
+
+def landing_run_hours(owed: int, lag_records: int, budget: int) -> int:
+    """How many of `owed` closed hours (oldest first) one landing run takes, from the records
+    the log holds beyond the ledger (`lag_records`): all of them while those fit `budget`, else
+    as many as `budget` covers at the backlog's average hour, and at least one."""
+    if lag_records <= budget:
+        return owed
+    return max(1, owed * budget // lag_records)
+
+
 def next_slice(
     head: datetime | None, landed: list[datetime], now: datetime, interval: timedelta
 ) -> tuple[datetime, int] | None:

@@ -24,7 +24,7 @@ from core.ledger import (
     rollup_digests,
 )
 from resources.lake import LakeResource
-from sensors.plan import closed_hours, contiguous_runs, plan_rebuilds
+from sensors.plan import closed_hours, contiguous_runs, landing_run_hours, plan_rebuilds
 from tests.helpers import CountingLake
 
 LATENESS = timedelta(hours=3)
@@ -56,6 +56,22 @@ def utc(day: int, hour: int, minute: int = 0, second: int = 0) -> datetime:
 )
 def test_closed_hours(now, limit, expected):
     assert closed_hours(utc(27, 10), now, limit=limit) == expected
+
+
+@pytest.mark.parametrize(
+    ("owed", "lag", "budget", "expected"),
+    [
+        (28, 1_044_942, 50_000_000, 28),  # the demo's day and its late hours: one run
+        (168, 50_000_000, 50_000_000, 168),  # a backlog of exactly the budget: one run
+        (48, 2_000_000_000, 50_000_000, 1),  # two days of a billion a day: ~1.2 hours a run
+        (48, 200_000_000, 50_000_000, 12),  # a quarter of the backlog: a quarter of its hours
+        (3, 10**12, 50_000_000, 1),  # never none
+        (0, 0, 50_000_000, 0),
+        (5, 0, 50_000_000, 5),  # hours without records cost their run nothing
+    ],
+)
+def test_landing_run_hours(owed, lag, budget, expected):
+    assert landing_run_hours(owed, lag, budget) == expected
 
 
 # --- contiguous_runs ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster_duckdb import DuckDBResource
 
 import clickstream_assets.definitions as definitions
+import sensors.landing as landing_module
 from clickstream_assets.assets import events, raw_events
 from core.ledger import Ledger, MartStamp, inputs_digest, partition_key
 from partitions import AS_OF_TAG, STAGE_TAG, first_instant
@@ -283,3 +284,26 @@ def test_landing_sensor_requests_closed_hours_and_records_lag(tmp_path, log):
 
         closed = tick(landing, instance, None, at(0, 14, 1), **resources)
         assert requested(closed) == [(("raw_events",), "2026-11-27-13:00..2026-11-27-13:00")]
+
+
+def test_a_backlog_over_the_run_budget_lands_in_runs_of_about_the_budget(
+    tmp_path, log, monkeypatch
+):
+    """Hours 10-12 hold 5 records: with a budget of 2 records a run, each run takes the share of
+    the owed hours the budget covers (at least one), oldest first."""
+    monkeypatch.setattr(landing_module, "LANDING_RUN_RECORDS", 2)
+    lake = LakeResource(url=str(tmp_path / "lake"))
+    resources = {"kafka": log, "lake": lake}
+    with instance_for_test() as instance:
+        landed = []
+        for _ in range(3):
+            result = tick(landing_sensor, instance, None, at(0, 13, 5), **resources)
+            (request,) = result.run_requests or []
+            landed += requested(result)
+            run(request, resources, instance)
+        assert landed == [
+            (("raw_events",), "2026-11-27-10:00..2026-11-27-10:00"),  # 5 owed: 3 * 2 // 5
+            (("raw_events",), "2026-11-27-11:00..2026-11-27-11:00"),  # 3 owed: 2 * 2 // 3
+            (("raw_events",), "2026-11-27-12:00..2026-11-27-12:00"),  # 1 owed: within budget
+        ]
+        assert requested(tick(landing_sensor, instance, None, at(0, 13, 5), **resources)) == []
