@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +40,8 @@ def webserver(tmp_path_factory):
         "CLICKSTREAM_WAREHOUSE": str(root / "warehouse.duckdb"),
     }
     (root / "dagster").mkdir()
+    # The repository's instance settings, its SQLite storage included, as `make ui` copies them.
+    shutil.copyfile(ROOT / "dagster.yaml", root / "dagster" / "dagster.yaml")
     log = (root / "webserver.log").open("wb")
     process = subprocess.Popen(
         [
