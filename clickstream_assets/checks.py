@@ -247,8 +247,9 @@ def bronze_rows_match_ranges(context: AssetCheckExecutionContext, lake: LakeReso
 @asset_check(asset=events, partitions_def=event_hours, blocking=True)
 def reconciles_with_bronze(context: AssetCheckExecutionContext, lake: LakeResource):
     """Silver + quarantined + duplicates of the event hour == its bronze rows in the manifests
-    it was built from (its stamp names them: the read is bounded by the hour's own inputs)."""
-    ledger = Ledger(lake)
+    it was built from (its stamp names them: the read is bounded by the hour's own inputs).
+    The hours of a range share most of their inputs (late events): each manifest is read once."""
+    ledger = Ledger(lake, remember=True)
     hours = hours_of(context)
     problems = []
     for hour in hours:
