@@ -75,3 +75,25 @@ def test_generated_traffic_round_trips_per_partition(broker):
     middle = pa.Table.from_batches([batch for batch, _ in read])
     assert middle.column("kafka_offset").to_pylist() == list(range(10, 25))
     assert read[-1][1] == 25  # the next offset to read
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_landing_reads_what_any_producer_codec_wrote(broker, codec):
+    """Client apps and collectors choose their own compression: the landing's reader decodes
+    each codec Kafka producers offer (kafka-python needs a library for all but gzip)."""
+    from kafka import KafkaProducer
+
+    log = KafkaResource(bootstrap_servers=broker.bootstrap, topic=f"it.codec-{codec}")
+    log.create_topic(1)
+    sent = [(f"d-{i % 7}".encode(), f'{{"event_id": "e-{i}"}}'.encode()) for i in range(3_000)]
+    producer = KafkaProducer(
+        bootstrap_servers=[broker.bootstrap], compression_type=codec, linger_ms=50
+    )
+    for key, value in sent:
+        producer.send(log.topic, key=key, value=value, partition=0, timestamp_ms=1_700_000_000_000)
+    producer.flush()
+    producer.close()
+
+    got = pa.Table.from_batches([batch for batch, _ in log.read(0, 0, len(sent))])
+    assert list(zip(got["kafka_key"].to_pylist(), got["value"].to_pylist(), strict=True)) == sent
+    assert got["kafka_offset"].to_pylist() == list(range(len(sent)))
