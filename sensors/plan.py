@@ -39,8 +39,8 @@ LANDING_RUN_RECORDS = 50_000_000
 re-does at most that much and each run's hours go on to cleaning as it ends. A backlog within it
 lands in one run, however many hours it spans (each run costs seconds of its own)."""
 OWED_HOURS_READ = 8 * 24
-"""The most closed hours one tick considers: past the log's retention (7 days by default),
-older hours have nothing left to land."""
+"""The most closed hours, from the oldest owed, that one tick names (8 days: more than the log's
+default 7-day retention); after a longer outage the next tick goes on where this run ends."""
 
 
 def landing_run_hours(owed: int, lag_records: int, budget: int) -> int:
