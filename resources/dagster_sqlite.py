@@ -25,7 +25,6 @@ tests/test_dagster_sqlite.py checks what the UI and the sensors rely on.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -36,7 +35,12 @@ from dagster._core.storage.event_log import SqliteEventLogStorage as DagsterSqli
 from dagster._core.storage.runs import SqliteRunStorage as DagsterSqliteRunStorage
 from dagster._core.storage.schedules import SqliteScheduleStorage
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
-from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
+from dagster._core.storage.sqlite_storage import (
+    DagsterSqliteStorage,
+    _event_logs_directory,
+    _runs_directory,
+    _schedule_directory,
+)
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
@@ -108,19 +112,16 @@ class SqliteEventLogStorage(DagsterSqliteEventLogStorage):
 
 class SqliteStorage(DagsterSqliteStorage):
     """The instance's storage (`storage: custom:` in dagster.yaml, `base_dir` its DAGSTER_HOME):
-    runs and events as above, schedules as Dagster keeps them, each file where Dagster's own
-    SQLite storage keeps it."""
+    runs and events as above, schedules as Dagster keeps them, each in the directory Dagster's
+    own SQLite storage names."""
 
     def __init__(self, base_dir: str, inst_data=None) -> None:
         # Dagster's __init__ builds its own run and event storages: these replace them.
         self.base_dir = base_dir
         self._inst_data = inst_data
-        history = os.path.join(base_dir, "history")
-        self._run_storage = SqliteRunStorage.from_local(history)
-        self._event_log_storage = SqliteEventLogStorage(os.path.join(history, "runs"))
-        self._schedule_storage = SqliteScheduleStorage.from_local(
-            os.path.join(base_dir, "schedules")
-        )
+        self._run_storage = SqliteRunStorage.from_local(_runs_directory(base_dir))
+        self._event_log_storage = SqliteEventLogStorage(_event_logs_directory(base_dir))
+        self._schedule_storage = SqliteScheduleStorage.from_local(_schedule_directory(base_dir))
         DagsterStorage.__init__(self)
 
     @classmethod
