@@ -9,7 +9,6 @@ observation of the topic's source asset and logged as a warning past `LAG_WARNIN
 
 from datetime import UTC, datetime, timedelta
 
-import pyarrow.compute as pc
 from dagster import (
     AssetKey,
     AssetObservation,
@@ -49,15 +48,8 @@ from sensors.plan import (
 def first_ingest_hour(event_log: EventLog, *, not_before: datetime) -> datetime | None:
     """Where the ledger starts when nothing has landed: the hour of the log's oldest record,
     or the first partition when the log holds records from before it (they land there)."""
-    earliest: list[datetime] = []
-    for partition in event_log.partitions():
-        reader = event_log.read(partition, event_log.beginning_offset(partition))
-        try:
-            batch = next((b for b, _ in reader if b.num_rows), None)
-        finally:
-            reader.close()
-        if batch is not None:
-            earliest.append(pc.min(batch.column("kafka_timestamp")).as_py())
+    oldest = (event_log.oldest_timestamp(p) for p in event_log.partitions())
+    earliest = [instant for instant in oldest if instant is not None]
     if not earliest:
         return None
     return max(floor_hour(min(earliest)), floor_hour(not_before))

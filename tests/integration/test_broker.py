@@ -97,3 +97,27 @@ def test_landing_reads_what_any_producer_codec_wrote(broker, codec):
     got = pa.Table.from_batches([batch for batch, _ in log.read(0, 0, len(sent))])
     assert list(zip(got["kafka_key"].to_pylist(), got["value"].to_pylist(), strict=True)) == sent
     assert got["kafka_offset"].to_pylist() == list(range(len(sent)))
+
+
+def test_oldest_timestamp_of_a_partition_and_of_an_empty_one(broker):
+    """Where a fresh deployment's ledger starts: the earliest timestamp among a partition's
+    first records (a client's clock may put one a little before those it follows)."""
+    from kafka import KafkaProducer
+
+    log = KafkaResource(bootstrap_servers=broker.bootstrap, topic="it.oldest")
+    log.create_topic(2)
+    start = datetime(2026, 2, 1, 9, 30, tzinfo=UTC)
+    stamps = [start + timedelta(seconds=i) for i in range(5_000)]
+    stamps[2] = start - timedelta(minutes=40)  # an earlier clock, third in the log
+    producer = KafkaProducer(bootstrap_servers=[broker.bootstrap], compression_type="zstd")
+    for i, stamp in enumerate(stamps):
+        producer.send(
+            log.topic, value=b"{}", partition=0, timestamp_ms=int(stamp.timestamp() * 1000)
+        )
+        if i == 2_500:
+            producer.flush()  # more than one batch
+    producer.flush()
+    producer.close()
+
+    assert log.oldest_timestamp(0) == start - timedelta(minutes=40)
+    assert log.oldest_timestamp(1) is None
