@@ -94,9 +94,10 @@ def test_an_unwritable_lake_fails_before_any_output(tmp_path):
     assert not (tmp_path / "lake" / MANIFESTS).exists()
 
 
-def test_the_instance_settings_load(tmp_path):
+def test_the_instance_settings_load(tmp_path, monkeypatch):
     from dagster import DagsterInstance
 
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))  # as under `dagster dev` and the daemon
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     with DagsterInstance.from_config(str(tmp_path)) as instance:
         limits = instance.get_concurrency_config().run_queue_config
