@@ -389,12 +389,12 @@ def bench_day(results: Results, bootstrap: str, topic: str, workdir: Path, n: in
     with instance_for(settings) as instance, Timer() as total:
         report = run_catch_up(settings, until=until, instance=instance, log=lambda _: None)
     stages = report.seconds_by_stage()
-    days = [r for r in report.runs if r["stage"] == "marts"]
+    mart_runs = [r["partitions"] for r in report.runs if r["stage"] == "marts"]
     results.add(
         f"end to end: catch-up of {n:,} records (a day) from the broker",
         f"{n / total.wall:,.0f} ev/s",
         ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in stages.items())
-        + f"; {len(days)} mart days",
+        + f"; mart runs: {', '.join(mart_runs)}",
         f"{total.wall:.1f} s",
     )
 

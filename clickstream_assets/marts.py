@@ -1,13 +1,15 @@
-"""The gold layer: the dbt marts, built one event day (a daily partition) per run from silver.
+"""The gold layer: the dbt marts, built from silver for one or more event days (daily partitions)
+per run: one dbt build covers the run's days, so a catch-up or a backfill of many days pays dbt's
+and Dagster's fixed cost per run, not per day.
 
 A run rebuilds from silver only the event hours whose silver changed since they were last built
 (the hourly rollup `int_hourly_activity`, whose rows record the digest of the clean stamp they
 were built from), then the day's marts from the day's hourly rows: after an hour closes, its
 rollup reads that hour's silver, not the day's.
 
-Each run passes the day, the clock (`as_of`) and the lateness to dbt, so that finality and
+Each run passes its days, the clock (`as_of`) and the lateness to dbt, so that finality and
 revisions are reproducible: rerunning with the same clock gives the same rows. dbt runs in this
-process (resources/dbt.py): a day costs its SQL, not a dbt start-up and parse.
+process (resources/dbt.py): a run costs its SQL, not a dbt start-up and parse.
 """
 
 import functools
@@ -40,7 +42,7 @@ from core.ledger import (
 )
 from core.settings import Settings, load
 from core.warehouse import MART_PERIODS
-from partitions import AS_OF_TAG, event_days
+from partitions import AS_OF_TAG, MART_RUN_DAYS, event_days
 from resources.clock import parse_instant
 from resources.dbt import DbtRunnerResource, dbt_project
 from resources.lake import LakeResource
@@ -54,9 +56,12 @@ _PERIOD_DAY = {
     "event_date": "event_date",
     "event_hour": "cast(timezone('UTC', event_hour) as date)",
 }
-# How to select one day of each table, to report the rows a run wrote.
-_DAY_FILTERS = {mart: f"{_PERIOD_DAY[period]} = $day" for mart, period in MART_PERIODS.items()} | {
-    "mart_revisions": "event_date = $day and revised_at = cast($as_of as timestamptz)"
+# How to select the run's days of each table, to report the rows a run wrote.
+_DAY_FILTERS = {
+    mart: f"list_contains($days, {_PERIOD_DAY[period]})" for mart, period in MART_PERIODS.items()
+} | {
+    "mart_revisions": "list_contains($days, event_date)"
+    " and revised_at = cast($as_of as timestamptz)"
 }
 
 
@@ -94,25 +99,25 @@ def resolve_as_of(configured: str | None, tags: Mapping[str, str], now: datetime
 
 
 def dbt_vars(
-    event_date: str,
+    event_dates: list[str],
     as_of: str,
     landed_through: str,
     settings: Settings,
     warehouse_path: str,
-    rollup_hours: Mapping[int, str | None],
+    rollup_hours: Mapping[str, Mapping[int, str | None]],
 ) -> dict:
     """The --vars of one mart run; the dbt project's only inputs. A period is final once every
     Kafka partition has landed through its end plus the allowed lateness (`landed_through`);
-    `rollup_hours` are the day's hours whose hourly rollup is rebuilt from silver, each with the
-    digest of what its silver holds (None when it has no clean stamp)."""
+    `rollup_hours` are, per day, the hours whose hourly rollup is rebuilt from silver, each with
+    the digest of what its silver holds (None when it has no clean stamp)."""
     return {
-        "event_date": event_date,
+        "event_dates": list(event_dates),
         "as_of": as_of,
         "landed_through": landed_through,
         "allowed_lateness_minutes": int(settings.allowed_lateness.total_seconds() // 60),
         "lake_url": settings.lake_url,
         "warehouse_path": warehouse_path,
-        "rollup_hours": dict(rollup_hours),
+        "rollup_hours": {day: dict(hours) for day, hours in rollup_hours.items()},
     }
 
 
@@ -133,12 +138,12 @@ def _rollup_version() -> str:
     return rollup_version(json.loads(dbt_project.manifest_path.read_text(encoding="utf-8")))
 
 
-def _rows_written(warehouse: DuckDBResource, event_date: str, as_of: str) -> dict[str, int]:
+def _rows_written(warehouse: DuckDBResource, days: list[date], as_of: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     with warehouse.get_connection() as connection:
         for table, condition in _DAY_FILTERS.items():
             query = f"select count(*) from {table} where {condition}"
-            params = {"day": event_date}
+            params: dict[str, Any] = {"days": days}
             if "$as_of" in condition:
                 params["as_of"] = as_of
             row = connection.execute(query, params).fetchone()
@@ -154,8 +159,8 @@ def _rows_written(warehouse: DuckDBResource, event_date: str, as_of: str) -> dic
     pool="warehouse",  # DuckDB allows one writing process: one mart run at a time
     retry_policy=TRANSIENT_RETRIES,
     op_tags=MARTS_POD,
-    # One day per run: the dbt vars name a single day (dagster-dbt defaults to one run per range).
-    backfill_policy=BackfillPolicy.multi_run(1),
+    # A backfill's days go a week per run (dagster-dbt defaults to one run per range).
+    backfill_policy=BackfillPolicy.multi_run(MART_RUN_DAYS),
 )
 def marts(
     context: AssetExecutionContext,
@@ -169,16 +174,21 @@ def marts(
     settings = load()
     as_of = resolve_as_of(config.as_of, context.run.tags, datetime.now(UTC))
     ledger = Ledger(lake)
-    day = date.fromisoformat(context.partition_key)
+    days = [date.fromisoformat(key) for key in context.partition_keys]
     # Read before dbt reads silver: a cleaning that lands meanwhile leaves the stamp behind the
     # ledger, and the day is owed again.
-    stamps = ledger.day_stamps(day)
-    digest, rollups = inputs_digest(stamps), rollup_digests(stamps, _rollup_version())
+    stamps = {day: ledger.day_stamps(day) for day in days}
+    version = _rollup_version()
     with warehouse.get_connection() as connection:
-        rollup_hours = owed_rollup_hours(day, rollups, read_rollups_built(connection, day))
+        rollup_hours = {
+            day.isoformat(): owed_rollup_hours(
+                day, rollup_digests(stamps[day], version), read_rollups_built(connection, day)
+            )
+            for day in days
+        }
     landed_through = ledger.landed_through() or datetime.min.replace(tzinfo=UTC)
     run_vars = dbt_vars(
-        context.partition_key,
+        [day.isoformat() for day in days],
         as_of,
         landed_through.isoformat(),
         settings,
@@ -187,7 +197,7 @@ def marts(
     )
     context.log.info(f"dbt vars: {run_vars}")
     # Buffer the events: the row counts attached below are read after dbt has written.
-    # Unit tests check the SQL's logic, not the day's data: CI runs them, a day's build does not.
+    # Unit tests check the SQL's logic, not the days' data: CI runs them, a build does not.
     events = list(
         dbt.build(
             context,
@@ -196,13 +206,17 @@ def marts(
             extra_args=("--exclude-resource-type", "unit_test"),
         )
     )
-    counts = _rows_written(warehouse, context.partition_key, as_of)
-    final = landed_through >= day_final_at(day, settings.allowed_lateness)
+    counts = _rows_written(warehouse, days, as_of)
     with warehouse.get_connection() as connection:
-        write_mart_stamp(connection, MartStamp(day, digest, final, landed_through))
+        for day in days:
+            final = landed_through >= day_final_at(day, settings.allowed_lateness)
+            stamp = MartStamp(day, inputs_digest(stamps[day]), final, landed_through)
+            write_mart_stamp(connection, stamp)
     for event in events:
         if isinstance(event, Output):
             table = context.asset_key_for_output(event.output_name).path[-1]
             if table in counts:
-                event = event.with_metadata({**event.metadata, "rows_in_partition": counts[table]})
+                # The run's days together (one materialization per day carries it).
+                rows = {"rows_in_partitions": counts[table]}
+                event = event.with_metadata({**event.metadata, **rows})
         yield event

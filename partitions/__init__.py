@@ -22,6 +22,9 @@ event_days = DailyPartitionsDefinition(
     start_date=_settings.start_date.isoformat(), timezone="UTC", end_offset=1
 )
 """Today is a partition too (end_offset=1): its marts are built, provisional, as hours close."""
+MART_RUN_DAYS = 7
+"""The most event days one mart run builds (one dbt build): a catch-up's or a backfill's days go
+a week per run, each run paying dbt's and Dagster's fixed cost once."""
 
 allowed_lateness = _settings.allowed_lateness
 """An hour or a day is provisional until every partition has landed through its end plus this."""

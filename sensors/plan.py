@@ -9,9 +9,10 @@ first ingest hour not yet proven settled: a cache that bounds the read, never a 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import TypeVar
 
 from core.ledger import (
     HOUR,
@@ -67,14 +68,23 @@ def next_slice(
     return (hour, len(landed)) if now - max(landed, default=hour) >= interval else None
 
 
-def contiguous_runs(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
-    """Sorted hours grouped into (first, last) runs of consecutive hours."""
-    runs: list[tuple[datetime, datetime]] = []
-    for hour in sorted(set(hours)):
-        if runs and hour - runs[-1][1] == HOUR:
-            runs[-1] = (runs[-1][0], hour)
+P = TypeVar("P", date, datetime)
+
+
+def contiguous_runs(
+    periods: Iterable[P], step: timedelta = HOUR, most: int | None = None
+) -> list[tuple[P, P]]:
+    """Sorted periods (hours, or days with `step` one day) grouped into (first, last) runs of
+    consecutive ones, each at most `most` long."""
+    runs: list[tuple[P, P]] = []
+    length = 0
+    for period in sorted(set(periods)):
+        if runs and period - runs[-1][1] == step and (most is None or length < most):
+            runs[-1] = (runs[-1][0], period)
+            length += 1
         else:
-            runs.append((hour, hour))
+            runs.append((period, period))
+            length = 1
     return runs
 
 

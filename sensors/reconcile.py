@@ -7,7 +7,7 @@ small; losing it costs one full read of the ledger, never a missed or repeated p
 """
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from dagster import (
     AssetKey,
@@ -24,6 +24,7 @@ from dagster_duckdb import DuckDBResource
 from core.ledger import Ledger, hour_label, parse_hour_label, partition_key
 from partitions import (
     AS_OF_TAG,
+    MART_RUN_DAYS,
     RANGE_END_TAG,
     RANGE_START_TAG,
     STAGE_TAG,
@@ -82,16 +83,25 @@ def build_reconcile_sensor(mart_keys: list[AssetKey]) -> SensorDefinition:
             )
             for first, last in contiguous_runs(hours)
         ] + [
+            # Consecutive days build in one run (one dbt build), a week at most.
             RunRequest(
                 asset_selection=mart_keys,
-                partition_key=day.isoformat(),
+                partition_key=first.isoformat() if first == last else None,
                 tags={
+                    **(
+                        {}
+                        if first == last
+                        else {RANGE_START_TAG: first.isoformat(), RANGE_END_TAG: last.isoformat()}
+                    ),
                     AS_OF_TAG: now.isoformat(),
                     STAGE_TAG: "marts",
                 },
             )
-            for day in plan.days
-            if day.isoformat() not in busy_days
+            for first, last in contiguous_runs(
+                [day for day in plan.days if day.isoformat() not in busy_days],
+                step=timedelta(days=1),
+                most=MART_RUN_DAYS,
+            )
         ]
         settled_from = plan.settled_from
         cursor = json.dumps({"settled_from": hour_label(settled_from) if settled_from else None})

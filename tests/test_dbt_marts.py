@@ -29,12 +29,12 @@ from clickstream_assets.marts import dbt_vars, marts, resolve_as_of, rollup_vers
 from core.ledger import HOUR, STAMP_KEY, CleanStamp, Ledger, Manifest
 from core.settings import Settings
 from core.warehouse import MARTS as CONTRACT_MARTS
-from partitions import AS_OF_TAG
+from partitions import AS_OF_TAG, RANGE_END_TAG, RANGE_START_TAG
 from resources import dbt as dbt_module
 from resources.clock import parse_instant
 from resources.dbt import DBT_PROJECT_DIR, DbtRunnerResource, dbt_project, dbt_resource
 from resources.lake import LakeResource
-from resources.warehouse import read_table, warehouse_resource
+from resources.warehouse import read_mart_stamps, read_table, warehouse_resource
 
 MARTS = [*CONTRACT_MARTS, "mart_revisions"]
 
@@ -430,6 +430,66 @@ def test_a_day_rebuilt_reads_only_the_hours_whose_silver_changed(
     assert build("2026-03-10 16:00") == ((5, 4, 5, 7), {5: (1, True, 2), 10: (6, True, 1)})
 
 
+def test_days_built_in_one_run_equal_each_day_built_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A catch-up's or backfill's consecutive days go in one run (one dbt build): every mart
+    row, revision and stamp is what a run per day writes, and day 1 holds the hand-counted
+    numbers."""
+    monkeypatch.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+    as_of = "2026-03-12T04:00:00+00:00"
+
+    def built(root: Path, runs: list[tuple[str, str]]) -> tuple[dict, dict]:
+        lake = root / "lake"
+        monkeypatch.setenv("CLICKSTREAM_LAKE_URL", str(lake))
+        monkeypatch.setenv("CLICKSTREAM_WAREHOUSE", str(root / "warehouse.duckdb"))
+        settings = Settings.from_env()
+        warehouse = warehouse_resource(settings)
+        ledger = Ledger(LakeResource(url=str(lake)))
+        for rows_, hour in [
+            (DAY1_HOUR05, "2026-03-10 05:00"),
+            (DAY1_HOUR10, "2026-03-10 10:00"),
+            (DAY2_HOUR01, "2026-03-11 01:00"),
+        ]:
+            write_silver(lake, rows_, stamp=CleanStamp(utc(hour), (utc(hour),), cleaned_at="a"))
+        ledger.record(Manifest(utc(as_of) - HOUR, "t", partitions={}, event_hours={}))
+        resources = {"dbt": dbt_resource(settings), "warehouse": warehouse, "lake": ledger.lake}
+        materialized: dict[str, set[str]] = {}
+        for first, last in runs:
+            bounds = (
+                {"partition_key": first}
+                if first == last
+                else {"tags": {RANGE_START_TAG: first, RANGE_END_TAG: last}}
+            )
+            tags = {**bounds.pop("tags", {}), AS_OF_TAG: as_of}
+            run = materialize([marts], resources=resources, tags=tags, **bounds)
+            assert run.success
+            for event in run.get_asset_materialization_events():
+                materialized.setdefault(event.asset_key.path[-1], set()).add(event.partition)
+        tables = {table: read_table(warehouse, table) for table in MARTS}
+        stamps = {
+            day: (s.inputs_digest, s.is_final)
+            for day, s in read_mart_stamps(str(root / "warehouse.duckdb")).items()
+        }
+        return {t: rows(frame, frame.columns) for t, frame in tables.items()}, {
+            "materialized": materialized,
+            "stamps": stamps,
+        }
+
+    together, together_runs = built(tmp_path / "together", [("2026-03-10", "2026-03-11")])
+    alone, alone_runs = built(
+        tmp_path / "alone", [("2026-03-10", "2026-03-10"), ("2026-03-11", "2026-03-11")]
+    )
+    assert together == alone
+    assert together_runs == alone_runs
+    assert together_runs["materialized"]["fct_daily_active_users"] == {"2026-03-10", "2026-03-11"}
+    # By hand: day 1 has actors u1, device:d3, u2, device:d5, u3; users u1-u3; devices d1-d5;
+    # 10 events. Day 2: u1 and device:d6; one user; devices d1, d6; 2 events. Both are final
+    # (landed through 03:00 after each day's end).
+    dau = {row[0].isoformat(): row[1:5] for row in together["fct_daily_active_users"]}
+    assert dau == {"2026-03-10": (5, 3, 5, 10), "2026-03-11": (2, 1, 2, 2)}
+
+
 # -- the asset and the dbt project ------------------------------------------------------------
 
 
@@ -439,12 +499,12 @@ def test_dbt_tests_pass_and_rows_are_reported(scenario: Scenario):
     assert list(scenario.failures) == ["bad day"]
     assert "not_null_columns_stg_events_event_id__actor_id" in scenario.failures["bad day"]
 
-    def rows_in_partition(step: str, table: str) -> int:
-        return scenario.metadata[step][table]["rows_in_partition"].value
+    def rows_in_partitions(step: str, table: str) -> int:
+        return scenario.metadata[step][table]["rows_in_partitions"].value
 
-    assert rows_in_partition("provisional", "fct_daily_active_users") == 1
-    assert rows_in_partition("restated", "mart_revisions") == 4
-    assert rows_in_partition("unchanged", "mart_revisions") == 0
+    assert rows_in_partitions("provisional", "fct_daily_active_users") == 1
+    assert rows_in_partitions("restated", "mart_revisions") == 4
+    assert rows_in_partitions("unchanged", "mart_revisions") == 0
 
 
 @pytest.mark.parametrize(
@@ -469,20 +529,20 @@ def test_dbt_vars_carry_the_settings():
         {"CLICKSTREAM_LAKE_URL": "s3://bucket/lake", "CLICKSTREAM_ALLOWED_LATENESS": "90m"}
     )
     assert dbt_vars(
-        "2026-03-10",
+        ["2026-03-10", "2026-03-11"],
         "2026-03-11T00:00:00+00:00",
         "2026-03-10T22:00:00+00:00",
         settings,
         "/w.duckdb",
-        {5: "ab12", 7: None},
+        {"2026-03-10": {5: "ab12", 7: None}, "2026-03-11": {}},
     ) == {
-        "event_date": "2026-03-10",
+        "event_dates": ["2026-03-10", "2026-03-11"],
         "as_of": "2026-03-11T00:00:00+00:00",
         "landed_through": "2026-03-10T22:00:00+00:00",
         "allowed_lateness_minutes": 90,
         "lake_url": "s3://bucket/lake",
         "warehouse_path": "/w.duckdb",
-        "rollup_hours": {5: "ab12", 7: None},
+        "rollup_hours": {"2026-03-10": {5: "ab12", 7: None}, "2026-03-11": {}},
     }
 
 

@@ -98,6 +98,16 @@ def test_contiguous_runs(hours, expected):
     assert contiguous_runs(hours) == expected
 
 
+def test_contiguous_days_run_a_week_at_most():
+    day = date(2026, 3, 1)
+    days = [day + timedelta(days=n) for n in [*range(10), 12, 13]]
+    assert contiguous_runs(days, step=timedelta(days=1), most=7) == [
+        (date(2026, 3, 1), date(2026, 3, 7)),
+        (date(2026, 3, 8), date(2026, 3, 10)),
+        (date(2026, 3, 13), date(2026, 3, 14)),
+    ]
+
+
 # --- day_final_at -------------------------------------------------------------------------------
 
 

@@ -3,7 +3,7 @@ day's revision and are recorded in mart_revisions; an untouched day is not rebui
 with nothing new does nothing."""
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import duckdb
 import pyarrow as pa
@@ -65,7 +65,16 @@ def revision(warehouse: str, day: datetime) -> tuple:
 
 
 def mart_runs(report) -> list[str]:
-    return sorted(run["partitions"] for run in report.runs if run["stage"] == "marts")
+    """The days the report's mart runs built (a run of consecutive days builds them all)."""
+    days = []
+    for run in report.runs:
+        if run["stage"] == "marts":
+            first, _, last = run["partitions"].partition("..")
+            day, end = date.fromisoformat(first), date.fromisoformat(last or first)
+            while day <= end:
+                days.append(day.isoformat())
+                day += timedelta(days=1)
+    return sorted(days)
 
 
 @pytest.fixture

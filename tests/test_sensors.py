@@ -30,6 +30,7 @@ from resources.clock import ClockResource
 from resources.event_log import InMemoryKafka
 from resources.lake import LakeResource
 from resources.warehouse import write_mart_stamp
+from sensors.in_flight import in_flight
 from sensors.landing import landing_sensor
 from tests.helpers import land_range
 
@@ -154,7 +155,8 @@ def test_reconcile_requests_what_the_ledger_owes_level_triggered(setup, log):
     for request in first.run_requests or []:
         run(request, resources, instance)
     second = tick(reconcile, instance, first.cursor, now, **resources)
-    assert requested(second) == [(marts, "2026-11-26"), (marts, "2026-11-27")]
+    # Consecutive days build in one run.
+    assert requested(second) == [(marts, "2026-11-26..2026-11-27")]
     stamp_day(warehouse, "2026-11-26", lake, final=True)
     stamp_day(warehouse, "2026-11-27", lake, final=False)
     third = tick(reconcile, instance, second.cursor, now, **resources)
@@ -233,6 +235,18 @@ def test_no_second_writer_while_a_run_is_in_flight(setup, log):
         (("events",), "2026-11-26-23:00..2026-11-26-23:00"),
         (("events",), "2026-11-27-11:00..2026-11-27-11:00"),
     ]
+
+
+def test_a_mart_run_of_days_in_flight_holds_each_of_its_days():
+    with instance_for_test() as instance:
+        instance.add_run(
+            DagsterRun(
+                job_name="__ASSET_JOB",
+                status=DagsterRunStatus.STARTED,
+                tags={RANGE_START: "2026-11-26", RANGE_END: "2026-11-28", STAGE_TAG: "marts"},
+            )
+        )
+        assert in_flight(instance, "marts") == ["2026-11-26", "2026-11-27", "2026-11-28"]
 
 
 def test_records_received_before_the_start_date_land_in_the_first_hour(tmp_path):

@@ -1,6 +1,6 @@
-{#- A data test of a day's build checks that day: on a model that names its day column
+{#- A data test of a build checks the run's days: on a model that names its day column
     (meta.partition_column of a mart, meta.day_column of a staging view) a test reads only the
-    run's day, so a build costs its day, not the whole lake. dbt renders a test's `where` config
+    run's days, so a build costs its days, not the whole lake. dbt renders a test's `where` config
     once, at parse time; this macro (dbt's own hook for it) runs when the test does. -#}
 {% macro get_where_subquery(relation) -%}
     {%- set where = config.get('where') -%}

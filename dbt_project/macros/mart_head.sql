@@ -1,6 +1,6 @@
-{#- The head every mart shares: its period column (replace_partition deletes the rows of the day
+{#- The head every mart shares: its period column (replace_partition deletes the rows of the days
     being built by it; the var `marts` is the one list of marts and their periods) and the CTE
-    `day_events`: the hourly rollup's rows of that day (int_hourly_activity, each with its
+    `day_events`: the hourly rollup's rows of those days (int_hourly_activity, each with its
     `events`), optionally of one event type. Call it first, in place of `with`. -#}
 {% macro mart_head(event_type=none) -%}
     {#- A unit test renders the model as itself: the model it tests is the one to look up. -#}
@@ -16,7 +16,7 @@
 with day_events as (
     select * from {{ ref('int_hourly_activity') }}
     where
-        event_date = {{ event_date_literal() }}
+        {{ event_date_filter() }}
         {%- if event_type %}
             and event_type = '{{ event_type }}'
         {%- endif %}

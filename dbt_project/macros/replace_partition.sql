@@ -1,5 +1,5 @@
-{#- Incremental strategy `replace_partition`: delete the rows of the day being built (var
-    event_date), or only of the hours it rebuilds when meta.partition_hours is set
+{#- Incremental strategy `replace_partition`: delete the rows of the days being built (var
+    event_dates), or only of the hours it rebuilds when meta.partition_hours is set
     (rebuilt_hours_filter; meta.finalizes adds the provisional hours), then insert the new rows.
     Unlike dbt's delete+insert it also clears rows whose key vanished from the rebuild. A model names the column that holds its period in
     meta.partition_column (event_date, or event_hour for an hourly mart). The day is rendered
@@ -25,11 +25,15 @@
 {%- endmacro %}
 
 {% macro day_partition_filter(column) -%}
-    {#- The rows of the run's day: a date column equals it, a timestamp column falls in it. -#}
+    {#- The rows of the run's days: a date column is one of them, a timestamp column falls in
+        one (a range per day, which DuckDB prunes by). -#}
     {%- if column.endswith('_date') -%}
-        {{ column }} = {{ event_date_literal() }}
+        {{ column }} in {{ event_dates_list() }}
     {%- else -%}
-        {{ column }} >= {{ day_start_literal() }}
-        and {{ column }} < {{ day_start_literal() }} + interval 1 day
+        ({%- for day in event_dates() -%}
+            {%- set start = "timestamptz '" ~ day ~ " 00:00:00+00'" -%}
+            ({{ column }} >= {{ start }} and {{ column }} < {{ start }} + interval 1 day)
+            {{- ' or ' if not loop.last }}
+        {%- endfor -%})
     {%- endif -%}
 {%- endmacro %}

@@ -1,21 +1,31 @@
 {#- The run's inputs (dbt vars set by the Dagster asset), validated and rendered as SQL literals
     so that a malformed value fails the run instead of reaching the SQL. -#}
 
-{% macro event_date_literal() -%}
-    {%- set value = var('event_date') | string -%}
-    {%- if not modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2}', value) -%}
-        {{ exceptions.raise_compiler_error("var event_date must be YYYY-MM-DD, got " ~ value) }}
+{% macro event_dates() -%}
+    {#- The days this run builds (var event_dates: a list of YYYY-MM-DD), validated. -#}
+    {%- set days = var('event_dates') -%}
+    {%- if days is string or days is mapping or days is not iterable or days | length == 0 -%}
+        {{ exceptions.raise_compiler_error(
+            "var event_dates must be a non-empty list of YYYY-MM-DD days, got " ~ days) }}
     {%- endif -%}
-    date '{{ value }}'
+    {%- for day in days -%}
+        {%- if not modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2}', day | string) -%}
+            {{ exceptions.raise_compiler_error(
+                "var event_dates must be a list of YYYY-MM-DD days, got " ~ day) }}
+        {%- endif -%}
+    {%- endfor -%}
+    {{ return(days | map('string') | list) }}
+{%- endmacro %}
+
+{% macro event_dates_list() -%}
+    ({%- for day in event_dates() -%}
+        date '{{ day }}'{{ ', ' if not loop.last }}
+    {%- endfor -%})
 {%- endmacro %}
 
 {% macro event_date_filter() -%}
-    {#- The rows of the day being built, in a daily mart: its incremental predicate. -#}
-    event_date = {{ event_date_literal() }}
-{%- endmacro %}
-
-{% macro day_start_literal() -%}
-    cast({{ event_date_literal() }} as timestamp) at time zone 'UTC'
+    {#- The rows of the days being built, in a daily mart: its incremental predicate. -#}
+    event_date in {{ event_dates_list() }}
 {%- endmacro %}
 
 {% macro as_of_literal() -%}
@@ -70,33 +80,48 @@
 {%- endmacro %}
 
 {% macro rollup_hours() -%}
-    {#- The hours of the day whose hourly rollup this run rebuilds (var rollup_hours: hour 0-23 ->
-        the digest of what its silver holds, or none when unknown), validated. -#}
-    {%- set hours = var('rollup_hours') -%}
-    {%- if hours is not mapping -%}
+    {#- The hours whose hourly rollup this run rebuilds (var rollup_hours: day YYYY-MM-DD -> hour
+        0-23 -> the digest of what its silver holds, or none when unknown), validated. -#}
+    {%- set days = var('rollup_hours') -%}
+    {%- if days is not mapping -%}
         {{ exceptions.raise_compiler_error(
-            "var rollup_hours must map hours to digests, got " ~ hours) }}
+            "var rollup_hours must map days to hours, got " ~ days) }}
     {%- endif -%}
-    {%- for hour, digest in hours.items() -%}
-        {%- if not modules.re.fullmatch('[0-9]|1[0-9]|2[0-3]', hour | string) -%}
+    {%- for day, hours in days.items() -%}
+        {%- if not modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2}', day | string) -%}
             {{ exceptions.raise_compiler_error(
-                "var rollup_hours must map hours from 0 to 23, got " ~ hour) }}
+                "var rollup_hours must map YYYY-MM-DD days to hours, got " ~ day) }}
         {%- endif -%}
-        {%- if digest is not none and not modules.re.fullmatch('[0-9a-f]+', digest | string) -%}
+        {%- if hours is not mapping -%}
             {{ exceptions.raise_compiler_error(
-                "var rollup_hours must map hours to hex digests, got " ~ digest) }}
+                "var rollup_hours must map each day's hours to digests, got " ~ hours) }}
         {%- endif -%}
+        {%- for hour, digest in hours.items() -%}
+            {%- if not modules.re.fullmatch('[0-9]|1[0-9]|2[0-3]', hour | string) -%}
+                {{ exceptions.raise_compiler_error(
+                    "var rollup_hours must map hours from 0 to 23, got " ~ hour) }}
+            {%- endif -%}
+            {%- if digest is not none and not modules.re.fullmatch('[0-9a-f]+', digest | string) -%}
+                {{ exceptions.raise_compiler_error(
+                    "var rollup_hours must map hours to hex digests, got " ~ digest) }}
+            {%- endif -%}
+        {%- endfor -%}
     {%- endfor -%}
-    {{ return(hours) }}
+    {{ return(days) }}
 {%- endmacro %}
 
-{% macro rollup_hours_filter(hour_column) -%}
-    {#- The rows of the hours this run rebuilds. -#}
-    {%- set hours = rollup_hours() -%}
-    {%- if hours | length == 0 -%}
+{% macro rollup_hours_filter(date_column, hour_column) -%}
+    {#- The rows of the hours this run rebuilds (a UTC date and hour of day). -#}
+    {%- set days = rollup_hours() -%}
+    {%- set wanted = [] -%}
+    {%- for day, hours in days.items() if hours | length > 0 -%}
+        {%- do wanted.append("(" ~ date_column ~ " = date '" ~ day ~ "' and " ~ hour_column
+            ~ " in (" ~ (hours.keys() | join(', ')) ~ "))") -%}
+    {%- endfor -%}
+    {%- if wanted | length == 0 -%}
         false
     {%- else -%}
-        {{ hour_column }} in ({{ hours.keys() | join(', ') }})
+        ({{ wanted | join(' or ') }})
     {%- endif -%}
 {%- endmacro %}
 
@@ -108,7 +133,8 @@
     {%- if not is_incremental() -%}
         true
     {%- else -%}
-    ({{ rollup_hours_filter("hour(timezone('UTC', " ~ column ~ "))") }}
+    ({{ rollup_hours_filter("cast(timezone('UTC', " ~ column ~ ") as date)",
+                            "hour(timezone('UTC', " ~ column ~ "))") }}
     {%- if finalizes %}
         or {{ column }} in (
             select provisional.{{ column }} from {{ this }} as provisional
@@ -120,16 +146,23 @@
     {%- endif -%}
 {%- endmacro %}
 
-{% macro rollup_built_from(hour_column) -%}
+{% macro rollup_built_from(date_column, hour_column) -%}
     {#- The digest of what each rebuilt hour's silver holds: stored with the hour's rows, so that
         the next run knows what they were built from (an hour not listed reads null). -#}
-    {%- set hours = rollup_hours() -%}
-    {%- if hours | length == 0 -%}
+    {%- set days = rollup_hours() -%}
+    {%- set whens = [] -%}
+    {%- for day, hours in days.items() -%}
+        {%- for hour, digest in hours.items() -%}
+            {%- do whens.append("when " ~ date_column ~ " = date '" ~ day ~ "' and " ~ hour_column
+                ~ " = " ~ hour ~ " then " ~ ("'" ~ digest ~ "'" if digest is not none else 'null')) -%}
+        {%- endfor -%}
+    {%- endfor -%}
+    {%- if whens | length == 0 -%}
         cast(null as varchar)
     {%- else -%}
-        cast(case {{ hour_column }}
-        {%- for hour, digest in hours.items() %}
-            when {{ hour }} then {{ "'" ~ digest ~ "'" if digest is not none else 'null' }}
+        cast(case
+        {%- for when in whens %}
+            {{ when }}
         {%- endfor %}
         end as varchar)
     {%- endif -%}

@@ -4,8 +4,8 @@
     new_rows: a CTE with one row per period and key and the measures, rebuilt from silver.
     period: the column that is finalized and revised as a whole (event_date or event_hour).
     period_end: SQL over new_rows' columns for the end of the period, as a timestamptz.
-    partition_filter: SQL that selects the stored rows of the day being rebuilt.
-    The defaults are a daily mart's: the period is event_date, the partition its day.
+    partition_filter: SQL that selects the stored rows of the days being rebuilt.
+    The defaults are a daily mart's: the period is event_date, the partition a day.
 
     A period is final when every Kafka partition has landed through its end + allowed lateness
     (var landed_through, the landed watermark; never the wall clock). Compared with the stored rows of

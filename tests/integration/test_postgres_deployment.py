@@ -3,7 +3,7 @@ Postgres (dagster.yaml + deploy/dagster-postgres.yaml), traffic in the embedded 
 sensors doing the work on the wall clock, no catch-up.
 
 - The sensors land, clean and build the marts, and the marts equal the generator's expectation.
-- While a backfill of a past week runs (`dagster/backfill`), a freshly closed hour still lands
+- While a backfill of past weeks runs (`dagster/backfill`), a freshly closed hour still lands
   first and the run queue's limits hold: asserted on the run records, never on durations.
 """
 
@@ -30,6 +30,7 @@ from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from clickstream_assets.definitions import defs
 from clickstream_tools.generator import produce
 from core.ledger import Ledger, floor_hour
+from partitions import MART_RUN_DAYS, RANGE_END_TAG, RANGE_START_TAG
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from sensors.landing import landing_sensor
@@ -278,7 +279,7 @@ def test_the_daemon_and_sensors_build_the_expected_marts(broker, pg_database, tm
     assert_marts_match(str(tmp_path / "warehouse.duckdb"), traffic.truth)
 
 
-def test_a_fresh_hour_lands_first_while_a_week_is_backfilled(broker, pg_database, tmp_path):
+def test_a_fresh_hour_lands_first_while_weeks_are_backfilled(broker, pg_database, tmp_path):
     top = floor_hour(datetime.now(UTC))
     topic = f"pg.{uuid.uuid4().hex[:8]}"
     kafka = _kafka(broker, topic)
@@ -298,19 +299,20 @@ def test_a_fresh_hour_lands_first_while_a_week_is_backfilled(broker, pg_database
             running.cli("sensor", "stop", name)
         from clickstream_assets.marts import marts
 
-        week = [(top.date() - timedelta(days=d)).isoformat() for d in range(8, 1, -1)]
+        # Four weeks: a week per run (the marts' backfill policy), so the queue holds runs.
+        days = [(top.date() - timedelta(days=d)).isoformat() for d in range(29, 1, -1)]
         backfill_id = f"week{uuid.uuid4().hex[:6]}"
         running.instance.add_backfill(
             PartitionBackfill.from_asset_partitions(
                 backfill_id=backfill_id,
                 asset_graph=defs.resolve_asset_graph(),
-                partition_names=week,
+                partition_names=days,
                 asset_selection=list(marts.keys),
                 backfill_timestamp=time.time(),
                 tags={},
                 dynamic_partitions_store=running.instance,
                 all_partitions=False,
-                title="reprocess a past week",
+                title="reprocess past weeks",
                 description=None,
                 run_config=None,
             )
@@ -338,10 +340,10 @@ def test_a_fresh_hour_lands_first_while_a_week_is_backfilled(broker, pg_database
 
     backfill = [r for r in runs if r.dagster_run.tags.get("dagster/backfill") == backfill_id]
     landing = sorted((r for r in runs if _stage(r) == "landing"), key=lambda r: r.create_timestamp)
-    # One run per day (the marts' backfill policy), each under the backfill's tag.
-    assert (
-        sorted(r.dagster_run.tags["dagster/asset_partition_range_start"] for r in backfill) == week
-    )
+    # A week per run (the marts' backfill policy), each under the backfill's tag.
+    assert sorted(
+        (r.dagster_run.tags[RANGE_START_TAG], r.dagster_run.tags[RANGE_END_TAG]) for r in backfill
+    ) == [(days[k], days[k + 6]) for k in range(0, len(days), MART_RUN_DAYS)]
     assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in runs)
     # The hour closed when the sensor started; one more if the wall clock crossed an hour since.
     assert 1 <= len(landing) <= 2

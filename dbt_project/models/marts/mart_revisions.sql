@@ -57,7 +57,7 @@ day_events as (
         ingest_hour,
         events
     from {{ ref('int_hourly_activity') }}
-    where event_date = {{ event_date_literal() }}
+    where {{ event_date_filter() }}
 ),
 
 already_listed as (
@@ -68,7 +68,7 @@ already_listed as (
             event_hour,
             unnest(late_ingest_hours) as ingest_hour
         from {{ this }}
-        where event_date = {{ event_date_literal() }}
+        where {{ event_date_filter() }}
     {% else %}
         {{ empty_relation({
             'model': 'varchar', 'event_date': 'date', 'event_hour': 'timestamptz',

@@ -1,7 +1,7 @@
 {#- The hourly rollup every mart reads: one row per event hour, ingest hour, event type, platform,
     actor and device (and the title of a play, the campaign of an ad impression), with its
-    events. A day's run rebuilds only the hours whose silver changed since it last built them
-    (var rollup_hours, decided by the mart asset from the silver stamps), and each row records
+    events. A run rebuilds only the hours of its days whose silver changed since it last built
+    them (var rollup_hours, decided by the mart asset from the silver stamps), and each row records
     in built_from the digest of what its hour's silver held. The daily marts then merge these
     per-hour sets, which keeps their distinct counts exact without re-reading the day's silver.
     The first build of the table reads every hour of the day. -#}
@@ -10,8 +10,8 @@
 with hour_events as (
     select * from {{ ref('stg_events') }}
     where
-        lake_date = {{ event_date_literal() }}
-        and {{ rollup_hours_filter('lake_hour') if is_incremental() else 'true' }}
+        lake_date in {{ event_dates_list() }}
+        and {{ rollup_hours_filter('lake_date', 'lake_hour') if is_incremental() else 'true' }}
 ),
 
 final as (
@@ -27,7 +27,7 @@ final as (
         case when event_type = 'play' then title_id end as title_id,
         case when event_type = 'ad_impression' then campaign_id end as campaign_id,
         count(event_id) as events,
-        {{ rollup_built_from('lake_hour') }} as built_from
+        {{ rollup_built_from('lake_date', 'lake_hour') }} as built_from
     from hour_events
     group by all
 )
