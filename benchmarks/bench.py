@@ -1,7 +1,7 @@
 """`make bench`: each stage of the pipeline beside its peer, measured in one run on this machine.
 
     .venv/bin/python benchmarks/bench.py [--events 200000] [--hour-sizes 1000000,2000000]
-                                         [--no-spark] [--only producer,landing,...,marts-day]
+                                         [--no-spark] [--only producer,landing,...,marts-week]
 
 Sections (each prints as it finishes; a Markdown table of everything comes last):
 - producer: KafkaResource.produce vs a bare kafka-python producer (default settings), same
@@ -22,6 +22,8 @@ Sections (each prints as it finishes; a Markdown table of everything comes last)
   close of the peak hour to its rows in the warehouse, beside the README's model.
 - marts-day: a day of 24 silver hours of --marts-hour-events each: the day's marts after one
   hour is cleaned again (only its hourly rollup reads silver) beside every hour re-read.
+- marts-week: a week of such days (--marts-week-hour-events an hour): its marts in one run, as
+  a backfill or a catch-up builds them, beside a run per day.
 
 Wall-clock figures on a shared machine move with its load; CPU seconds are printed beside them.
 """
@@ -556,34 +558,24 @@ def bench_spark(results: Results, day: dict, workdir: Path) -> None:
     )
 
 
-# -- main ----------------------------------------------------------------------------------------
+# -- the marts at a larger scale: a day after an hour changes, a week in one run -------------------
 
 
-# -- the day's marts after an hour changes, at a larger scale ------------------------------------
-
-
-def bench_marts_day(results: Results, workdir: Path, hour_events: int) -> None:
-    """A day of 24 silver hours of `hour_events` events each (one hour generated, landed and
-    cleaned, then copied to every hour of the day under its own clean stamp). The day's marts
-    are built three ways: after one hour is cleaned again (its rollup alone is read from
-    silver), with every hour re-read from silver (what each build did before the hourly
-    rollup), and with nothing changed."""
+def _silver_hours(root: Path, hour_events: int):
+    """A deployment under `root` and how to write an hour of silver there: one hour of
+    `hour_events` events generated, landed and cleaned, then copied to any hour under its own
+    clean stamp (`write_hour(hour, cleaned_at)`)."""
     import polars as pl
-    from dagster import materialize
 
-    from clickstream_assets import marts as marts_module
     from clickstream_assets.cleaning import clean_hour
-    from clickstream_assets.definitions import all_assets, all_checks, build_resources
     from clickstream_assets.landing import land_hours
-    from clickstream_tools.catchup import instance_for
     from core.ledger import HOUR, STAMP_KEY, CleanStamp, events_file
-
-    settings = _deployment(workdir / "marts-day", "localhost:9", "bench.marts")
     from resources.lake import LakeResource
 
+    settings = _deployment(root, "localhost:9", f"bench.{root.name}")
     lake = LakeResource(url=settings.lake_url)
     generated = DAY + timedelta(hours=20)
-    records = str(workdir / "marts-hour.parquet")
+    records = str(root.parent / f"{root.name}-hour.parquet")
     write_hour_records(records, hour_events, generated)
     land_hours(_parquet_log(records), lake, [generated], now=generated + HOUR, first_instant=DAY)
     clean_hour(lake, generated, first_instant=DAY, now=generated + HOUR)
@@ -599,23 +591,51 @@ def bench_marts_day(results: Results, workdir: Path, hour_events: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table.replace_schema_metadata({STAMP_KEY: stamp.to_bytes()}), path)
 
+    return settings, write_hour, silver.height
+
+
+def _build_marts(settings, as_of: datetime, first: str, last: str | None = None) -> Timer:
+    """One Dagster run of the marts for day `first`, or for the days `first`..`last`."""
+    from dagster import materialize
+
+    from clickstream_assets.definitions import all_assets, all_checks, build_resources
+    from clickstream_assets.marts import marts
+    from clickstream_tools.catchup import instance_for
+    from partitions import RANGE_END_TAG, RANGE_START_TAG
+
+    days = (
+        {"partition_key": first}
+        if last is None
+        else {"tags": {RANGE_START_TAG: first, RANGE_END_TAG: last}}
+    )
+    with instance_for(settings) as instance, Timer() as timer:
+        result = materialize(
+            [*all_assets, *all_checks],
+            selection=list(marts.keys),
+            resources=build_resources(settings, as_of=as_of),
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            **days,
+        )
+    assert result.success
+    return timer
+
+
+def bench_marts_day(results: Results, workdir: Path, hour_events: int) -> None:
+    """A day of 24 silver hours of `hour_events` events each (`_silver_hours`). The day's marts
+    are built three ways: after one hour is cleaned again (its rollup alone is read from
+    silver), with every hour re-read from silver (what each build did before the hourly
+    rollup), and with nothing changed."""
+    from clickstream_assets import marts as marts_module
+    from core.ledger import HOUR
+
+    settings, write_hour, hour_rows = _silver_hours(workdir / "marts-day", hour_events)
     for i in range(24):
         write_hour(DAY + i * HOUR, "first")
 
     def build() -> Timer:
-        with instance_for(settings) as instance, Timer() as timer:
-            result = materialize(
-                [*all_assets, *all_checks],
-                selection=list(marts.keys),
-                partition_key=DAY.date().isoformat(),
-                resources=build_resources(settings, as_of=DAY + timedelta(days=1)),
-                instance=instance,
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            )
-        assert result.success
-        return timer
+        return _build_marts(settings, DAY + timedelta(days=1), DAY.date().isoformat())
 
-    marts = marts_module.marts
     build()  # the first build: the rollup table is created from every hour
     write_hour(DAY + 23 * HOUR, "again")  # the day's last hour, cleaned again
     one_hour = build()
@@ -626,7 +646,7 @@ def bench_marts_day(results: Results, workdir: Path, hour_events: int) -> None:
         whole_day = build()
     finally:
         marts_module._rollup_version = version
-    rows = 24 * silver.height
+    rows = 24 * hour_rows
     results.add(
         f"the day's marts after one of its hours is cleaned again ({rows:,} silver rows in the"
         " day)",
@@ -636,6 +656,42 @@ def bench_marts_day(results: Results, workdir: Path, hour_events: int) -> None:
         f"{whole_day.wall:.1f} s (CPU {whole_day.cpu:.1f} s)",
         f"{whole_day.wall / one_hour.wall:.1f}x wall, {whole_day.cpu / one_hour.cpu:.1f}x CPU",
     )
+
+
+def bench_marts_week(results: Results, workdir: Path, hour_events: int) -> None:
+    """A week of days of 24 silver hours of `hour_events` events each (`_silver_hours`), its
+    marts built as a backfill or a catch-up after an outage builds them: one run for the week
+    (`MART_RUN_DAYS`), beside a run per day; each into an empty warehouse, after a build that
+    has dbt parsed in this process."""
+    from core.ledger import HOUR
+    from partitions import MART_RUN_DAYS
+
+    settings, write_hour, hour_rows = _silver_hours(workdir / "marts-week", hour_events)
+    days = [DAY + timedelta(days=d) for d in range(MART_RUN_DAYS)]
+    for day in days:
+        for i in range(24):
+            write_hour(day + i * HOUR, "first")
+    as_of, keys = days[-1] + timedelta(days=2), [day.date().isoformat() for day in days]
+
+    def empty_warehouse() -> None:
+        for path in (Path(settings.warehouse), Path(f"{settings.warehouse}.wal")):
+            path.unlink(missing_ok=True)
+
+    _build_marts(settings, as_of, keys[0])
+    empty_warehouse()
+    per_day = [_build_marts(settings, as_of, key) for key in keys]
+    empty_warehouse()
+    together = _build_marts(settings, as_of, keys[0], keys[-1])
+    wall, cpu = sum(t.wall for t in per_day), sum(t.cpu for t in per_day)
+    results.add(
+        f"a week of marts built ({len(days)} days, {len(days) * 24 * hour_rows:,} silver rows)",
+        f"one run: {together.wall:.1f} s (CPU {together.cpu:.1f} s)",
+        f"a run per day: {wall:.1f} s (CPU {cpu:.1f} s)",
+        f"{wall / together.wall:.1f}x wall, {cpu / together.cpu:.1f}x CPU",
+    )
+
+
+# -- main ----------------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -659,8 +715,16 @@ def main() -> None:
         default=1_000_000,
         help="silver events in each of the 24 hours of the marts-day stage",
     )
+    parser.add_argument(
+        "--marts-week-hour-events",
+        type=int,
+        default=5_000,
+        help="silver events in each hour of the marts-week stage's 7 days",
+    )
     parser.add_argument("--no-spark", action="store_true")
-    parser.add_argument("--only", default="producer,landing,hour,day,spark,rollup,marts-day")
+    parser.add_argument(
+        "--only", default="producer,landing,hour,day,spark,rollup,marts-day,marts-week"
+    )
     parser.add_argument("--hour-stage", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hour_stage:
@@ -697,6 +761,8 @@ def main() -> None:
             bench_rollup(results, broker.bootstrap, workdir, args.rollup_events)
     if "marts-day" in only:
         bench_marts_day(results, workdir, args.marts_hour_events)
+    if "marts-week" in only:
+        bench_marts_week(results, workdir, args.marts_week_hour_events)
     print()
     print(f"`{' '.join([Path(sys.executable).name, 'benchmarks/bench.py', *sys.argv[1:]])}`")
     print(f"on {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
