@@ -7,7 +7,7 @@ small; losing it costs one full read of the ledger, never a missed or repeated p
 """
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from dagster import (
     AssetKey,
@@ -84,19 +84,7 @@ def build_reconcile_sensor(mart_keys: list[AssetKey]) -> SensorDefinition:
             for first, last in contiguous_runs(hours)
         ] + [
             # Consecutive days build in one run (one dbt build), a week at most.
-            RunRequest(
-                asset_selection=mart_keys,
-                partition_key=first.isoformat() if first == last else None,
-                tags={
-                    **(
-                        {}
-                        if first == last
-                        else {RANGE_START_TAG: first.isoformat(), RANGE_END_TAG: last.isoformat()}
-                    ),
-                    AS_OF_TAG: now.isoformat(),
-                    STAGE_TAG: "marts",
-                },
-            )
+            _marts_request(mart_keys, first, last, now)
             for first, last in contiguous_runs(
                 [day for day in plan.days if day.isoformat() not in busy_days],
                 step=timedelta(days=1),
@@ -110,3 +98,12 @@ def build_reconcile_sensor(mart_keys: list[AssetKey]) -> SensorDefinition:
         return SensorResult(run_requests=requests, cursor=cursor)
 
     return reconcile_sensor
+
+
+def _marts_request(mart_keys: list[AssetKey], first: date, last: date, now: datetime) -> RunRequest:
+    """One mart run: a day, or the days `first`..`last` as a partition range."""
+    tags = {AS_OF_TAG: now.isoformat(), STAGE_TAG: "marts"}
+    if first == last:
+        return RunRequest(asset_selection=mart_keys, partition_key=first.isoformat(), tags=tags)
+    days = {RANGE_START_TAG: first.isoformat(), RANGE_END_TAG: last.isoformat()}
+    return RunRequest(asset_selection=mart_keys, tags=days | tags)
