@@ -623,6 +623,35 @@ def offline_vars(tmp_path: Path) -> str:
     )
 
 
+@pytest.mark.parametrize(
+    ("run_vars", "message"),
+    [
+        ({"event_dates": ["2026-3-10"]}, "var event_dates must name days as YYYY-MM-DD"),
+        ({"event_dates": "2026-03-10"}, "var event_dates must be a non-empty list"),
+        ({"event_dates": []}, "var event_dates must be a non-empty list"),
+        (
+            {"event_dates": ["2026-03-10"], "rollup_hours": {"2026-03-10": {"24": None}}},
+            "var rollup_hours must map hours from 0 to 23",
+        ),
+        (
+            {"event_dates": ["2026-03-10"], "rollup_hours": {"10": {"5": None}}},
+            "var rollup_hours must name days as YYYY-MM-DD",
+        ),
+    ],
+)
+def test_malformed_run_vars_fail_the_build_with_what_to_fix(tmp_path: Path, run_vars, message):
+    compiled = run_dbt(
+        "compile",
+        "--select",
+        "int_hourly_activity",
+        "--vars",
+        json.dumps(json.loads(offline_vars(tmp_path)) | run_vars),
+        tmp_path=tmp_path,
+    )
+    assert compiled.returncode != 0
+    assert message in compiled.stdout
+
+
 def test_dbt_unit_tests_pass(tmp_path: Path):
     # A day's build skips the unit tests (they check the SQL's logic, not the day's data).
     tested = run_dbt(

@@ -8,13 +8,15 @@
         {{ exceptions.raise_compiler_error(
             "var event_dates must be a non-empty list of YYYY-MM-DD days, got " ~ days) }}
     {%- endif -%}
-    {%- for day in days -%}
-        {%- if not modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2}', day | string) -%}
-            {{ exceptions.raise_compiler_error(
-                "var event_dates must be a list of YYYY-MM-DD days, got " ~ day) }}
-        {%- endif -%}
-    {%- endfor -%}
+    {%- for day in days -%}{%- do check_day(day, 'event_dates') -%}{%- endfor -%}
     {{ return(days | map('string') | list) }}
+{%- endmacro %}
+
+{% macro check_day(day, var_name) -%}
+    {%- if not modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2}', day | string) -%}
+        {{ exceptions.raise_compiler_error(
+            "var " ~ var_name ~ " must name days as YYYY-MM-DD, got " ~ day) }}
+    {%- endif -%}
 {%- endmacro %}
 
 {% macro event_dates_list() -%}
@@ -88,10 +90,7 @@
             "var rollup_hours must map days to hours, got " ~ days) }}
     {%- endif -%}
     {%- for day, hours in days.items() -%}
-        {%- if not modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2}', day | string) -%}
-            {{ exceptions.raise_compiler_error(
-                "var rollup_hours must map YYYY-MM-DD days to hours, got " ~ day) }}
-        {%- endif -%}
+        {%- do check_day(day, 'rollup_hours') -%}
         {%- if hours is not mapping -%}
             {{ exceptions.raise_compiler_error(
                 "var rollup_hours must map each day's hours to digests, got " ~ hours) }}

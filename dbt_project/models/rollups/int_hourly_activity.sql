@@ -4,7 +4,7 @@
     them (var rollup_hours, decided by the mart asset from the silver stamps), and each row records
     in built_from the digest of what its hour's silver held. The daily marts then merge these
     per-hour sets, which keeps their distinct counts exact without re-reading the day's silver.
-    The first build of the table reads every hour of the day. -#}
+    The first build of the table reads every hour of the run's days. -#}
 {{ config(meta={'partition_column': 'event_hour', 'partition_hours': true}) }}
 
 with hour_events as (
