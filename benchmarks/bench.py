@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -594,28 +594,26 @@ def _silver_hours(root: Path, hour_events: int):
     return settings, write_hour, silver.height
 
 
-def _build_marts(settings, as_of: datetime, first: str, last: str | None = None) -> Timer:
-    """One Dagster run of the marts for day `first`, or for the days `first`..`last`."""
+def _build_marts(settings, as_of: datetime, first: date, last: date | None = None) -> Timer:
+    """One Dagster run of the marts for day `first`, or for the days `first`..`last`, as the
+    reconcile sensor requests it."""
     from dagster import materialize
 
     from clickstream_assets.definitions import all_assets, all_checks, build_resources
     from clickstream_assets.marts import marts
     from clickstream_tools.catchup import instance_for
-    from partitions import RANGE_END_TAG, RANGE_START_TAG
+    from sensors.reconcile import marts_request
 
-    days = (
-        {"partition_key": first}
-        if last is None
-        else {"tags": {RANGE_START_TAG: first, RANGE_END_TAG: last}}
-    )
+    request = marts_request(list(marts.keys), first, last or first, as_of)
     with instance_for(settings) as instance, Timer() as timer:
         result = materialize(
             [*all_assets, *all_checks],
             selection=list(marts.keys),
+            partition_key=request.partition_key,
+            tags=dict(request.tags),
             resources=build_resources(settings, as_of=as_of),
             instance=instance,
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            **days,
         )
     assert result.success
     return timer
@@ -634,7 +632,7 @@ def bench_marts_day(results: Results, workdir: Path, hour_events: int) -> None:
         write_hour(DAY + i * HOUR, "first")
 
     def build() -> Timer:
-        return _build_marts(settings, DAY + timedelta(days=1), DAY.date().isoformat())
+        return _build_marts(settings, DAY + timedelta(days=1), DAY.date())
 
     build()  # the first build: the rollup table is created from every hour
     write_hour(DAY + 23 * HOUR, "again")  # the day's last hour, cleaned again
@@ -671,17 +669,17 @@ def bench_marts_week(results: Results, workdir: Path, hour_events: int) -> None:
     for day in days:
         for i in range(24):
             write_hour(day + i * HOUR, "first")
-    as_of, keys = days[-1] + timedelta(days=2), [day.date().isoformat() for day in days]
+    as_of, dates = days[-1] + timedelta(days=2), [day.date() for day in days]
 
     def empty_warehouse() -> None:
         for path in (Path(settings.warehouse), Path(f"{settings.warehouse}.wal")):
             path.unlink(missing_ok=True)
 
-    _build_marts(settings, as_of, keys[0])
+    _build_marts(settings, as_of, dates[0])
     empty_warehouse()
-    per_day = [_build_marts(settings, as_of, key) for key in keys]
+    per_day = [_build_marts(settings, as_of, day) for day in dates]
     empty_warehouse()
-    together = _build_marts(settings, as_of, keys[0], keys[-1])
+    together = _build_marts(settings, as_of, dates[0], dates[-1])
     wall, cpu = sum(t.wall for t in per_day), sum(t.cpu for t in per_day)
     results.add(
         f"a week of marts built ({len(days)} days, {len(days) * 24 * hour_rows:,} silver rows)",

@@ -84,7 +84,7 @@ def build_reconcile_sensor(mart_keys: list[AssetKey]) -> SensorDefinition:
             for first, last in contiguous_runs(hours)
         ] + [
             # Consecutive days build in one run (one dbt build), a week at most.
-            _marts_request(mart_keys, first, last, now)
+            marts_request(mart_keys, first, last, now)
             for first, last in contiguous_runs(
                 [day for day in plan.days if day.isoformat() not in busy_days],
                 step=timedelta(days=1),
@@ -100,8 +100,9 @@ def build_reconcile_sensor(mart_keys: list[AssetKey]) -> SensorDefinition:
     return reconcile_sensor
 
 
-def _marts_request(mart_keys: list[AssetKey], first: date, last: date, now: datetime) -> RunRequest:
-    """One mart run: a day, or the days `first`..`last` as a partition range."""
+def marts_request(mart_keys: list[AssetKey], first: date, last: date, now: datetime) -> RunRequest:
+    """One mart run built at `now`: a day, or the days `first`..`last` as a partition range (the
+    catch-up, the bench and the tests run it as the daemon would)."""
     tags = {AS_OF_TAG: now.isoformat(), STAGE_TAG: "marts"}
     if first == last:
         return RunRequest(asset_selection=mart_keys, partition_key=first.isoformat(), tags=tags)

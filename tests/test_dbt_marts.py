@@ -29,12 +29,13 @@ from clickstream_assets.marts import dbt_vars, marts, resolve_as_of, rollup_vers
 from core.ledger import HOUR, STAMP_KEY, CleanStamp, Ledger, Manifest
 from core.settings import Settings
 from core.warehouse import MARTS as CONTRACT_MARTS
-from partitions import AS_OF_TAG, RANGE_END_TAG, RANGE_START_TAG
+from partitions import AS_OF_TAG
 from resources import dbt as dbt_module
 from resources.clock import parse_instant
 from resources.dbt import DBT_PROJECT_DIR, DbtRunnerResource, dbt_project, dbt_resource
 from resources.lake import LakeResource
 from resources.warehouse import read_mart_stamps, read_table, warehouse_resource
+from sensors.reconcile import marts_request
 
 MARTS = [*CONTRACT_MARTS, "mart_revisions"]
 
@@ -456,13 +457,14 @@ def test_days_built_in_one_run_equal_each_day_built_alone(
         resources = {"dbt": dbt_resource(settings), "warehouse": warehouse, "lake": ledger.lake}
         materialized: dict[str, set[str]] = {}
         for first, last in runs:
-            bounds = (
-                {"partition_key": first}
-                if first == last
-                else {"tags": {RANGE_START_TAG: first, RANGE_END_TAG: last}}
+            first_day, last_day = (datetime.fromisoformat(d).date() for d in (first, last))
+            request = marts_request(list(marts.keys), first_day, last_day, parse_instant(as_of))
+            run = materialize(
+                [marts],
+                resources=resources,
+                partition_key=request.partition_key,
+                tags=dict(request.tags),
             )
-            tags = {**bounds.pop("tags", {}), AS_OF_TAG: as_of}
-            run = materialize([marts], resources=resources, tags=tags, **bounds)
             assert run.success
             for event in run.get_asset_materialization_events():
                 materialized.setdefault(event.asset_key.path[-1], set()).add(event.partition)
