@@ -3,8 +3,7 @@
 Every write goes to a temporary name and is renamed into place, so a crash leaves no half-written
 file under a real name; readers never see partial output.
 
-This module does not import Dagster (resources.lake holds the Dagster resource over Lake):
-landing's worker processes import it, and Dagster would be most of their start-up.
+The plain client; resources.lake holds the Dagster resource over it.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import fsspec
+import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -121,7 +121,11 @@ class Lake(BaseModel):
         return self._commit(temporary, final, exclusive=exclusive)
 
     def write_json(self, relative: str, obj: Any, *, exclusive: bool = False) -> bool:
-        data = json.dumps(obj, indent=1, sort_keys=True).encode()
+        # orjson: the standard library's encoder is Python code when it indents, and a day's
+        # landing wrote its manifests and partial results in 0.75 CPU-s of it.
+        data = orjson.dumps(
+            obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+        )
         return self.write_bytes(relative, data, exclusive=exclusive)
 
     def footer_metadata(self, relative: str) -> dict[bytes, bytes] | None:
