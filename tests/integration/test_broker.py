@@ -121,3 +121,38 @@ def test_oldest_timestamp_of_a_partition_and_of_an_empty_one(broker):
 
     assert log.oldest_timestamp(0) == start - timedelta(minutes=40)
     assert log.oldest_timestamp(1) is None
+
+
+def test_a_read_from_a_paused_broker_fails_with_what_to_fix_and_the_next_one_reads_it_all(broker):
+    """The fetches of a read go through kafka-python's network client: a broker that does not
+    answer (paused, its data kept) fails the read after the request timeout with what to check,
+    and a read once it answers again gets every record."""
+    import os
+    import signal
+    import time
+
+    log = KafkaResource(
+        bootstrap_servers=broker.bootstrap, topic="it.paused", request_timeout_ms=2_000
+    )
+    log.create_topic(1)
+    sent = pa.table(
+        {
+            "key": pa.array([b"d"] * 5_000, pa.binary()),
+            "value": pa.array([b'{"n": %d}' % i for i in range(5_000)], pa.binary()),
+            "timestamp_ms": pa.array([1_700_000_000_000 + i for i in range(5_000)], pa.int64()),
+            "partition": pa.array([0] * 5_000, pa.int32()),
+        }
+    )
+    log.produce(sent)
+    pid = broker._process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(KafkaUnavailable, match=r"it\.paused\[0\].*is the broker up"):
+            list(log.read(0, 0, 5_000))
+        assert time.monotonic() - started < 10
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    got = pa.Table.from_batches([batch for batch, _ in log.read(0, 0, 5_000)])
+    assert got["value"].to_pylist() == sent["value"].to_pylist()
+    assert got["kafka_offset"].to_pylist() == list(range(5_000))
