@@ -18,6 +18,7 @@ recorded last, so that the close leaves only the hour's last minutes to land.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import uuid
@@ -776,7 +777,8 @@ def _record(
 def _pool(
     event_log: EventLog, partitions: int, lake: Lake
 ) -> Iterator[Callable[[_Job], Future[list[dict]]]]:
-    """Kafka partitions land in parallel threads of this process; yields how to submit a job.
+    """Kafka partitions land in parallel threads of this process, a partition per core at a
+    time (as fast as a thread per partition, with less memory); yields how to submit a job.
 
     Threads, not processes: what holds the interpreter's lock is small now (the record batches
     are decoded in C, `decode_records`), the parse and the Parquet writes run in DuckDB and
@@ -784,7 +786,7 @@ def _pool(
     and its first second of wall time. A day of 208,937 records landed in 2.8-3.6 s (CPU
     4.8-5.9 s) in threads against 4.4 s (CPU 7.4 s) beside a worker process; 1M events in
     9.0-10.7 s against 12.6 s."""
-    with ThreadPoolExecutor(max(1, min(partitions, 8))) as threads:
+    with ThreadPoolExecutor(max(1, min(partitions, os.cpu_count() or 1))) as threads:
         yield partial(threads.submit, _land_partition, event_log, lake)
 
 
