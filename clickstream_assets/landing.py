@@ -783,9 +783,9 @@ def _pool(
     Threads, not processes: what holds the interpreter's lock is small now (the record batches
     are decoded in C, `decode_records`), the parse and the Parquet writes run in DuckDB and
     Arrow without it, and a spawned worker's interpreter and imports cost about a CPU-second
-    and its first second of wall time. A day of 208,937 records landed in 2.8-3.6 s (CPU
-    4.8-5.9 s) in threads against 4.4 s (CPU 7.4 s) beside a worker process; 1M events in
-    9.0-10.7 s against 12.6 s."""
+    and its first second of wall time. A day of 208,937 records landed in 2.6-3.6 s (CPU
+    4.3-5.9 s) in threads against 4.4 s (CPU 7.4 s) beside a worker process; 1M events in
+    9.0-10.9 s against 12.6 s."""
     with ThreadPoolExecutor(max(1, min(partitions, os.cpu_count() or 1))) as threads:
         yield partial(threads.submit, _land_partition, event_log, lake)
 
