@@ -6,7 +6,7 @@
 Sections (each prints as it finishes; a Markdown table of everything comes last):
 - producer: KafkaResource.produce vs a bare kafka-python producer (default settings), same
   messages, embedded broker, 4 partitions.
-- landing: land_hours from that broker (one process, a thread per partition) vs bare
+- landing: land_hours from that broker (one process, a partition per core in threads) vs bare
   kafka-python consumers reading the same topic and partitions, a process per core.
 - hour: landing and cleaning one ingest hour of each size in --hour-sizes, each in a fresh
   subprocess, for throughput and peak resident memory above the process's start. The records

@@ -4,6 +4,9 @@ second, deliberately naive reading of the raw messages."""
 from __future__ import annotations
 
 import json
+import pickle
+import subprocess
+import sys
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +24,7 @@ from clickstream_tools.generator import (
     write_expected_marts,
 )
 from resources.event_log import InMemoryKafka
+from resources.kafka import KafkaResource
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 KNOWN_TYPES = {"page_view", "click", "play", "pause", "seek", "ad_impression", "heartbeat"}
@@ -282,3 +286,22 @@ def test_sdk_clocks_send_sent_at_and_are_corrected_to_within_the_transit(traffic
     assert kept.join(original, on="event_id")["event_time_right"].equals(
         kept.join(original, on="event_id")["event_time"]
     )
+
+
+def test_a_producer_process_opens_the_log_without_importing_dagster():
+    # Dagster would be most of a spawned producer's start-up (`clickstream generate --workers`):
+    # a producer process unpickles the log's opener, which may not bring Dagster in.
+    kafka = KafkaResource(bootstrap_servers="127.0.0.1:1", topic="t", group_id="g")
+    script = (
+        "import pickle, sys\n"
+        "log = pickle.loads(sys.stdin.buffer.read())()\n"
+        "print(type(log).__name__, log.topic, log.group_id)\n"
+        "print('dagster' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        input=pickle.dumps(kafka.opener()),
+        capture_output=True,
+        check=True,
+    )
+    assert result.stdout.decode().split() == ["KafkaLog", "t", "g", "False"]

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import pickle
-import subprocess
-import sys
 from datetime import datetime, timedelta
 
 import pyarrow as pa
@@ -27,7 +24,6 @@ from core.ledger import (
     manifest_path,
 )
 from resources.event_log import InMemoryKafka, OffsetsGone
-from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from sensors.landing import first_ingest_hour
 from tests.helpers import START, all_manifests, at, histogram, produce, to_ms, value
@@ -546,25 +542,6 @@ def test_first_ingest_hour():
     assert first_ingest_hour(log, not_before=START) == at(9, 0)
     log.truncate_before(1, 1)
     assert first_ingest_hour(log, not_before=START) == at(10, 0)
-
-
-def test_a_producer_process_opens_the_log_without_importing_dagster():
-    # Dagster would be most of a spawned producer's start-up (`clickstream generate --workers`):
-    # a producer process unpickles the log's opener, which may not bring Dagster in.
-    kafka = KafkaResource(bootstrap_servers="127.0.0.1:1", topic="t", group_id="g")
-    script = (
-        "import pickle, sys\n"
-        "log = pickle.loads(sys.stdin.buffer.read())()\n"
-        "print(type(log).__name__, log.topic, log.group_id)\n"
-        "print('dagster' in sys.modules)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        input=pickle.dumps(kafka.opener()),
-        capture_output=True,
-        check=True,
-    )
-    assert result.stdout.decode().split() == ["KafkaLog", "t", "g", "False"]
 
 
 def _reads(count: int, pulled: list[int], closed: list[bool]):
