@@ -1,8 +1,8 @@
 """The event log: one interface over Kafka (kafka-python) and an in-memory log for unit tests.
 
-Landing needs only exact-range reads (assign, seek, fetch high watermark) and group commits, so
-the interface stays that small; `end_offsets` and `offsets_for_times` are deliberately unused
-because brokers disagree on them.
+Landing needs only exact-range reads (fetches from an offset, with the high watermark they
+report) and group commits, so the interface stays that small; `end_offsets` and
+`offsets_for_times` are deliberately unused because brokers disagree on them.
 
 This module does not import Dagster (resources.kafka holds the Dagster resource over KafkaLog):
 the generator's producer processes import it, and Dagster would be most of their start-up.
