@@ -24,6 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from clickstream_assets.landing import BRONZE_DICTIONARY, BRONZE_SCHEMA, QUARANTINE_SCHEMA
 from core.contract import DEDUP_BUCKETS, EVENT_SCHEMA, UTC_US
@@ -267,8 +268,20 @@ SHARED_ROWS = BUCKET_ROWS // 4
 being cleaned."""
 
 
-RowGroup = tuple[ds.ParquetFileFragment, datetime | None, datetime | None]
-"""A bronze row group and its least and greatest event hour (None when unknown)."""
+RowGroup = tuple[ds.ParquetFileFragment, datetime | None, datetime | None, bool]
+"""A bronze row group, its least and greatest event hour (None when unknown) and whether every
+row has that one event hour (landing writes a long run of one hour as a row group of its own)."""
+
+
+def _event_hours(group: pq.RowGroupMetaData) -> tuple[datetime | None, datetime | None, bool]:
+    """A bronze row group's least and greatest event hour and whether all its rows have one."""
+    for i in range(group.num_columns):
+        column = group.column(i)
+        if column.path_in_schema == "event_hour" and column.is_stats_set:
+            stats = column.statistics
+            if stats.has_min_max:
+                return stats.min, stats.max, stats.min == stats.max and stats.null_count == 0
+    return None, None, False
 
 
 class SharedRowGroups:
@@ -289,8 +302,7 @@ class SharedRowGroups:
             (whole,) = self.lake.dataset([file], BRONZE_SCHEMA).get_fragments()
             pieces = []
             for piece in whole.split_by_row_group():
-                hours = piece.row_groups[0].statistics.get("event_hour", {})
-                pieces.append((piece, hours.get("min"), hours.get("max")))
+                pieces.append((piece, *_event_hours(piece.row_groups[0].metadata)))
             self._pieces[file] = pieces  # whole: another hour's thread may be reading the file
         return self._pieces[file]
 
@@ -303,7 +315,7 @@ class SharedRowGroups:
             self._kept = {key: kept for key, kept in self._kept.items() if kept[0] >= event_hour}
         parts = []
         for file in files:
-            for index, (piece, low, high) in enumerate(self._row_groups(file)):
+            for index, (piece, low, high, one_hour) in enumerate(self._row_groups(file)):
                 if low is not None and not low <= event_hour <= high:
                     continue
                 with self._lock:
@@ -316,9 +328,11 @@ class SharedRowGroups:
                         room = SHARED_ROWS - sum(k[1].num_rows for k in self._kept.values())
                         if high is not None and high > event_hour and table.num_rows <= room:
                             self._kept[file, index] = (high, table)
-                parts.append(
-                    table.filter(pc.equal(table["event_hour"], pa.scalar(event_hour, UTC_US)))
-                )
+                if not one_hour:
+                    table = table.filter(
+                        pc.equal(table["event_hour"], pa.scalar(event_hour, UTC_US))
+                    )
+                parts.append(table)
         return pa.concat_tables([_EMPTY_ROWS, *parts])
 
 

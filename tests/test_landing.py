@@ -126,6 +126,24 @@ def test_bronze_row_groups_cut_long_runs_alone_and_share_short_ones(lake, monkey
         assert sorted(read.column("event_id").to_pylist()) == ids
 
 
+def test_a_small_files_on_time_rows_are_a_row_group_apart_from_its_late_ones(lake):
+    # Fewer rows than RUN_ROWS: the run holding half of them is still a row group of its own,
+    # so that an earlier hour reading its late events skips the on-time rows.
+    log = InMemoryKafka(topic="t", partitions=1)
+    late = [value("late-9", at(9, 15)), value("late-10", at(10, 15))]
+    on_time = [value(f"e{i}", at(11, i)) for i in range(4)]
+    produce(log, 0, [(at(11, 10 + i), v) for i, v in enumerate([late[0], *on_time, late[1]])])
+    land(log, lake, [H11], now=H12)
+    metadata = pq.ParquetFile(lake.path(bronze_file(H11, 0))).metadata
+    event_hour = metadata.schema.to_arrow_schema().get_field_index("event_hour")
+    groups = [
+        (stats.min, stats.max, metadata.row_group(g).num_rows)
+        for g in range(metadata.num_row_groups)
+        for stats in [metadata.row_group(g).column(event_hour).statistics]
+    ]
+    assert groups == [(at(9), at(10), 2), (H11, H11, 4)]
+
+
 @pytest.mark.parametrize(
     ("run_ends", "expected"),
     [
