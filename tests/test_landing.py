@@ -89,6 +89,17 @@ def test_next_hour_starts_where_the_previous_ended(log, lake):
     assert ranges(m12) == {0: (6, 7), 1: (2, 2), 2: (0, 0)}
 
 
+def event_hour_groups(path) -> list[tuple]:
+    """Each row group of a bronze file: its least and greatest event hour and its rows."""
+    metadata = pq.ParquetFile(path).metadata
+    event_hour = metadata.schema.to_arrow_schema().get_field_index("event_hour")
+    return [
+        (stats.min, stats.max, metadata.row_group(g).num_rows)
+        for g in range(metadata.num_row_groups)
+        for stats in [metadata.row_group(g).column(event_hour).statistics]
+    ]
+
+
 def test_bronze_row_groups_cut_long_runs_alone_and_share_short_ones(lake, monkeypatch):
     # Row-group statistics are what lets cleaning skip everything but the hour it rebuilds: a
     # long run of one event hour is a row group of its own, late events of other hours share
@@ -109,14 +120,7 @@ def test_bronze_row_groups_cut_long_runs_alone_and_share_short_ones(lake, monkey
     )
     land(log, lake, [H11], now=H12)
     path = lake.path(bronze_file(H11, 0))
-    metadata = pq.ParquetFile(path).metadata
-    event_hour = metadata.schema.to_arrow_schema().get_field_index("event_hour")
-    groups = [
-        (stats.min, stats.max, metadata.row_group(g).num_rows)
-        for g in range(metadata.num_row_groups)
-        for stats in [metadata.row_group(g).column(event_hour).statistics]
-    ]
-    assert groups == [(at(9), at(10), 3), (H11, H11, 3)]
+    assert event_hour_groups(path) == [(at(9), at(10), 3), (H11, H11, 3)]
     for hour, ids in [
         (at(9), ["late-9"]),
         (at(10), ["late-10a", "late-10b"]),
@@ -134,13 +138,7 @@ def test_a_small_files_on_time_rows_are_a_row_group_apart_from_its_late_ones(lak
     on_time = [value(f"e{i}", at(11, i)) for i in range(4)]
     produce(log, 0, [(at(11, 10 + i), v) for i, v in enumerate([late[0], *on_time, late[1]])])
     land(log, lake, [H11], now=H12)
-    metadata = pq.ParquetFile(lake.path(bronze_file(H11, 0))).metadata
-    event_hour = metadata.schema.to_arrow_schema().get_field_index("event_hour")
-    groups = [
-        (stats.min, stats.max, metadata.row_group(g).num_rows)
-        for g in range(metadata.num_row_groups)
-        for stats in [metadata.row_group(g).column(event_hour).statistics]
-    ]
+    groups = event_hour_groups(lake.path(bronze_file(H11, 0)))
     assert groups == [(at(9), at(10), 2), (H11, H11, 4)]
 
 
