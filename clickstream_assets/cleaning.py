@@ -280,7 +280,8 @@ def _event_hours(group: pq.RowGroupMetaData) -> tuple[datetime | None, datetime 
         if column.path_in_schema == "event_hour" and column.is_stats_set:
             stats = column.statistics
             if stats.has_min_max:
-                return stats.min, stats.max, stats.min == stats.max and stats.null_count == 0
+                no_nulls = stats.has_null_count and stats.null_count == 0
+                return stats.min, stats.max, stats.min == stats.max and no_nulls
     return None, None, False
 
 
