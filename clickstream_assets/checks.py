@@ -11,7 +11,8 @@ one), so per-partition check status in the UI comes only from single-partition r
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 
-import pyarrow.compute as pc
+import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import (
     AssetCheckExecutionContext,
@@ -163,6 +164,13 @@ def daily_events_problems(
     ]
 
 
+def ids_unique(ids: pa.ChunkedArray) -> bool:
+    """Whether every id is present and none repeats. Polars hashes the strings (on every core)
+    several times faster than Arrow's count_distinct: 0.25 s against 2.3 s for 4M ids."""
+    series = pl.Series(ids)
+    return series.null_count() == 0 and series.n_unique() == len(series)
+
+
 # --- lake and warehouse readers ---------------------------------------------------------------
 
 
@@ -262,7 +270,7 @@ def reconciles_with_bronze(context: AssetCheckExecutionContext, lake: LakeResour
         unique = True
         if silver_rows:
             ids = lake.read_parquet([events_file(hour)], columns=["event_id"]).column("event_id")
-            unique = pc.count_distinct(ids).as_py() == len(ids)
+            unique = ids_unique(ids)
         problems += event_hour_problems(
             label,
             histogram_rows=bronze_rows(ledger.manifests(stamp.inputs).values(), hour),

@@ -16,6 +16,7 @@ from clickstream_assets.checks import (
     bronze_rows_match_ranges,
     daily_events_problems,
     event_hour_problems,
+    ids_unique,
     offset_range_problems,
     offset_ranges_chain,
     parquet_rows,
@@ -107,6 +108,14 @@ def test_event_hour_reconciles():
         in event_hour_problems("E", **{**good, "silver_ids_unique": False}, duplicates=3)[0]
     )
     assert "missing" in event_hour_problems("E", **{**good, "silver_rows": None}, duplicates=3)[0]
+
+
+def test_silver_ids_are_unique_only_when_none_repeats_and_none_is_missing():
+    chunks = [["a", "b"], ["c"]]  # a repeat across chunks counts as much as one within one
+    assert ids_unique(pa.chunked_array(chunks))
+    assert not ids_unique(pa.chunked_array([["a", "b"], ["b"]]))
+    assert not ids_unique(pa.chunked_array([["a", None], ["c"]]))
+    assert ids_unique(pa.chunked_array([], pa.string()))
 
 
 # --- daily_events_reconcile --------------------------------------------------------------------
