@@ -10,7 +10,6 @@ per ingest hour (`cross_hour_copies`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import threading
@@ -341,14 +340,13 @@ class SharedRowGroups:
 class CleaningRun:
     """What a run cleaning many hours reads once: its ledger, which remembers manifests and
     listings, the hours recorded when it began, the bronze row groups its hours share, and the
-    re-stamped copies found per ingest hour (`cross_hour_copies`), computed by one hour at a
-    time (`copies_lock`)."""
+    re-stamped copies found per ingest hour (`cross_hour_copies`), computed before its hours are
+    cleaned (`clean_hours`)."""
 
     ledger: Ledger
     recorded: set[datetime]
     shared: SharedRowGroups
     copies: dict[datetime, pl.DataFrame] = field(default_factory=dict)
-    copies_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def of(cls, lake: LakeResource) -> CleaningRun:
@@ -474,28 +472,37 @@ def cross_hour_copies(
     return copies
 
 
+def near_hours(inputs: Iterable[datetime], recorded: set[datetime]) -> list[datetime]:
+    """The ingest hours whose re-stamped copies an event hour built from `inputs` must see:
+    its input hours and the hours after them (each frame pairs an hour with the one before)."""
+    return sorted(h for h in {*inputs, *(i + HOUR for i in inputs)} if h in recorded)
+
+
+def copies_of(
+    lake: LakeResource, ledger: Ledger, ingest_hour: datetime, recorded: set[datetime], spill: str
+) -> pl.DataFrame:
+    """The re-stamped copies of `ingest_hour` and the hour before: the lake's frame, else
+    computed from their bronze (`cross_hour_copies`, which writes it)."""
+    if lake.exists(copies_file(ingest_hour)):
+        return _frame(lake.read_parquet([copies_file(ingest_hour)], schema=COPIES_SCHEMA))
+    adjacent = ledger.manifests({h for h in (ingest_hour - HOUR, ingest_hour) if h in recorded})
+    return cross_hour_copies(lake, ingest_hour, adjacent, spill)
+
+
 def _copies_near(
     lake: LakeResource,
     ledger: Ledger,
     inputs: Iterable[datetime],
-    manifests: dict[datetime, Manifest],
     recorded: set[datetime],
     spill: str,
     found: dict[datetime, pl.DataFrame],
 ) -> pl.DataFrame:
-    """The re-stamped copies an event hour built from `inputs` (their `manifests`) must see:
-    those found for its input hours and the hours after them, computed where still missing;
-    each ingest hour's frame read once into `found`."""
-    near = sorted(h for h in {*inputs, *(i + HOUR for i in inputs)} if h in recorded)
-    missing = [h for h in near if h not in found and not lake.exists(copies_file(h))]
-    wanted = {h for hour in missing for h in (hour - HOUR, hour) if h in recorded}
-    known = manifests | ledger.manifests(wanted - set(manifests))
+    """The re-stamped copies an event hour built from `inputs` must see (`near_hours`), each
+    ingest hour's frame read or computed once into `found`."""
+    near = near_hours(inputs, recorded)
     for h in near:
-        if h in missing:
-            adjacent = {k: known[k] for k in (h - HOUR, h) if k in known}
-            found[h] = cross_hour_copies(lake, h, adjacent, spill)
-        elif h not in found:
-            found[h] = _frame(lake.read_parquet([copies_file(h)], schema=COPIES_SCHEMA))
+        if h not in found:
+            found[h] = copies_of(lake, ledger, h, recorded, spill)
     return pl.concat([_frame(COPIES_SCHEMA.empty_table()), *(found[h] for h in near)])
 
 
@@ -571,8 +578,7 @@ def clean_hour(
                     lake, files, this_hour, ROW_COLUMNS, buckets, f"{spill}/events"
                 )
             found = run.copies if run is not None else {}
-            with run.copies_lock if run is not None else contextlib.nullcontext():
-                copies = _copies_near(lake, ledger, inputs, manifests, recorded, spill, found)
+            copies = _copies_near(lake, ledger, inputs, recorded, spill, found)
             copies = copies.filter(pl.col("event_hour") != event_hour)
         # One row group is written (in a thread; both release the GIL) while the next is taken
         # and the next bucket read: a core each. Never more than one write in flight.
@@ -651,15 +657,24 @@ def clean_hours(
     run: CleaningRun,
     bucket_rows: int = BUCKET_ROWS,
 ) -> Iterator[Cleaned]:
-    """`clean_hour` for each of `hours` in one run, yielded in their order. Up to
-    `CLEANING_THREADS` hours are cleaned at once while their bronze rows together fit the memory
-    budget (`bucket_rows`); an hour at least that large is cleaned alone."""
+    """`clean_hour` for each of `hours` in one run, yielded in their order. First the
+    re-stamped copies every hour needs, an ingest hour at a time in `CLEANING_THREADS` threads
+    (the first hour would otherwise compute nearly all of them alone: its late events come from
+    every later ingest hour). Then up to `CLEANING_THREADS` hours are cleaned at once while their
+    bronze rows together fit the memory budget (`bucket_rows`); an hour at least that large is
+    cleaned alone."""
+    hours = list(hours)
 
     def rows(hour: datetime) -> int:
         inputs = run.ledger.inputs(hour, run.recorded)
         return min(bronze_rows(run.ledger.manifests(inputs).values(), hour), bucket_rows)
 
     with ThreadPoolExecutor(CLEANING_THREADS, thread_name_prefix="clean-hour") as pool:
+        inputs = {i for hour in hours for i in run.ledger.inputs(hour, run.recorded)}
+        near = [h for h in near_hours(inputs, run.recorded) if h not in run.copies]
+        with tempfile.TemporaryDirectory(prefix="clickstream-copies-") as spill:
+            computed = pool.map(lambda h: copies_of(lake, run.ledger, h, run.recorded, spill), near)
+            run.copies.update(zip(near, computed, strict=True))
         pending: deque[tuple[int, Future[Cleaned]]] = deque()
         for hour in hours:
             size = rows(hour)
