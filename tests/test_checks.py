@@ -111,9 +111,10 @@ def test_event_hour_reconciles():
 
 
 def test_silver_ids_are_unique_only_when_none_repeats_and_none_is_missing():
-    chunks = [["a", "b"], ["c"]]  # a repeat across chunks counts as much as one within one
-    assert ids_unique(pa.chunked_array(chunks))
+    assert ids_unique(pa.chunked_array([["a", "b"], ["c"]]))
+    # A repeat across the file's row groups (chunks) counts as much as one within one.
     assert not ids_unique(pa.chunked_array([["a", "b"], ["b"]]))
+    assert not ids_unique(pa.chunked_array([["a", "b", "a"]]))
     assert not ids_unique(pa.chunked_array([["a", None], ["c"]]))
     assert ids_unique(pa.chunked_array([], pa.string()))
 
