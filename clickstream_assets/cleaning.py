@@ -62,6 +62,9 @@ SILVER_STATISTICS = [
 SILVER_DICTIONARY = [name for name in SILVER_SCHEMA.names if name in BRONZE_DICTIONARY]
 """The silver columns of few distinct values, dictionary-encoded as in bronze: trying it on
 every row group's ids only to fall back costs time and saves no bytes."""
+SILVER_ENCODING = {"event_id": "DELTA_LENGTH_BYTE_ARRAY"}
+"""Random ids, the widest silver column: their lengths kept apart from their bytes, which zstd
+then compresses in half the time and a little smaller than interleaved with lengths."""
 WHOLE_HOUR_DICTIONARIES = [
     "event_type",
     "platform",
@@ -462,15 +465,21 @@ _VALID_TYPED = ds.field("reason").is_null() & ds.field("event_type").is_valid()
 kept typed events has no reason to tell, so its rows never count as valid copies."""
 
 
-def _restamped(copies: pl.DataFrame) -> pl.DataFrame:
+def restamped(copies: pl.DataFrame) -> pl.DataFrame:
     """The rows of `copies` (valid copies with their event hours) whose event_id has copies in
-    more than one event hour. Such an event has a copy outside the hour that holds most rows, so
-    only the ids of those few rows are grouped, not every id of the ingest hour."""
+    more than one event hour. The ids are hashed and sorted, and a hash whose neighbours in that
+    order differ in event hour marks candidates (a collision only adds some), which their ids
+    then decide: a sort of integers instead of grouping every id of two ingest hours, where about
+    half the rows are outside the most common event hour (half the time, the 4M-event day)."""
     if copies.is_empty():
         return copies
-    most = copies["event_hour"].value_counts(sort=True)["event_hour"][0]
-    elsewhere = copies.filter(pl.col("event_hour") != most)["event_id"]
-    candidates = copies.filter(pl.col("event_id").is_in(elsewhere.implode()))
+    hashed = copies.with_columns(pl.col("event_id").hash().alias("id_hash"))
+    ordered = hashed.select("id_hash", "event_hour").sort("id_hash")
+    varies = (pl.col("id_hash") == pl.col("id_hash").shift(1)) & (
+        pl.col("event_hour") != pl.col("event_hour").shift(1)
+    )
+    marked = ordered.filter(varies)["id_hash"]
+    candidates = hashed.filter(pl.col("id_hash").is_in(marked.implode())).drop("id_hash")
     return candidates.filter(pl.col("event_hour").n_unique().over("event_id") > 1)
 
 
@@ -493,9 +502,7 @@ def cross_hour_copies(
         valid = _VALID_TYPED & ds.field("event_hour").is_valid()
         with tempfile.TemporaryDirectory(prefix="copies-", dir=spill) as directory:
             read = _in_buckets(lake, files, valid, columns, buckets, directory)
-            found = [
-                _restamped(_frame(read(b))).select(COPIES_SCHEMA.names) for b in range(buckets)
-            ]
+            found = [restamped(_frame(read(b))).select(COPIES_SCHEMA.names) for b in range(buckets)]
         copies = pl.concat([copies, *found])
     copies = copies.sort(["event_id", *ARRIVAL_ORDER])
     lake.write_parquet(copies_file(ingest_hour), copies.to_arrow().cast(COPIES_SCHEMA))
@@ -597,6 +604,7 @@ def clean_hour(
             keep=newest,
             statistics=SILVER_STATISTICS,
             dictionary=SILVER_DICTIONARY,
+            encoding=SILVER_ENCODING,
         ) as silver_writer,
         lake.parquet_writer(quarantine_path, QUARANTINE_SCHEMA, keep=newest) as quarantine_writer,
     ):

@@ -154,12 +154,14 @@ class Lake(BaseModel):
         keep: Callable[[], bool] = lambda: True,
         statistics: list[str] | None = None,
         dictionary: list[str] | None = None,
+        encoding: dict[str, str] | None = None,
     ) -> Iterator[pq.ParquetWriter]:
         """A streaming Parquet writer whose file appears under `relative` only on success, and
         only if `keep()` still says so then (checked just before the rename). `statistics`
         names the columns readers filter on (all when None): min/max of the others, such as
         random ids and raw values, cost time to write and prune nothing. `dictionary` names the
-        columns worth dictionary encoding (all when None). A dictionary-typed column of `schema`
+        columns worth dictionary encoding (all when None), `encoding` another encoding for some
+        of the others (Parquet's names, as pyarrow takes them). A dictionary-typed column of `schema`
         takes dictionary arrays and writes them as they are; the file keeps no Arrow schema then,
         so that readers see the plain values, as of any other file."""
         temporary, final = self._temporary(relative)
@@ -171,6 +173,7 @@ class Lake(BaseModel):
             write_statistics=statistics or True,
             use_dictionary=dictionary or True,
             store_schema=not _dictionaries(schema),
+            column_encoding=encoding,
         )
         try:
             yield writer

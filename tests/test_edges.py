@@ -7,8 +7,10 @@ other hours count once, RFC 3339's edge cases are decided."""
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime, timedelta
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -21,6 +23,7 @@ from clickstream_assets.cleaning import (
     CleaningRun,
     SharedRowGroups,
     clean_hour,
+    restamped,
 )
 from clickstream_assets.landing import BRONZE_SCHEMA, cut_timestamps, land_hours
 from core.contract import UTC_US, parse_events
@@ -247,6 +250,33 @@ def test_copies_restamped_into_other_hours_count_once_at_the_first_received(lake
     assert lake.read_parquet([events_file(H10)]).column("event_id").to_pylist() == ["x"]
     assert lake.read_parquet([events_file(H11)]).column("event_id").to_pylist() == ["y"]
     assert eleven.stamp.duplicates == 1
+
+
+def test_restamped_rows_are_every_copy_of_the_ids_seen_in_more_than_one_event_hour():
+    rng = random.Random(12)
+    hours = [H10, H11, H12]
+    rows = []  # each id's copies: mostly one event hour, every 40th re-stamped into another
+    for i in range(6000):
+        first = rng.choice(hours)
+        copies = [first] * rng.randint(1, 3)
+        if i % 40 == 0:
+            copies.append(rng.choice([h for h in hours if h != first]))
+        rows += [(f"id-{i}", hour) for hour in copies]
+    rng.shuffle(rows)
+    copies = pl.DataFrame(
+        {
+            "event_id": [event_id for event_id, _ in rows],
+            "event_hour": [hour for _, hour in rows],
+            "kafka_offset": list(range(len(rows))),
+        }
+    )
+    seen: dict[str, set] = {}
+    for event_id, hour in rows:
+        seen.setdefault(event_id, set()).add(hour)
+    expected = sorted(offset for offset, (i, _) in enumerate(rows) if len(seen[i]) > 1)
+    assert len(expected) > 300  # 150 ids re-stamped, each with two to four copies
+    assert sorted(restamped(copies)["kafka_offset"].to_list()) == expected
+    assert restamped(copies.clear()).is_empty()
 
 
 @BUCKETS
