@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from clickstream_assets.landing import BRONZE_DICTIONARY, BRONZE_SCHEMA, QUARANTINE_SCHEMA
 from core.contract import DEDUP_BUCKETS, EVENT_SCHEMA, UTC_US
 from core.ledger import (
+    CORRECTED_ARRIVALS,
     HOUR,
     STAMP_KEY,
     CleanStamp,
@@ -118,25 +119,8 @@ def corrected_winners(manifests: Iterable[Manifest]) -> pl.DataFrame:
     If any valid copy of an event was corrected, the first received valid copy was too (it was
     received earliest, so its clock was even further ahead), so these sets decide the winner.
     """
-    rows = [
-        {
-            "event_id": c.event_id,
-            "kafka_partition": c.kafka_partition,
-            "kafka_offset": c.kafka_offset,
-            "kafka_timestamp_ms": c.kafka_timestamp_ms,
-        }
-        for m in manifests
-        for c in m.corrected
-    ]
-    frame = pl.DataFrame(
-        rows,
-        schema={
-            "event_id": pl.String,
-            "kafka_partition": pl.Int32,
-            "kafka_offset": pl.Int64,
-            "kafka_timestamp_ms": pl.Int64,
-        },
-    )
+    arrivals = [CORRECTED_ARRIVALS.empty_table(), *(m.corrected_arrivals for m in manifests)]
+    frame = _frame(pa.concat_tables(arrivals))
     return (
         frame.sort(["kafka_timestamp_ms", "kafka_partition", "kafka_offset"])
         .unique("event_id", keep="first", maintain_order=True)
@@ -149,7 +133,7 @@ def winners_for(ledger: Ledger, manifests: dict[datetime, Manifest], recorded: s
     of the events they hold corrected copies of, found through the claims of the hours those
     events' devices claimed (copies of one event share its claimed hour), so the read stays
     in proportion to the hour's own corrections."""
-    claimed = {hour for m in manifests.values() for hour in m.claimed_hours()}
+    claimed = {hour for m in manifests.values() for hour in m.claimed_hours}
     more = {h for hour in claimed for h in ledger.claims(hour, recorded)} - set(manifests)
     everything = list(manifests.values()) + list(ledger.manifests(more).values())
     return corrected_winners(everything)

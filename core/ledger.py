@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
+import pyarrow as pa
+
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
@@ -227,6 +229,16 @@ class CorrectedCopy:
     device_hour: str
 
 
+CORRECTED_ARRIVALS = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+        ("kafka_timestamp_ms", pa.int64()),
+    ]
+)
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What an ingest hour landed; immutable once written."""
@@ -255,15 +267,27 @@ class Manifest:
     def lost_ranges(self) -> dict[int, tuple[int, int]]:
         return {p: (r.lost_start, r.lost_end) for p, r in self.partitions.items() if r.lost}
 
-    def claimed_hours(self) -> set[datetime]:
-        """Hours the devices of corrected copies claimed: an uncorrected retry may sit there."""
-        return {parse_hour_label(c.device_hour) for c in self.corrected}
+    @functools.cached_property
+    def claimed_hours(self) -> frozenset[datetime]:
+        """Hours the devices of corrected copies claimed: an uncorrected retry may sit there.
+        Computed once a manifest, as are its corrected arrivals: a cleaning run asks for them
+        for every hour it builds from the manifest."""
+        return frozenset(parse_hour_label(c.device_hour) for c in self.corrected)
+
+    @functools.cached_property
+    def corrected_arrivals(self) -> pa.Table:
+        """The corrected copies' event ids and arrivals (`CORRECTED_ARRIVALS`)."""
+        columns = ["event_id", "kafka_partition", "kafka_offset", "kafka_timestamp_ms"]
+        return pa.table(
+            {name: [getattr(c, name) for c in self.corrected] for name in columns},
+            schema=CORRECTED_ARRIVALS,
+        )
 
     def hours_to_rebuild(self) -> list[datetime]:
         """The event hours this landing affects: those it holds events of, and the claimed
         hours up to this ingest hour (a retry sits in a claimed hour only once it is no longer
         in the future, so later claimed hours hold none yet; their own landing names them)."""
-        claimed = {h for h in self.claimed_hours() if h <= self.ingest_hour}
+        claimed = {h for h in self.claimed_hours if h <= self.ingest_hour}
         return sorted(set(self.event_hours) | claimed)
 
     def to_json(self) -> dict:
@@ -447,7 +471,7 @@ class Ledger:
         label = hour_label(manifest.ingest_hour)
         for hour in manifest.event_hours:
             self.lake.write_bytes(f"{INDEX}/{hour_label(hour)}/{label}", b"")
-        for hour in manifest.claimed_hours():
+        for hour in manifest.claimed_hours:
             self.lake.write_bytes(f"{CLAIMS}/{hour_label(hour)}/{label}", b"")
         return self.lake.write_json(
             manifest_path(manifest.ingest_hour), manifest.to_json(), exclusive=True
