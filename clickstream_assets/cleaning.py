@@ -94,6 +94,17 @@ def _whole_hour(schema: pa.Schema) -> pa.Schema:
 WHOLE_HOUR_BRONZE, WHOLE_HOUR_SILVER = _whole_hour(BRONZE_SCHEMA), _whole_hour(SILVER_SCHEMA)
 
 
+def first_seen(column: pa.ChunkedArray) -> pa.DictionaryArray:
+    """A dictionary column with only the values its rows use, in the order they first appear:
+    the dictionary a Parquet writer builds from the plain strings. Whatever dictionaries the
+    rows were read with (a row group's, or several unified), the same rows make the same file.
+    Work over the indices and the few values, never a string per row."""
+    array = column.combine_chunks()
+    used = pc.drop_null(pc.unique(array.indices))
+    indices = pc.index_in(array.indices, value_set=used)
+    return pa.DictionaryArray.from_arrays(indices, array.dictionary.take(used))
+
+
 ARRIVAL_ORDER = ["received_at", "kafka_partition", "kafka_offset"]
 """The contract's tie-break for the first received copy."""
 
@@ -283,32 +294,58 @@ SHARED_ROWS = BUCKET_ROWS // 4
 being cleaned."""
 
 
-RowGroup = tuple[ds.ParquetFileFragment, datetime | None, datetime | None, bool]
-"""A bronze row group, its least and greatest event hour (None when unknown) and whether every
-row has that one event hour (landing writes a long run of one hour as a row group of its own)."""
+RowGroup = tuple[ds.ParquetFileFragment, datetime | None, datetime | None, bool, bool]
+"""A bronze row group, its least and greatest event hour (None when unknown), whether every row
+has that one event hour (landing writes a long run of one hour as a row group of its own), and
+whether it may hold refused rows."""
 
 
-def _event_hours(group: pq.RowGroupMetaData) -> tuple[datetime | None, datetime | None, bool]:
-    """A bronze row group's least and greatest event hour and whether all its rows have one."""
+def _row_group_stats(
+    group: pq.RowGroupMetaData,
+) -> tuple[datetime | None, datetime | None, bool, bool]:
+    """A bronze row group's least and greatest event hour, whether all its rows have one, and
+    whether any row was refused (a reason), from its statistics."""
+    low = high = None
+    one_hour, refused = False, True
     for i in range(group.num_columns):
         column = group.column(i)
-        if column.path_in_schema == "event_hour" and column.is_stats_set:
-            stats = column.statistics
-            if stats.has_min_max:
-                no_nulls = stats.has_null_count and stats.null_count == 0
-                return stats.min, stats.max, stats.min == stats.max and no_nulls
-    return None, None, False
+        if not column.is_stats_set:
+            continue
+        stats = column.statistics
+        if column.path_in_schema == "event_hour" and stats.has_min_max:
+            no_nulls = stats.has_null_count and stats.null_count == 0
+            low, high, one_hour = stats.min, stats.max, stats.min == stats.max and no_nulls
+        elif column.path_in_schema == "reason" and stats.has_null_count:
+            refused = stats.null_count < group.num_rows
+    return low, high, one_hour, refused
+
+
+def _by_hour(table: pa.Table) -> dict[datetime, pa.Table]:
+    """The rows of `table` by event hour, each hour's in their order (a stable sort)."""
+    table = table.take(pc.sort_indices(table["event_hour"]))
+    runs = pc.run_end_encode(table["event_hour"].combine_chunks())
+    hours, start = {}, 0
+    for hour, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
+        if hour is not None:
+            hours[hour] = table.slice(start, end - start)
+        start = end
+    return hours
+
+
+_REFUSED_COLUMNS = QUARANTINE_SCHEMA.names[1:]
+"""A refused bronze row as the quarantine keeps it, raw record included (without its stage)."""
 
 
 class SharedRowGroups:
     """Bronze as one run reads it, cleaning hours in turn: each file's footer read once, and each
     row group that holds several event hours (the late events of many hours share row groups)
-    decoded once and kept, at most `SHARED_ROWS` rows of them, while later hours may need it."""
+    decoded once, split by event hour, and kept, at most `SHARED_ROWS` rows of them, while later
+    hours may need it; the same for the raw records of its refused rows."""
 
     def __init__(self, lake: LakeResource) -> None:
         self.lake = lake
         self._pieces: dict[str, list[RowGroup]] = {}
-        self._kept: dict[tuple[str, int], tuple[datetime, pa.Table]] = {}
+        self._kept: dict[tuple[str, int, bool], tuple[datetime, dict[datetime, pa.Table]]] = {}
         self._lock = threading.Lock()  # hours of a run are cleaned two at a time
 
     def _row_groups(self, file: str) -> list[RowGroup]:
@@ -318,39 +355,59 @@ class SharedRowGroups:
             (whole,) = self.lake.dataset([file], WHOLE_HOUR_BRONZE).get_fragments()
             pieces = []
             for piece in whole.split_by_row_group():
-                pieces.append((piece, *_event_hours(piece.row_groups[0].metadata)))
+                pieces.append((piece, *_row_group_stats(piece.row_groups[0].metadata)))
             self._pieces[file] = pieces  # whole: another hour's thread may be reading the file
         return self._pieces[file]
 
-    def _decode(self, piece: ds.ParquetFileFragment) -> pa.Table:
-        scan = ds.Scanner.from_fragment(piece, schema=WHOLE_HOUR_BRONZE, columns=ROW_COLUMNS)
-        return scan.to_table()
-
     def read(self, files: list[str], event_hour: datetime) -> pa.Table:
         """The rows of `event_hour` in `files` (`ROW_COLUMNS`), in file and row order."""
+        return pa.concat_tables([_EMPTY_ROWS, *self._of_hour(files, event_hour, refused=False)])
+
+    def refused(self, files: list[str], event_hour: datetime) -> list[pa.Table]:
+        """The refused rows of `event_hour` in `files` with their raw records, in file and row
+        order: the raw records, most of bronze's bytes, decoded once a run."""
+        return self._of_hour(files, event_hour, refused=True)
+
+    def _decode(self, piece: ds.ParquetFileFragment, refused: bool) -> pa.Table:
+        if refused:
+            columns, row_filter = _REFUSED_COLUMNS, ds.field("reason").is_valid()
+        else:
+            columns, row_filter = ROW_COLUMNS, None
+        scan = ds.Scanner.from_fragment(
+            piece, schema=WHOLE_HOUR_BRONZE, columns=columns, filter=row_filter
+        )
+        return scan.to_table()
+
+    def _of_hour(self, files: list[str], event_hour: datetime, refused: bool) -> list[pa.Table]:
         with self._lock:
             self._kept = {key: kept for key, kept in self._kept.items() if kept[0] >= event_hour}
         parts = []
         for file in files:
-            for index, (piece, low, high, one_hour) in enumerate(self._row_groups(file)):
+            for index, (piece, low, high, one_hour, has_refused) in enumerate(
+                self._row_groups(file)
+            ):
                 if low is not None and not low <= event_hour <= high:
                     continue
+                if refused and not has_refused:
+                    continue
+                if one_hour:
+                    parts.append(self._decode(piece, refused))
+                    continue
+                key = (file, index, refused)
                 with self._lock:
-                    kept = self._kept.get((file, index))
+                    kept = self._kept.get(key)
                 if kept is not None:
-                    table = kept[1]
+                    hours = kept[1]
                 else:
-                    table = self._decode(piece)
+                    hours = _by_hour(self._decode(piece, refused))
+                    rows = sum(t.num_rows for t in hours.values())
                     with self._lock:
-                        room = SHARED_ROWS - sum(k[1].num_rows for k in self._kept.values())
-                        if high is not None and high > event_hour and table.num_rows <= room:
-                            self._kept[file, index] = (high, table)
-                if not one_hour:
-                    table = table.filter(
-                        pc.equal(table["event_hour"], pa.scalar(event_hour, UTC_US))
-                    )
-                parts.append(table)
-        return pa.concat_tables([_EMPTY_ROWS, *parts])
+                        held = sum(t.num_rows for k in self._kept.values() for t in k[1].values())
+                        if high is not None and high > event_hour and rows <= SHARED_ROWS - held:
+                            self._kept[key] = (high, hours)
+                if event_hour in hours:
+                    parts.append(hours[event_hour])
+        return parts
 
 
 @dataclass
@@ -411,15 +468,23 @@ def _files_of(manifests: dict[datetime, Manifest], pair: tuple[datetime, int]) -
 
 
 def _invalid_rows(
-    lake: LakeResource, files: list[str], row_filter: ds.Expression
+    lake: LakeResource, files: list[str], event_hour: datetime, shared: SharedRowGroups | None
 ) -> Iterator[pl.DataFrame]:
-    """The rows of `files` matching `row_filter` with their raw records, in chunks."""
+    """The refused rows of `event_hour` in `files` with their raw records, in chunks, in file
+    and row order: from the run's `shared` row groups, else a scan of the files."""
     if not files:
         return
-    scanner = lake.dataset(files, BRONZE_SCHEMA).scanner(
-        columns=QUARANTINE_SCHEMA.names[1:], filter=row_filter, **SCAN_READAHEAD
-    )
-    for chunk in _chunks(scanner.to_batches(), QUARANTINE_CHUNK_ROWS):
+    if shared is not None:
+        tables = shared.refused(files, event_hour)
+        batches = (batch for table in tables for batch in table.to_batches())
+    else:
+        refused = ds.field("reason").is_valid()
+        this_hour = ds.field("event_hour") == pa.scalar(event_hour, UTC_US)
+        scanner = lake.dataset(files, BRONZE_SCHEMA).scanner(
+            columns=_REFUSED_COLUMNS, filter=this_hour & refused, **SCAN_READAHEAD
+        )
+        batches = scanner.to_batches()
+    for chunk in _chunks(batches, QUARANTINE_CHUNK_ROWS):
         yield _frame(chunk)
 
 
@@ -574,7 +639,7 @@ def clean_hour(
     silver_path, quarantine_path = events_file(event_hour), cleaning_quarantine_file(event_hour)
     silver_schema = WHOLE_HOUR_SILVER if buckets == 1 else SILVER_SCHEMA
     this_hour = ds.field("event_hour") == pa.scalar(event_hour, UTC_US)
-    valid = ds.field("reason").is_null()
+    shared = run.shared if run is not None and buckets == 1 else None
 
     def newest() -> bool:
         current = ledger.clean_stamp(event_hour)
@@ -594,8 +659,8 @@ def clean_hour(
     ):
         if files:
             # One scan reads the hour's valid and invalid rows (their cheap columns) together.
-            if run is not None and buckets == 1:
-                rows_of = _read_once(run.shared.read(files, event_hour))
+            if shared is not None:
+                rows_of = _read_once(shared.read(files, event_hour))
             else:
                 rows_of = _in_buckets(
                     lake, files, this_hour, ROW_COLUMNS, buckets, f"{spill}/events"
@@ -618,6 +683,10 @@ def clean_hour(
                 events = rows.select(SILVER_SCHEMA.names).combine_chunks()
                 for start in range(0, len(kept), SILVER_ROW_GROUP_ROWS):
                     clean = events.take(kept.slice(start, SILVER_ROW_GROUP_ROWS))
+                    if silver_schema is WHOLE_HOUR_SILVER:
+                        for name in WHOLE_HOUR_DICTIONARIES:
+                            index = clean.schema.get_field_index(name)
+                            clean = clean.set_column(index, name, first_seen(clean[name]))
                     late = pc.greater(clean["ingest_hour"], pa.scalar(event_hour, UTC_US))
                     counts["clock_corrected"] += pc.sum(
                         clean["clock_corrected"], min_count=0
@@ -634,7 +703,7 @@ def clean_hour(
         # Invalid rows need no dedup: streamed to quarantine as received, in ledger order, with
         # their raw records read only from the files that hold some.
         holding = {file for pair in held for file in _files_of(manifests, pair)}
-        for invalid in _invalid_rows(lake, [f for f in files if f in holding], this_hour & ~valid):
+        for invalid in _invalid_rows(lake, [f for f in files if f in holding], event_hour, shared):
             quarantine_writer.write_table(
                 invalid.with_columns(stage=pl.lit("cleaning"))
                 .select(QUARANTINE_SCHEMA.names)
