@@ -66,45 +66,6 @@ every row group's ids only to fall back costs time and saves no bytes."""
 SILVER_ENCODING = {"event_id": "DELTA_LENGTH_BYTE_ARRAY"}
 """Random ids, the widest silver column: their lengths kept apart from their bytes, which zstd
 then compresses in half the time and a little smaller than interleaved with lengths."""
-WHOLE_HOUR_DICTIONARIES = [
-    "event_type",
-    "platform",
-    "title_id",
-    "campaign_id",
-    "ad_id",
-    "page",
-    "app_version",
-]
-"""The strings of a few dozen values that an hour read whole keeps as Parquet stores them,
-dictionary arrays, from bronze to silver: read, taken and written again without a string per row
-(a 1M-event hour: CPU 4.5 -> 4.0 s, `benchmarks/compare.py`). Not the device and user ids, whose
-dictionaries are nearly as long as their rows, nor a spilled hour's: the Arrow files of a spill
-hold one dictionary per column."""
-
-
-def _whole_hour(schema: pa.Schema) -> pa.Schema:
-    return pa.schema(
-        field.with_type(pa.dictionary(pa.int32(), field.type))
-        if field.name in WHOLE_HOUR_DICTIONARIES
-        else field
-        for field in schema
-    )
-
-
-WHOLE_HOUR_BRONZE, WHOLE_HOUR_SILVER = _whole_hour(BRONZE_SCHEMA), _whole_hour(SILVER_SCHEMA)
-
-
-def first_seen(column: pa.ChunkedArray) -> pa.DictionaryArray:
-    """A dictionary column with only the values its rows use, in the order they first appear:
-    the dictionary a Parquet writer builds from the plain strings. Whatever dictionaries the
-    rows were read with (a row group's, or several unified), the same rows make the same file.
-    Work over the indices and the few values, never a string per row."""
-    array = column.combine_chunks()
-    used = pc.drop_null(pc.unique(array.indices))
-    indices = pc.index_in(array.indices, value_set=used)
-    return pa.DictionaryArray.from_arrays(indices, array.dictionary.take(used))
-
-
 ARRIVAL_ORDER = ["received_at", "kafka_partition", "kafka_offset"]
 """The contract's tie-break for the first received copy."""
 
@@ -226,7 +187,7 @@ _EVENT_COLUMNS = {
 ROW_COLUMNS = {**_EVENT_COLUMNS, "reason": ds.field("reason")}
 """A bronze row of the hour, valid or not: the event columns and why it was refused, if it was
 (the raw record, read only for refused rows, is most of a row group's bytes)."""
-_EMPTY_ROWS = ds.dataset(WHOLE_HOUR_BRONZE.empty_table()).to_table(columns=ROW_COLUMNS)
+_EMPTY_ROWS = ds.dataset(BRONZE_SCHEMA.empty_table()).to_table(columns=ROW_COLUMNS)
 _COPY_COLUMNS = {name: _EVENT_COLUMNS[name] for name in ["event_id", *ARRIVAL_ORDER]}
 """The arrival of a valid copy in another event hour, to compare with this hour's copies."""
 COPIES_SCHEMA = pa.schema(
@@ -253,13 +214,12 @@ def _in_buckets(
     """Read the rows of `files` matching `row_filter`, one dedup bucket at a time, in memory
     bounded by a bucket: with more than one bucket, one streaming pass writes each bucket's rows
     to local Arrow files under `spill` (copies of an event share a bucket), and each is read
-    back alone. Returns the reader of a bucket; read whole (one bucket), its
-    `WHOLE_HOUR_DICTIONARIES` are dictionary arrays."""
+    back alone. Returns the reader of a bucket."""
+    dataset = lake.dataset(files, BRONZE_SCHEMA)
     if buckets == 1:
-        dataset = lake.dataset(files, WHOLE_HOUR_BRONZE)
         return _read_once(dataset.to_table(columns=columns, filter=row_filter))
     mask = pa.scalar(buckets - 1, pa.uint8())
-    scanner = lake.dataset(files, BRONZE_SCHEMA).scanner(
+    scanner = dataset.scanner(
         # A row without a bucket (bronze of an older version) goes with the first, to be refused.
         columns={
             **columns,
@@ -352,7 +312,7 @@ class SharedRowGroups:
         """The file's row groups, each read once a run: converting a row group's statistics to
         Python costs more than most hours' rows."""
         if file not in self._pieces:
-            (whole,) = self.lake.dataset([file], WHOLE_HOUR_BRONZE).get_fragments()
+            (whole,) = self.lake.dataset([file], BRONZE_SCHEMA).get_fragments()
             pieces = []
             for piece in whole.split_by_row_group():
                 pieces.append((piece, *_row_group_stats(piece.row_groups[0].metadata)))
@@ -374,7 +334,7 @@ class SharedRowGroups:
         else:
             columns, row_filter = ROW_COLUMNS, None
         scan = ds.Scanner.from_fragment(
-            piece, schema=WHOLE_HOUR_BRONZE, columns=columns, filter=row_filter
+            piece, schema=BRONZE_SCHEMA, columns=columns, filter=row_filter
         )
         return scan.to_table()
 
@@ -637,7 +597,6 @@ def clean_hour(
     sources: set[datetime] = set()
     held: set[tuple[datetime, int]] = set()  # (ingest hour, Kafka partition) of invalid rows
     silver_path, quarantine_path = events_file(event_hour), cleaning_quarantine_file(event_hour)
-    silver_schema = WHOLE_HOUR_SILVER if buckets == 1 else SILVER_SCHEMA
     this_hour = ds.field("event_hour") == pa.scalar(event_hour, UTC_US)
     shared = run.shared if run is not None and buckets == 1 else None
 
@@ -649,7 +608,7 @@ def clean_hour(
         tempfile.TemporaryDirectory(prefix="clickstream-clean-") as spill,
         lake.parquet_writer(
             silver_path,
-            silver_schema,
+            SILVER_SCHEMA,
             keep=newest,
             statistics=SILVER_STATISTICS,
             dictionary=SILVER_DICTIONARY,
@@ -683,10 +642,6 @@ def clean_hour(
                 events = rows.select(SILVER_SCHEMA.names).combine_chunks()
                 for start in range(0, len(kept), SILVER_ROW_GROUP_ROWS):
                     clean = events.take(kept.slice(start, SILVER_ROW_GROUP_ROWS))
-                    if silver_schema is WHOLE_HOUR_SILVER:
-                        for name in WHOLE_HOUR_DICTIONARIES:
-                            index = clean.schema.get_field_index(name)
-                            clean = clean.set_column(index, name, first_seen(clean[name]))
                     late = pc.greater(clean["ingest_hour"], pa.scalar(event_hour, UTC_US))
                     counts["clock_corrected"] += pc.sum(
                         clean["clock_corrected"], min_count=0
@@ -694,7 +649,7 @@ def clean_hour(
                     counts["late_events"] += pc.sum(late, min_count=0).as_py()
                     if writing is not None:
                         writing.result()
-                    writing = writes.submit(silver_writer.write_table, clean.cast(silver_schema))
+                    writing = writes.submit(silver_writer.write_table, clean.cast(SILVER_SCHEMA))
                 counts["events"] += len(kept)
                 counts["duplicates"] += rows["reason"].null_count - len(kept)
                 del rows, refused, events, kept  # not in memory while the next is read

@@ -28,11 +28,6 @@ class LakeUnavailable(RuntimeError):
     """The lake cannot be written; the message says what to fix."""
 
 
-def _dictionaries(schema: pa.Schema) -> list[str]:
-    """The dictionary-typed columns of `schema`."""
-    return [field.name for field in schema if pa.types.is_dictionary(field.type)]
-
-
 class Lake(BaseModel):
     """A directory tree of Parquet and JSON files, addressed by paths relative to `url`."""
 
@@ -161,9 +156,7 @@ class Lake(BaseModel):
         names the columns readers filter on (all when None): min/max of the others, such as
         random ids and raw values, cost time to write and prune nothing. `dictionary` names the
         columns worth dictionary encoding (all when None), `encoding` another encoding for some
-        of the others (Parquet's names, as pyarrow takes them). A dictionary-typed column of `schema`
-        takes dictionary arrays and writes them as they are; the file keeps no Arrow schema then,
-        so that readers see the plain values, as of any other file."""
+        of the others (Parquet's names, as pyarrow takes them)."""
         temporary, final = self._temporary(relative)
         handle = self.fs.open(temporary, "wb")
         writer = pq.ParquetWriter(
@@ -172,7 +165,6 @@ class Lake(BaseModel):
             compression="zstd",
             write_statistics=statistics or True,
             use_dictionary=dictionary or True,
-            store_schema=not _dictionaries(schema),
             column_encoding=encoding,
         )
         try:
@@ -213,14 +205,9 @@ class Lake(BaseModel):
 
     def dataset(self, relatives: list[str], schema: pa.Schema) -> ds.Dataset:
         """Files as one Arrow dataset of `schema`, for streaming scans (a column an older file
-        lacks reads as nulls). A dictionary-typed column of `schema` is read as Parquet keeps
-        it, its values never materialized row by row."""
-        options = ds.ParquetReadOptions(dictionary_columns=_dictionaries(schema))
+        lacks reads as nulls)."""
         return ds.dataset(
-            [self.path(r) for r in relatives],
-            schema=schema,
-            format=ds.ParquetFileFormat(read_options=options),
-            filesystem=self.fs,
+            [self.path(r) for r in relatives], schema=schema, format="parquet", filesystem=self.fs
         )
 
     def remove(self, relative: str) -> None:
