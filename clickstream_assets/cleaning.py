@@ -638,8 +638,7 @@ def clean_hour(
                 sources.update(pc.unique(rows["ingest_hour"]).to_pylist())
                 _check_typed(rows, refused)
                 kept = first_copies(rows, winners, copies)
-                # Rows are taken from one chunk a column, not from the many of the read.
-                events = rows.select(SILVER_SCHEMA.names).combine_chunks()
+                events = rows.select(SILVER_SCHEMA.names)
                 for start in range(0, len(kept), SILVER_ROW_GROUP_ROWS):
                     clean = events.take(kept.slice(start, SILVER_ROW_GROUP_ROWS))
                     late = pc.greater(clean["ingest_hour"], pa.scalar(event_hour, UTC_US))
