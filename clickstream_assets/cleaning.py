@@ -478,8 +478,8 @@ def restamped(copies: pl.DataFrame) -> pl.DataFrame:
     """The rows of `copies` (valid copies with their event hours) whose event_id has copies in
     more than one event hour. The ids are hashed and sorted, and a hash whose neighbours in that
     order differ in event hour marks candidates (a collision only adds some), which their ids
-    then decide: a sort of integers instead of grouping every id of two ingest hours, where about
-    half the rows are outside the most common event hour (half the time, the 4M-event day)."""
+    then decide: a sort of integers instead of grouping every id of two ingest hours (about half
+    their rows lie outside the most common event hour), in half the time on the 4M-event day."""
     if copies.is_empty():
         return copies
     hashed = copies.with_columns(pl.col("event_id").hash().alias("id_hash"))
