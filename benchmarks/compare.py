@@ -29,6 +29,8 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
+import bench  # puts this tree first on sys.path: a measured process puts its own tree back
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,7 +47,7 @@ def run_stage(stage: str, lake_dir: str) -> dict:
     manifests = ledger.manifests(ledger.recorded_hours()).values()
     hours = sorted({hour for m in manifests for hour in m.event_hours})
     now = max(m.ingest_hour for m in manifests) + timedelta(hours=2)
-    start_rss = _rss("VmRSS")
+    start_rss = bench.rss_bytes()
     wall, cpu = time.perf_counter(), time.process_time()
     if stage == "clean-hour":
         hour = max(hours, key=lambda h: sum(m.event_hours.get(h, 0) for m in manifests))
@@ -58,16 +60,8 @@ def run_stage(stage: str, lake_dir: str) -> dict:
         "rows": rows,
         "wall": time.perf_counter() - wall,
         "cpu": time.process_time() - cpu,
-        "peak_mib": (_rss("VmHWM") - start_rss) / 2**20,
+        "peak_mib": (bench.peak_rss_bytes() - start_rss) / 2**20,
     }
-
-
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _measure(tree: Path, stage: str, landed: Path, scratch: Path) -> dict:
@@ -76,8 +70,8 @@ def _measure(tree: Path, stage: str, landed: Path, scratch: Path) -> dict:
     shutil.rmtree(lake, ignore_errors=True)
     shutil.copytree(landed, lake, ignore=shutil.ignore_patterns("silver", "cleaning", "_copies"))
     code = (
-        f"import sys, json; sys.path.insert(0, {str(tree)!r}); "
-        f"sys.path.insert(1, {str(ROOT / 'benchmarks')!r}); import compare; "
+        f"import sys, json; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import compare; "
+        f"sys.path.insert(0, {str(tree)!r}); "
         f"print(json.dumps(compare.run_stage({stage!r}, {str(lake)!r})))"
     )
     out = subprocess.run(
@@ -89,9 +83,6 @@ def _measure(tree: Path, stage: str, landed: Path, scratch: Path) -> dict:
 
 def _landed_hour(events: int, workdir: Path) -> Path:
     """One ingest hour of `events` events landed by this tree, as the bench's hour stage."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import bench
-
     hour = bench.DAY + timedelta(hours=20)
     records, lake = workdir / "records.parquet", workdir / "landed"
     bench.write_hour_records(str(records), events, hour)
