@@ -431,7 +431,8 @@ def _invalid_rows(
     lake: LakeResource, files: list[str], event_hour: datetime, shared: SharedRowGroups | None
 ) -> Iterator[pl.DataFrame]:
     """The refused rows of `event_hour` in `files` with their raw records, in chunks, in file
-    and row order: from the run's `shared` row groups, else a scan of the files."""
+    and row order: from the `shared` row groups of an hour read whole, else (an hour read in
+    buckets) a scan of the files."""
     if not files:
         return
     if shared is not None:
@@ -598,7 +599,10 @@ def clean_hour(
     held: set[tuple[datetime, int]] = set()  # (ingest hour, Kafka partition) of invalid rows
     silver_path, quarantine_path = events_file(event_hour), cleaning_quarantine_file(event_hour)
     this_hour = ds.field("event_hour") == pa.scalar(event_hour, UTC_US)
-    shared = run.shared if run is not None and buckets == 1 else None
+    # An hour read whole reads it by row group, as a run does: a row group of this hour alone
+    # is decoded without the event-hour filter, and the raw records of refused rows are decoded
+    # once for the quarantine.
+    shared = (run.shared if run is not None else SharedRowGroups(lake)) if buckets == 1 else None
 
     def newest() -> bool:
         current = ledger.clean_stamp(event_hour)

@@ -535,8 +535,8 @@ def test_a_corrected_first_copy_landing_late_restates_the_hour_its_retry_was_cou
 def test_hours_cleaned_two_at_a_time_write_what_one_at_a_time_writes(tmp_path):
     # Generated traffic: the late events of many hours share row groups, re-stamped copies and
     # invalid rows span hours; every silver, quarantine and copies file must be byte-identical,
-    # whether a run's hours share their row groups (two at a time or one) or each hour scans
-    # its files alone.
+    # whether a run's hours share their row groups (two at a time or one) or each hour reads
+    # its files alone, without a run.
     traffic = messy_traffic(at(0), at(6), events=6000, seed=3, max_late=timedelta(hours=3))
     log = InMemoryKafka(partitions=3)
     log.produce(traffic.messages)
@@ -554,8 +554,8 @@ def test_hours_cleaned_two_at_a_time_write_what_one_at_a_time_writes(tmp_path):
         run=CleaningRun.of(two),
         bucket_rows=2500,
     )
-    scanned = [clean_hour(apart, h, first_instant=START, now=CLEANED_AT) for h in event_hours]
-    assert [c.stamp for c in both] == [c.stamp for c in alone] == [c.stamp for c in scanned]
+    by_itself = [clean_hour(apart, h, first_instant=START, now=CLEANED_AT) for h in event_hours]
+    assert [c.stamp for c in both] == [c.stamp for c in alone] == [c.stamp for c in by_itself]
     assert len(event_hours) >= 6 and sum(c.stamp.quarantined for c in alone) > 0
 
     def files(lake: LakeResource) -> dict[str, bytes]:
