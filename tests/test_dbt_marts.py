@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -425,10 +426,14 @@ def test_a_day_rebuilt_reads_only_the_hours_whose_silver_changed(
     assert build("2026-03-10 15:00") == ((6, 4, 6, 12), {5: (6, True, 1), 10: (6, True, 1)})
 
     # Another version of the rollup's SQL rebuilds every hour: now hour 05 holds the forged row,
-    # a restatement of a final hour.
+    # a restatement of a final hour. The stored rollup also has a column this version's SQL
+    # no longer makes (as one built before the rollup dropped actor_id): dropped, not an error.
     monkeypatch.setattr(marts_module, "_rollup_version", lambda: "another version")
+    with duckdb.connect(settings.warehouse) as connection:
+        connection.execute("alter table int_hourly_activity add column actor_id varchar")
     # Hour 10: u2 (d4), device:d5, u3 (d3), u9 (d9); hour 05: u8 (d8). u1, d1, d2 are gone.
     assert build("2026-03-10 16:00") == ((5, 4, 5, 7), {5: (1, True, 2), 10: (6, True, 1)})
+    assert "actor_id" not in read_table(warehouse, "int_hourly_activity").columns
 
 
 def test_days_built_in_one_run_equal_each_day_built_alone(

@@ -1,5 +1,5 @@
 {#- The hourly rollup every mart reads: one row per event hour, ingest hour, event type, platform,
-    actor and device (and the title of a play, the campaign of an ad impression), with its
+    user and device (and the title of a play, the campaign of an ad impression), with its
     events. A run rebuilds only the hours of its days whose silver changed since it last built
     them (var rollup_hours, decided by the mart asset from the silver stamps), and each row records
     in built_from the digest of what its hour's silver held. The daily marts then merge these
@@ -21,7 +21,6 @@ final as (
         ingest_hour,
         event_type,
         platform,
-        actor_id,
         user_id,
         device_id,
         case when event_type = 'play' then title_id end as title_id,

@@ -52,7 +52,7 @@ final as (
     select
         *,
         cast(timezone('UTC', event_time) as date) as event_date,
-        coalesce(user_id, 'device:' || device_id) as actor_id
+        {{ actor_id() }} as actor_id
     from renamed
 )
 
