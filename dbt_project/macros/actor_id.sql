@@ -3,6 +3,6 @@
     staging view adds it to silver, and mart_head to the hourly rollup, which keeps only the
     user and device it is made of (a third string column of nearly every event cost a quarter
     of the rollup's first build). -#}
-{% macro actor_id(user_id='user_id', device_id='device_id') -%}
-    coalesce({{ user_id }}, 'device:' || {{ device_id }})
+{% macro actor_id() -%}
+    coalesce(user_id, 'device:' || device_id)
 {%- endmacro %}

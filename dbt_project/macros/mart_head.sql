@@ -1,7 +1,8 @@
 {#- The head every mart shares: its period column (replace_partition deletes the rows of the days
     being built by it; the var `marts` is the one list of marts and their periods) and the CTE
     `day_events`: the hourly rollup's rows of those days (int_hourly_activity, each with its
-    `events` and its `actor_id`), optionally of one event type. Call it first, in place of `with`. -#}
+    `events` and its `actor_id`), optionally of one event type. Call it first, in place of
+    `with`. -#}
 {% macro mart_head(event_type=none) -%}
     {#- A unit test renders the model as itself: the model it tests is the one to look up. -#}
     {%- set mart = (model.get('tested_node_unique_id') or model.unique_id).split('.')[-1] -%}
