@@ -15,6 +15,9 @@ Stages:
   once, by this tree, as `bench.py --only hour` does), or on the hour of a --lake with one.
 - clean-day: `clean_hours` over every event hour of --lake (a landed lake, for example a `bench.py
   --only day` run's `day/lake`), in one `CleaningRun`, as the cleaning asset runs them.
+- marts: one Dagster run of the marts of every day of --lake's events (a cleaned lake: silver
+  included), into a fresh warehouse and Dagster home, as a catch-up builds them: cold, dbt's
+  parse included (each tree's saved parse is made before the first round).
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_stage(stage: str, lake_dir: str) -> dict:
-    """In a fresh process whose sys.path starts with the tree under test: clean the lake."""
+    """In a fresh process whose sys.path starts with the tree under test: clean the lake, or
+    build its days' marts."""
     import time
+
+    import pyarrow.dataset as ds
 
     from clickstream_assets.cleaning import CleaningRun, clean_hour, clean_hours
     from core.ledger import Ledger
@@ -49,7 +55,15 @@ def run_stage(stage: str, lake_dir: str) -> dict:
     now = max(m.ingest_hour for m in manifests) + timedelta(hours=2)
     start_rss = bench.rss_bytes()
     wall, cpu = time.perf_counter(), time.process_time()
-    if stage == "clean-hour":
+    if stage == "marts":
+        from clickstream_assets.definitions import defs  # noqa: F401  (imported before the clock)
+
+        settings = bench._deployment(Path(lake_dir).parent, "localhost:9", "compare")
+        rows = ds.dataset(f"{lake_dir}/silver/events", format="parquet").count_rows()
+        start_rss = bench.rss_bytes()
+        wall, cpu = time.perf_counter(), time.process_time()
+        bench._build_marts(settings, now, hours[0].date(), hours[-1].date())
+    elif stage == "clean-hour":
         hour = max(hours, key=lambda h: sum(m.event_hours.get(h, 0) for m in manifests))
         rows = clean_hour(lake, hour, first_instant=hours[0], now=now).stamp.bronze_rows
     else:
@@ -65,10 +79,15 @@ def run_stage(stage: str, lake_dir: str) -> dict:
 
 
 def _measure(tree: Path, stage: str, landed: Path, scratch: Path) -> dict:
-    """The stage run by the code of `tree` on a fresh copy of the landed lake."""
+    """The stage run by the code of `tree` on a fresh copy of the landed lake (cleaned, for the
+    marts), with a fresh warehouse and Dagster home."""
     lake = scratch / "lake"
-    shutil.rmtree(lake, ignore_errors=True)
-    shutil.copytree(landed, lake, ignore=shutil.ignore_patterns("silver", "cleaning", "_copies"))
+    for made in (lake, scratch / "dagster"):
+        shutil.rmtree(made, ignore_errors=True)
+    for made in scratch.glob("warehouse.duckdb*"):
+        made.unlink()
+    kept = () if stage == "marts" else ("silver", "cleaning", "_copies")
+    shutil.copytree(landed, lake, ignore=shutil.ignore_patterns(*kept))
     code = (
         f"import sys, json; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import compare; "
         f"sys.path.insert(0, {str(tree)!r}); "
@@ -104,19 +123,28 @@ def _worktree(revision: str, workdir: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", required=True, help="the git revision to compare against")
-    parser.add_argument("--stage", choices=["clean-hour", "clean-day"], default="clean-hour")
+    parser.add_argument(
+        "--stage", choices=["clean-hour", "clean-day", "marts"], default="clean-hour"
+    )
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--lake", type=Path, help="a landed lake (clean-day needs one)")
+    parser.add_argument(
+        "--lake", type=Path, help="a landed lake (clean-day needs one; marts a cleaned one)"
+    )
     parser.add_argument("--events", type=int, default=1_000_000, help="clean-hour's hour")
     args = parser.parse_args()
-    if args.stage == "clean-day" and args.lake is None:
-        parser.error("clean-day needs --lake: a landed lake, such as a bench run's day/lake")
+    if args.stage in ("clean-day", "marts") and args.lake is None:
+        parser.error(f"{args.stage} needs --lake: a landed lake, such as a bench run's day/lake")
 
     workdir = Path(tempfile.mkdtemp(prefix="clickstream-compare-"))
     base = _worktree(args.base, workdir)
     try:
         landed = args.lake or _landed_hour(args.events, workdir)
         trees = {"base": base, "this": ROOT}
+        for tree in trees.values() if args.stage == "marts" else ():
+            # A saved dbt parse in each tree: every measured run's parse is a partial one.
+            parse = "from resources.dbt import DBT_PROJECT_DIR, parse; parse(DBT_PROJECT_DIR)"
+            code = f"import sys; sys.path.insert(0, {str(tree)!r}); {parse}"
+            subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
         runs: dict[str, list[dict]] = {"base": [], "this": []}
         for round_ in range(args.rounds):
             order = ["base", "this"] if round_ % 2 == 0 else ["this", "base"]
@@ -130,7 +158,8 @@ def main() -> None:
             )
         rows = {r["rows"] for rs in runs.values() for r in rs}
         print(f"\n`{' '.join(['benchmarks/compare.py', *sys.argv[1:]])}`, base {args.base}")
-        print(f"{args.stage}: {', '.join(f'{r:,}' for r in sorted(rows))} bronze rows\n")
+        read = "silver" if args.stage == "marts" else "bronze"
+        print(f"{args.stage}: {', '.join(f'{r:,}' for r in sorted(rows))} {read} rows\n")
         print("| version | wall, median (min-max) | CPU, median | peak above start, median |")
         print("|---|---|---|---|")
         for name, rs in runs.items():
