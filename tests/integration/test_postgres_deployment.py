@@ -126,6 +126,19 @@ class Deployment:
     def runs(self) -> list:
         return list(self.instance.get_run_records(ascending=True))
 
+    def stop(self) -> None:
+        """Terminate the processes, the daemon first (nothing requests or launches a run once
+        it has stopped); kill any that has not exited within 30 s: on a loaded machine the code
+        server's graceful stop has taken longer (CI, 2026-12-03)."""
+        for process in reversed(self.processes):
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
     def latest_ticks(self) -> dict[str, object]:
         states = self.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
         ticks = {}
@@ -207,13 +220,7 @@ def deployment(root: Path, database: str, **clickstream: str) -> Iterator[Deploy
             running.wait(lambda: _serving(port, full_env), "the code server answering")
             yield running
         finally:
-            for process in reversed(running.processes):
-                process.terminate()
-            for process in running.processes:
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            running.stop()
             running.instance.dispose()
 
 
@@ -260,10 +267,7 @@ def test_the_daemon_and_sensors_build_the_expected_marts(broker, pg_database, tm
             "landing, cleaning and marts runs, then two quiet sensor ticks",
         )
         runs = running.runs()
-        for process in running.processes:
-            process.terminate()  # the warehouse is read only once no run can write it
-        for process in running.processes:
-            process.wait(timeout=30)
+        running.stop()  # the warehouse is read only once no run can write it
 
     assert [r.dagster_run.status for r in runs] == [DagsterRunStatus.SUCCESS] * len(runs)
     # Every run was requested by a sensor (a landing's materializations, not its run's end,
