@@ -79,9 +79,12 @@ def parse(
     *,
     target: str = LOCAL_TARGET,
     warehouse_path: str | os.PathLike[str] = DEFAULT_WAREHOUSE,
+    write_json: bool = True,
 ) -> Any:
-    """Parse the project in-process (partial parsing on) and return dbt's Manifest; a parse for
-    the `local` target also writes target/manifest.json, which @dbt_assets reads at import."""
+    """Parse the project in-process (partial parsing on) and return dbt's Manifest; with
+    `write_json`, a parse for the `local` target also writes target/manifest.json, which
+    @dbt_assets reads at import. A run's parse writes none: serializing the manifest is a
+    quarter of a process's first parse, and the file a run imported from is already there."""
     # dbt keeps one saved parse per target directory: another profile target parses beside it.
     target_path = project_dir / "target" / ("" if target == LOCAL_TARGET else target)
     args = ["parse", *_common_args(project_dir, target, target_path)]
@@ -89,6 +92,8 @@ def parse(
     # relation. dbt re-parses the whole project (seconds) when a parse's vars differ from the
     # last one's, so the directory is left out: it is rendered when models run.
     args += ["--vars", json.dumps({"warehouse_path": Path(warehouse_path).name})]
+    if not write_json:
+        args.append("--no-write-json")
     result, events = _invoke(args)
     if not result.success:
         raise DbtError("dbt parse failed:\n" + "\n".join(_messages(events, errors_only=True)))
@@ -131,7 +136,9 @@ class DbtRunnerResource(ConfigurableResource):
         warehouse_path = run_vars.get("warehouse_path", DEFAULT_WAREHOUSE)
         key = (os.fspath(project), self.target, Path(warehouse_path).name)
         if key not in _parsed:
-            _parsed[key] = parse(project, target=self.target, warehouse_path=warehouse_path)
+            _parsed[key] = parse(
+                project, target=self.target, warehouse_path=warehouse_path, write_json=False
+            )
         return _parsed[key]
 
     def build(
