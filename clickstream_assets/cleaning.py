@@ -10,6 +10,7 @@ per ingest hour (`cross_hour_copies`).
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import threading
@@ -211,13 +212,11 @@ def _in_buckets(
     buckets: int,
     spill: str,
 ) -> Callable[[int], pa.Table]:
-    """Read the rows of `files` matching `row_filter`, one dedup bucket at a time, in memory
-    bounded by a bucket: with more than one bucket, one streaming pass writes each bucket's rows
-    to local Arrow files under `spill` (copies of an event share a bucket), and each is read
+    """Read the rows of `files` matching `row_filter`, one of `buckets` (more than one) dedup
+    buckets at a time, in memory bounded by a bucket: one streaming pass writes each bucket's
+    rows to local Arrow files under `spill` (copies of an event share a bucket), and each is read
     back alone. Returns the reader of a bucket."""
     dataset = lake.dataset(files, BRONZE_SCHEMA)
-    if buckets == 1:
-        return _read_once(dataset.to_table(columns=columns, filter=row_filter))
     mask = pa.scalar(buckets - 1, pa.uint8())
     scanner = dataset.scanner(
         # A row without a bucket (bronze of an older version) goes with the first, to be refused.
@@ -493,8 +492,62 @@ def restamped(copies: pl.DataFrame) -> pl.DataFrame:
     return candidates.filter(pl.col("event_hour").n_unique().over("event_id") > 1)
 
 
+_HOUR_COPY_COLUMNS = {**_COPY_COLUMNS, "event_hour": ds.field("event_hour")}
+_VALID_COPY = _VALID_TYPED & ds.field("event_hour").is_valid()
+
+
+def _valid_copies(lake: LakeResource, manifest: Manifest) -> pa.Table:
+    """Every valid copy in one ingest hour's bronze: where it arrived and its event hour."""
+    files = [file for entry in manifest.partitions.values() for file in entry.files]
+    return lake.dataset(files, BRONZE_SCHEMA).to_table(
+        columns=_HOUR_COPY_COLUMNS, filter=_VALID_COPY
+    )
+
+
+class ValidCopies:
+    """The valid copies of ingest hours (`_valid_copies`) for the re-stamped copies a run finds:
+    the frames of an hour and of the hour after both read it (`cross_hour_copies`), so an hour
+    is read once and kept until the other of those `frames` is done with it."""
+
+    def __init__(self, lake: LakeResource, frames: Iterable[datetime]) -> None:
+        self.lake = lake
+        self._users = Counter(hour for frame in frames for hour in (frame - HOUR, frame))
+        self._kept: dict[datetime, pa.Table] = {}
+        self._reading: dict[datetime, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def read(self, manifest: Manifest) -> pa.Table:
+        hour = manifest.ingest_hour
+        with self._lock:
+            reading = self._reading.setdefault(hour, threading.Lock())
+        with reading:  # the other frame waits for this read rather than reading too
+            with self._lock:
+                kept = self._kept.get(hour)
+            if kept is not None:
+                return kept
+            table = _valid_copies(self.lake, manifest)
+            with self._lock:
+                if self._users[hour] > 1:  # the reading frame, and another still to come
+                    self._kept[hour] = table
+            return table
+
+    def done(self, frame: datetime) -> None:
+        """The frame of `frame` is computed (or was read): drop what no other frame reads."""
+        with self._lock:
+            for hour in (frame - HOUR, frame):
+                self._users[hour] -= 1
+                if self._users[hour] <= 0:
+                    self._kept.pop(hour, None)
+                    self._reading.pop(hour, None)
+
+
 def cross_hour_copies(
-    lake: LakeResource, ingest_hour: datetime, manifests: dict[datetime, Manifest], spill: str
+    lake: LakeResource,
+    ingest_hour: datetime,
+    manifests: dict[datetime, Manifest],
+    spill: str,
+    valid: ValidCopies | None = None,
+    bucket_rows: int = BUCKET_ROWS,
 ) -> pl.DataFrame:
     """Every valid copy, in `ingest_hour` and the hour before (their `manifests`), of an event
     whose valid copies there fall in more than one event hour: a client that re-stamps
@@ -503,15 +556,19 @@ def cross_hour_copies(
     Copies received in the same or adjacent ingest hours are matched, so an event hour finds its
     re-stamped copies in the frames of its input hours and the hours after them, and never
     reads the id columns of the hours around it. Both hours' bronze is final once recorded, so
-    the frame is computed once, by the first cleaning that needs it; re-landing drops it."""
+    the frame is computed once, by the first cleaning that needs it; re-landing drops it. Two
+    hours read whole are read an hour at a time, through a run's `valid` copies if it has them
+    (each hour is read by two frames)."""
     files = [file for m in manifests.values() for e in m.partitions.values() for file in e.files]
     copies = _frame(COPIES_SCHEMA.empty_table())
-    if files:
-        buckets = bucket_count(sum(m.rows for m in manifests.values()))
-        columns = {**_COPY_COLUMNS, "event_hour": ds.field("event_hour")}
-        valid = _VALID_TYPED & ds.field("event_hour").is_valid()
+    buckets = bucket_count(sum(m.rows for m in manifests.values()), bucket_rows)
+    if files and buckets == 1:
+        read = valid.read if valid is not None else functools.partial(_valid_copies, lake)
+        both = pa.concat_tables([read(manifest) for manifest in manifests.values()])
+        copies = pl.concat([copies, restamped(_frame(both)).select(COPIES_SCHEMA.names)])
+    elif files:
         with tempfile.TemporaryDirectory(prefix="copies-", dir=spill) as directory:
-            read = _in_buckets(lake, files, valid, columns, buckets, directory)
+            read = _in_buckets(lake, files, _VALID_COPY, _HOUR_COPY_COLUMNS, buckets, directory)
             found = [restamped(_frame(read(b))).select(COPIES_SCHEMA.names) for b in range(buckets)]
         copies = pl.concat([copies, *found])
     copies = copies.sort(["event_id", *ARRIVAL_ORDER])
@@ -526,14 +583,20 @@ def near_hours(inputs: Iterable[datetime], recorded: set[datetime]) -> list[date
 
 
 def copies_of(
-    lake: LakeResource, ledger: Ledger, ingest_hour: datetime, recorded: set[datetime], spill: str
+    lake: LakeResource,
+    ledger: Ledger,
+    ingest_hour: datetime,
+    recorded: set[datetime],
+    spill: str,
+    valid: ValidCopies | None = None,
+    bucket_rows: int = BUCKET_ROWS,
 ) -> pl.DataFrame:
     """The re-stamped copies of `ingest_hour` and the hour before: the lake's frame, else
     computed from their bronze (`cross_hour_copies`, which writes it)."""
     if lake.exists(copies_file(ingest_hour)):
         return _frame(lake.read_parquet([copies_file(ingest_hour)], schema=COPIES_SCHEMA))
     adjacent = ledger.manifests({h for h in (ingest_hour - HOUR, ingest_hour) if h in recorded})
-    return cross_hour_copies(lake, ingest_hour, adjacent, spill)
+    return cross_hour_copies(lake, ingest_hour, adjacent, spill, valid, bucket_rows)
 
 
 def _copies_near(
@@ -543,13 +606,14 @@ def _copies_near(
     recorded: set[datetime],
     spill: str,
     found: dict[datetime, pl.DataFrame],
+    bucket_rows: int,
 ) -> pl.DataFrame:
     """The re-stamped copies an event hour built from `inputs` must see (`near_hours`), each
     ingest hour's frame read or computed once into `found`."""
     near = near_hours(inputs, recorded)
     for h in near:
         if h not in found:
-            found[h] = copies_of(lake, ledger, h, recorded, spill)
+            found[h] = copies_of(lake, ledger, h, recorded, spill, None, bucket_rows)
     return pl.concat([_frame(COPIES_SCHEMA.empty_table()), *(found[h] for h in near)])
 
 
@@ -629,7 +693,7 @@ def clean_hour(
                     lake, files, this_hour, ROW_COLUMNS, buckets, f"{spill}/events"
                 )
             found = run.copies if run is not None else {}
-            copies = _copies_near(lake, ledger, inputs, recorded, spill, found)
+            copies = _copies_near(lake, ledger, inputs, recorded, spill, found, bucket_rows)
             copies = copies.filter(pl.col("event_hour") != event_hour)
         # One row group is written (in a thread; both release the GIL) while the next is taken
         # and the next bucket read: a core each. Never more than one write in flight.
@@ -711,9 +775,9 @@ def clean_hours(
     """`clean_hour` for each of `hours` in one run, yielded in their order. First the
     re-stamped copies every hour needs, an ingest hour at a time in `CLEANING_THREADS` threads
     (the first hour would otherwise compute nearly all of them alone: its late events come from
-    every later ingest hour). Then up to `CLEANING_THREADS` hours are cleaned at once while their
-    bronze rows together fit the memory budget (`bucket_rows`); an hour at least that large is
-    cleaned alone."""
+    every later ingest hour), each hour's valid copies read once (`ValidCopies`). Then up to
+    `CLEANING_THREADS` hours are cleaned at once while their bronze rows together fit the memory
+    budget (`bucket_rows`); an hour at least that large is cleaned alone."""
     hours = list(hours)
 
     def rows(hour: datetime) -> int:
@@ -723,8 +787,16 @@ def clean_hours(
     with ThreadPoolExecutor(CLEANING_THREADS, thread_name_prefix="clean-hour") as pool:
         inputs = {i for hour in hours for i in run.ledger.inputs(hour, run.recorded)}
         near = [h for h in near_hours(inputs, run.recorded) if h not in run.copies]
+        valid = ValidCopies(lake, near)
+
+        def frame(hour: datetime, spill: str) -> pl.DataFrame:
+            try:
+                return copies_of(lake, run.ledger, hour, run.recorded, spill, valid, bucket_rows)
+            finally:
+                valid.done(hour)
+
         with tempfile.TemporaryDirectory(prefix="clickstream-copies-") as spill:
-            computed = pool.map(lambda h: copies_of(lake, run.ledger, h, run.recorded, spill), near)
+            computed = pool.map(functools.partial(frame, spill=spill), near)
             run.copies.update(zip(near, computed, strict=True))
         pending: deque[tuple[int, Future[Cleaned]]] = deque()
         for hour in hours:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
@@ -16,6 +18,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from clickstream_assets import cleaning
 from clickstream_assets.checks import bronze_row_problems, lost_offset_problems
 from clickstream_assets.cleaning import (
     BUCKET_ROWS,
@@ -23,12 +26,14 @@ from clickstream_assets.cleaning import (
     CleaningRun,
     SharedRowGroups,
     clean_hour,
+    clean_hours,
     restamped,
 )
 from clickstream_assets.landing import BRONZE_SCHEMA, cut_timestamps, land_hours
 from core.contract import UTC_US, parse_events
 from core.ledger import Ledger, bronze_file, copies_file, events_file
 from resources.event_log import InMemoryKafka, OffsetsGone
+from resources.lake import LakeResource
 from tests.helpers import START, CountingLake, at, produce, to_ms, value
 
 H10, H11, H12 = at(10), at(11), at(12)
@@ -304,6 +309,40 @@ def test_restamped_copies_are_found_once_per_ingest_hour_and_only_in_adjacent_on
     counting = CountingLake(lake)
     assert clean_hour(counting, H11, **options).stamp.duplicates == 1
     assert counting.reads["read_json"] == 1  # the hour's manifest; the frames are kept
+
+
+@BUCKETS
+def test_a_run_reads_each_ingest_hours_copies_once_for_the_two_frames_that_pair_it(
+    lake, tmp_path, bucket_rows, monkeypatch
+):
+    log = InMemoryKafka(topic="t", partitions=2)
+    produce(log, 0, [(at(10, 50), value("x", at(10, 50)))])
+    produce(log, 1, [(at(11, 10), value("x", at(11, 10)))])  # frame H11 pairs H10 and H11
+    produce(log, 0, [(at(11, 55), value("z", at(11, 55)))])
+    produce(log, 1, [(at(12, 5), value("z", at(12, 5)))])  # frame H12 pairs H11 and H12
+    produce(log, 1, [(at(12, 30), value("y", at(12, 30)))])
+    land(log, lake, H10, H11, H12, now=at(14))
+    alone = LakeResource(url=str(tmp_path / "alone"))
+    shutil.copytree(lake.url, alone.url)
+    reads = Counter()
+    read = cleaning._valid_copies
+    monkeypatch.setattr(
+        cleaning, "_valid_copies", lambda lake, m: reads.update([m.ingest_hour]) or read(lake, m)
+    )
+    options = {"first_instant": START, "now": at(14), "bucket_rows": bucket_rows}
+    hours = (H10, H11, H12)
+    ran = [c.stamp.events for c in clean_hours(lake, hours, run=CleaningRun.of(lake), **options)]
+    assert ran == [1, 1, 1]  # x at its first copy's hour, z likewise, and y
+    # Pairs read whole read each hour's valid copies once in a run, and once per frame without
+    # one; a pair of more rows than a bucket is scanned in buckets (all but H10's frame: one row).
+    whole = bucket_rows == BUCKET_ROWS
+    assert reads == ({H10: 1, H11: 1, H12: 1} if whole else {H10: 1})
+    reads.clear()
+    assert [clean_hour(alone, h, **options).stamp.events for h in hours] == ran
+    assert reads == ({H10: 2, H11: 2, H12: 1} if whole else {H10: 1})
+    for file in [*(copies_file(h) for h in hours), *(events_file(h) for h in hours)]:
+        assert lake.read_parquet([file]).equals(alone.read_parquet([file]))
+    assert lake.read_parquet([copies_file(H12)]).column("event_id").to_pylist() == ["z", "z"]
 
 
 def test_a_run_over_many_hours_reads_each_manifest_and_listing_once(lake):
