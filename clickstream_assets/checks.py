@@ -8,7 +8,9 @@ metadata. Dagster records that evaluation without a partition (`AssetCheckResult
 one), so per-partition check status in the UI comes only from single-partition runs.
 """
 
+import functools
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 
 import polars as pl
@@ -24,7 +26,7 @@ from dagster import (
 from dagster_duckdb import DuckDBResource
 
 from clickstream_assets.assets import events, hours_of, raw_events
-from clickstream_assets.cleaning import bronze_rows
+from clickstream_assets.cleaning import CLEANING_THREADS, bronze_rows
 from core.ledger import (
     HOUR,
     Ledger,
@@ -182,6 +184,15 @@ def parquet_rows(lake: LakeResource, relative: str) -> int | None:
         return pq.ParquetFile(handle).metadata.num_rows
 
 
+def _silver_ids(lake: LakeResource, hour: datetime) -> tuple[int | None, bool]:
+    """The event hour's silver rows (None without a file) and whether its ids are unique."""
+    rows = parquet_rows(lake, events_file(hour))
+    if not rows:
+        return rows, True
+    ids = lake.read_parquet([events_file(hour)], columns=["event_id"]).column("event_id")
+    return rows, ids_unique(ids)
+
+
 def _bronze_rows(lake: LakeResource, files: list[str]) -> int | None:
     """Rows of a range's bronze files (each slice has one), or None if one is missing."""
     rows = [parquet_rows(lake, file) for file in files]
@@ -256,29 +267,27 @@ def bronze_rows_match_ranges(context: AssetCheckExecutionContext, lake: LakeReso
 def reconciles_with_bronze(context: AssetCheckExecutionContext, lake: LakeResource):
     """Silver + quarantined + duplicates of the event hour == its bronze rows in the manifests
     it was built from (its stamp names them: the read is bounded by the hour's own inputs).
-    The hours of a range share most of their inputs (late events): each manifest is read once."""
+    The hours of a range share most of their inputs (late events): each manifest is read once.
+    Silver's ids are read and counted as the hours were cleaned, `CLEANING_THREADS` at a time."""
     ledger = Ledger(lake, remember=True)
     hours = hours_of(context)
     problems = []
-    for hour in hours:
-        label = hour_label(hour)
-        stamp = ledger.clean_stamp(hour)
-        if stamp is None:
-            problems.append(f"{label}: no clean stamp")
-            continue
-        silver_rows = parquet_rows(lake, events_file(hour))
-        unique = True
-        if silver_rows:
-            ids = lake.read_parquet([events_file(hour)], columns=["event_id"]).column("event_id")
-            unique = ids_unique(ids)
-        problems += event_hour_problems(
-            label,
-            histogram_rows=bronze_rows(ledger.manifests(stamp.inputs).values(), hour),
-            silver_rows=silver_rows,
-            quarantined_rows=parquet_rows(lake, cleaning_quarantine_file(hour)),
-            duplicates=stamp.duplicates,
-            silver_ids_unique=unique,
-        )
+    with ThreadPoolExecutor(CLEANING_THREADS) as pool:
+        silver = pool.map(functools.partial(_silver_ids, lake), hours)
+        for hour, (silver_rows, unique) in zip(hours, silver, strict=True):
+            label = hour_label(hour)
+            stamp = ledger.clean_stamp(hour)
+            if stamp is None:
+                problems.append(f"{label}: no clean stamp")
+                continue
+            problems += event_hour_problems(
+                label,
+                histogram_rows=bronze_rows(ledger.manifests(stamp.inputs).values(), hour),
+                silver_rows=silver_rows,
+                quarantined_rows=parquet_rows(lake, cleaning_quarantine_file(hour)),
+                duplicates=stamp.duplicates,
+                silver_ids_unique=unique,
+            )
     return _result(problems, [hour_label(h) for h in hours])
 
 
