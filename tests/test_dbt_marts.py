@@ -504,7 +504,7 @@ def test_dbt_tests_pass_and_rows_are_reported(scenario: Scenario):
     assert all(scenario.checks_passed.values())
     # Each day's data tests read that day: the bad row fails its own day only.
     assert list(scenario.failures) == ["bad day"]
-    assert "not_null_columns_stg_events_event_id__actor_id" in scenario.failures["bad day"]
+    assert "not_null_columns_stg_events_event_id__device_id" in scenario.failures["bad day"]
 
     def rows_in_partitions(step: str, table: str) -> int:
         return scenario.metadata[step][table]["rows_in_partitions"].value
