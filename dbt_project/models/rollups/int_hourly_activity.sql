@@ -39,15 +39,7 @@ aggregated as (
 final as (
     select
         lake_date as event_date,
-        event_hour,
-        ingest_hour,
-        event_type,
-        platform,
-        user_id,
-        device_id,
-        title_id,
-        campaign_id,
-        events,
+        * exclude (lake_date, lake_hour),
         {{ rollup_built_from('lake_date', 'lake_hour') }} as built_from
     from aggregated
 )
