@@ -305,7 +305,9 @@ class SharedRowGroups:
         self.lake = lake
         self._pieces: dict[str, list[RowGroup]] = {}
         self._kept: dict[tuple[str, int, bool], tuple[datetime, dict[datetime, pa.Table]]] = {}
-        self._lock = threading.Lock()  # hours of a run are cleaned two at a time
+        self._decoding: set[tuple[str, int, bool]] = set()  # by some thread, now
+        self._reading: Counter[datetime] = Counter()  # the hours threads are reading, now
+        self._changed = threading.Condition()  # hours of a run are cleaned two at a time
 
     def _row_groups(self, file: str) -> list[RowGroup]:
         """The file's row groups, each read once a run: converting a row group's statistics to
@@ -338,35 +340,77 @@ class SharedRowGroups:
         return scan.to_table()
 
     def _of_hour(self, files: list[str], event_hour: datetime, refused: bool) -> list[pa.Table]:
-        with self._lock:
-            self._kept = {key: kept for key, kept in self._kept.items() if kept[0] >= event_hour}
-        parts = []
-        for file in files:
-            for index, (piece, low, high, one_hour, has_refused) in enumerate(
-                self._row_groups(file)
-            ):
-                if low is not None and not low <= event_hour <= high:
-                    continue
-                if refused and not has_refused:
-                    continue
-                if one_hour:
-                    parts.append(self._decode(piece, refused))
-                    continue
-                key = (file, index, refused)
-                with self._lock:
-                    kept = self._kept.get(key)
-                if kept is not None:
-                    hours = kept[1]
-                else:
-                    hours = _by_hour(self._decode(piece, refused))
-                    rows = sum(t.num_rows for t in hours.values())
-                    with self._lock:
-                        held = sum(t.num_rows for k in self._kept.values() for t in k[1].values())
-                        if high is not None and high > event_hour and rows <= SHARED_ROWS - held:
-                            self._kept[key] = (high, hours)
-                if event_hour in hours:
-                    parts.append(hours[event_hour])
-        return parts
+        """A row group of several hours that another thread is decoding is left for last: by
+        then it is kept, and this thread has decoded others meanwhile (the first two hours of a
+        run both read nearly every late-event row group of the day, in the same order)."""
+        with self._changed:
+            self._reading[event_hour] += 1
+            oldest = min(self._reading)
+            self._kept = {key: kept for key, kept in self._kept.items() if kept[0] >= oldest}
+        try:
+            parts: list[pa.Table | None] = []
+            later: list[tuple[int, tuple[str, int, bool], RowGroup]] = []
+            for file in files:
+                for index, group in enumerate(self._row_groups(file)):
+                    piece, low, high, one_hour, has_refused = group
+                    if low is not None and not low <= event_hour <= high:
+                        continue
+                    if refused and not has_refused:
+                        continue
+                    if one_hour:
+                        parts.append(self._decode(piece, refused))
+                        continue
+                    key = (file, index, refused)
+                    hours = self._shared(key, group, event_hour, refused, wait=False)
+                    if hours is None:
+                        later.append((len(parts), key, group))
+                    parts.append(None if hours is None else hours.get(event_hour))
+            for position, key, group in later:
+                hours = self._shared(key, group, event_hour, refused, wait=True)
+                parts[position] = hours.get(event_hour)
+            return [part for part in parts if part is not None]
+        finally:
+            with self._changed:
+                self._reading[event_hour] -= 1
+                if not self._reading[event_hour]:
+                    del self._reading[event_hour]
+
+    def _shared(
+        self,
+        key: tuple[str, int, bool],
+        group: RowGroup,
+        event_hour: datetime,
+        refused: bool,
+        *,
+        wait: bool,
+    ) -> dict[datetime, pa.Table] | None:
+        """The rows of a row group of several hours by hour: kept, or decoded now; None without
+        `wait` while another thread decodes it. Kept, within `SHARED_ROWS`, while another hour
+        of its span is to be read: a later hour, or an earlier one another thread reads now."""
+        piece, low, high = group[:3]
+        with self._changed:
+            while key not in self._kept and key in self._decoding:
+                if not wait:
+                    return None
+                self._changed.wait()
+            if key in self._kept:
+                return self._kept[key][1]
+            self._decoding.add(key)
+        hours: dict[datetime, pa.Table] = {}
+        try:
+            hours = _by_hour(self._decode(piece, refused))
+        finally:
+            with self._changed:
+                self._decoding.discard(key)
+                rows = sum(t.num_rows for t in hours.values())
+                held = sum(t.num_rows for k in self._kept.values() for t in k[1].values())
+                needed = high is not None and (
+                    high > event_hour or any(low <= h < event_hour for h in self._reading)
+                )
+                if hours and needed and rows <= SHARED_ROWS - held:
+                    self._kept[key] = (high, hours)
+                self._changed.notify_all()
+        return hours
 
 
 @dataclass

@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import threading
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
@@ -374,6 +377,46 @@ def test_row_groups_shared_by_hours_read_as_a_scan_of_each_hour_would(lake):
         )
         assert shared.read(files, hour).equals(expected)
     assert sorted(shared.read(files, H11)["event_id"].to_pylist()) == ["late1", "late3"]
+
+
+@pytest.mark.parametrize("first", [H10, H11])
+def test_two_threads_decode_a_row_group_their_hours_share_once(lake, monkeypatch, first):
+    # The late events of H10 and H11 share a row group of H12's file (its first). Whichever
+    # thread decodes it first, the other (arriving meanwhile) takes it when the decode is done,
+    # decoding it again neither for a later hour nor an earlier one.
+    log = InMemoryKafka(topic="t", partitions=1)
+    late = [(at(12, 10 + i), value(f"late{i}", at(10 + i, 30))) for i in range(2)]
+    produce(log, 0, [*late, *[(at(12, 30 + i), value(f"e{i}", at(12, 30))) for i in range(4)]])
+    land(log, lake, H10, H11, H12, now=at(14))
+    files = [f for m in Ledger(lake).manifests([H12]).values() for f in m.partitions[0].files]
+    shared, decodes, started = SharedRowGroups(lake), Counter(), threading.Event()
+    decode = SharedRowGroups._decode
+
+    def slow(self, piece, refused):
+        decodes[piece.row_groups[0].id] += 1
+        started.set()
+        time.sleep(0.3)  # the other thread asks for the row group meanwhile
+        return decode(self, piece, refused)
+
+    monkeypatch.setattr(SharedRowGroups, "_decode", slow)
+    second = H11 if first == H10 else H10
+
+    def after_the_first():
+        started.wait(5)
+        return shared.read(files, second)
+
+    with ThreadPoolExecutor(2) as pool:
+        reads = {
+            first: pool.submit(shared.read, files, first),
+            second: pool.submit(after_the_first),
+        }
+        for hour, read in reads.items():
+            expected = lake.dataset(files, BRONZE_SCHEMA).to_table(
+                columns=ROW_COLUMNS, filter=ds.field("event_hour") == pa.scalar(hour, UTC_US)
+            )
+            assert read.result().equals(expected)
+            assert expected.num_rows == 1
+    assert decodes == {0: 1}  # the late events' row group (the second holds H12's alone)
 
 
 def test_relanding_an_hour_drops_the_copies_found_from_it(lake):
