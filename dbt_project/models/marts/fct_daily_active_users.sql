@@ -1,6 +1,6 @@
 {{ mart_head() }},
 
--- Each day's (user, device) pairs once: a twentieth of the rollup's rows on the bench's day,
+-- Each day's (user, device) pairs once: an eighteenth of the rollup's rows on the 4M-event day,
 -- so the three distinct counts below hash far fewer strings (and the actor is built per pair).
 pairs as (
     select
