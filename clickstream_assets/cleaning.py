@@ -298,8 +298,8 @@ _REFUSED_COLUMNS = QUARANTINE_SCHEMA.names[1:]
 class SharedRowGroups:
     """Bronze as one run reads it, cleaning hours in turn: each file's footer read once, and each
     row group that holds several event hours (the late events of many hours share row groups)
-    decoded once, split by event hour, and kept, at most `SHARED_ROWS` rows of them, while later
-    hours may need it; the same for the raw records of its refused rows."""
+    decoded once, split by event hour, and kept, at most `SHARED_ROWS` rows of them, while another
+    hour may need it (`_shared`); the same for the raw records of its refused rows."""
 
     def __init__(self, lake: LakeResource) -> None:
         self.lake = lake
