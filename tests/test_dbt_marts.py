@@ -132,6 +132,7 @@ class Scenario:
     snapshots: dict[str, dict[str, pl.DataFrame]] = field(default_factory=dict)
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     checks_passed: dict[str, bool] = field(default_factory=dict)
+    reported: dict[str, tuple[int, int]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
 
 
@@ -182,6 +183,10 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
                 )
             result.checks_passed[step] = all(
                 check.passed for check in run.get_asset_check_evaluations()
+            )
+            result.reported[step] = (
+                len(run.get_asset_materialization_events()),
+                len(run.get_asset_check_evaluations()),
             )
             result.metadata[step] = {
                 event.asset_key.path[-1]: event.materialization.metadata
@@ -512,6 +517,17 @@ def test_dbt_tests_pass_and_rows_are_reported(scenario: Scenario):
     assert rows_in_partitions("provisional", "fct_daily_active_users") == 1
     assert rows_in_partitions("restated", "mart_revisions") == 4
     assert rows_in_partitions("unchanged", "mart_revisions") == 0
+
+
+def test_every_model_and_data_test_is_reported_to_dagster(scenario: Scenario):
+    # A materialization per model and a check evaluation per data test, as the manifest counts
+    # them: the resource converts only dbt's result events (RESULT_EVENTS) into Dagster's.
+    nodes = json.loads(dbt_project.manifest_path.read_text())["nodes"].values()
+    models = sum(node["resource_type"] == "model" for node in nodes)
+    tests = sum(node["resource_type"] == "test" for node in nodes)
+    assert (models, tests) == (9, 16)
+    assert scenario.reported["final"] == (models, tests)
+    assert scenario.reported["empty"] == (models, tests)
 
 
 @pytest.mark.parametrize(
