@@ -23,6 +23,7 @@ from clickstream_tools.generator import (
     produce,
     write_expected_marts,
 )
+from clickstream_tools.generator import traffic as traffic_module
 from resources.event_log import InMemoryKafka
 from resources.kafka import KafkaResource
 
@@ -119,6 +120,18 @@ def test_same_seed_same_bytes_and_another_seed_differs():
     assert first.truth.equals(again.truth)
     other = generate(spec(events=3000, seed=12))
     assert not first.messages.equals(other.messages)
+
+
+def test_messages_handed_to_arrow_in_slices_are_the_same_messages(monkeypatch):
+    # A day past 2 GiB of values goes to Arrow in slices (binary's offsets are 32-bit): slices
+    # of 700 messages give the bytes of the day converted whole.
+    whole = generate(spec(events=3000)).messages
+    monkeypatch.setattr(traffic_module, "MESSAGE_SLICE_ROWS", 700)
+    sliced = generate(spec(events=3000)).messages
+    assert whole.num_rows > 2800
+    assert sliced.column("value").num_chunks == -(-whole.num_rows // 700)
+    assert sliced.equals(whole)
+    assert sliced.schema == traffic_module.MESSAGE_SCHEMA
 
 
 def test_messages_are_sorted_keyed_by_device_and_within_the_horizon(traffic):

@@ -26,6 +26,13 @@ from clickstream_tools.generator.spec import (
 from clickstream_tools.generator.values import json_value, rfc3339
 from core.contract import TITLE_EVENTS
 
+MESSAGE_SCHEMA = pa.schema(
+    [("key", pa.binary()), ("value", pa.binary()), ("timestamp_ms", pa.int64())]
+)
+"""`Traffic.messages`: what a client would send to Kafka, and when the broker received it."""
+MESSAGE_SLICE_ROWS = 1_000_000
+"""Messages converted to Arrow at a time: binary's 32-bit offsets hold 2 GiB, a day's values
+pass that near 5M events."""
 MAX_TRANSIT_US = 5 * US
 """The longest network transit of a request: sent_at is stamped this close to the receive time."""
 
@@ -341,15 +348,14 @@ def generate(spec: TrafficSpec) -> Traffic:
     )
     messages = messages.with_row_index("message_index")
 
-    table = pa.table(
-        {
-            "key": messages["device_id"].cast(pl.Binary).to_arrow(),
-            "value": messages["value"].cast(pl.Binary).to_arrow(),
-            "timestamp_ms": messages["kafka_timestamp_ms"].to_arrow(),
-        }
+    columns = messages.select(
+        key=pl.col("device_id").cast(pl.Binary),
+        value=pl.col("value").cast(pl.Binary),
+        timestamp_ms="kafka_timestamp_ms",
     )
-    table = table.cast(
-        pa.schema([("key", pa.binary()), ("value", pa.binary()), ("timestamp_ms", pa.int64())])
+    table = pa.concat_tables(
+        columns.slice(start, MESSAGE_SLICE_ROWS).to_arrow().cast(MESSAGE_SCHEMA)
+        for start in range(0, max(columns.height, 1), MESSAGE_SLICE_ROWS)
     )
     utc = "UTC"
     truth = messages.select(
