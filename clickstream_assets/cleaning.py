@@ -585,6 +585,13 @@ class ValidCopies:
                     self._reading.pop(hour, None)
 
 
+COPY_ROWS = 2
+"""A frame's rows per row of the memory budget: a copy is 5 narrow columns of a bronze row's 22,
+so two ingest hours of up to twice the budget's rows are read whole (on the 8M-event day, its
+peak hours' frames, 1.2-1.5M rows, spilled in buckets: its copies took 3.3-3.7 s, now
+1.9-2.2 s, at a lower peak, 1,137 -> ~945 MiB)."""
+
+
 def cross_hour_copies(
     lake: LakeResource,
     ingest_hour: datetime,
@@ -595,7 +602,8 @@ def cross_hour_copies(
 ) -> pl.DataFrame:
     """Every valid copy, in `ingest_hour` and the hour before (their `manifests`), of an event
     whose valid copies there fall in more than one event hour: a client that re-stamps
-    `event_time` on retry. Read one dedup bucket at a time; written to the lake and returned.
+    `event_time` on retry. Read whole up to `COPY_ROWS` times the memory budget, else one dedup
+    bucket at a time; written to the lake and returned.
 
     Copies received in the same or adjacent ingest hours are matched, so an event hour finds its
     re-stamped copies in the frames of its input hours and the hours after them, and never
@@ -605,7 +613,7 @@ def cross_hour_copies(
     (each hour is read by two frames)."""
     files = [file for m in manifests.values() for e in m.partitions.values() for file in e.files]
     copies = _frame(COPIES_SCHEMA.empty_table())
-    buckets = bucket_count(sum(m.rows for m in manifests.values()), bucket_rows)
+    buckets = bucket_count(sum(m.rows for m in manifests.values()), COPY_ROWS * bucket_rows)
     if files and buckets == 1:
         read = valid.read if valid is not None else functools.partial(_valid_copies, lake)
         both = pa.concat_tables([read(manifest) for manifest in manifests.values()])
