@@ -235,7 +235,9 @@ def _parquet_log(path: str):
             return 0
 
         def read(self, partition, start_offset, end_offset=None) -> Iterator[Positioned]:
-            file = pq.ParquetFile(path)
+            # Not pre-buffered: pyarrow keeps every pre-buffered row group of the file until
+            # the read ends (+0.9 GiB of the 8M-event hour's landing peak was this log's).
+            file = pq.ParquetFile(path, pre_buffer=False)
             position = 0
             for batch in file.iter_batches(batch_size=20_000, columns=RECORD_SCHEMA.names):
                 position += batch.num_rows
