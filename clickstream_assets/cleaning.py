@@ -586,10 +586,10 @@ class ValidCopies:
 
 
 COPY_ROWS = 2
-"""A frame's rows per row of the memory budget: a copy is 5 narrow columns of a bronze row's 22,
-so two ingest hours of up to twice the budget's rows are read whole (on the 8M-event day, its
-peak hours' frames, 1.2-1.5M rows, spilled in buckets: its copies took 3.3-3.7 s, now
-1.9-2.2 s, at a lower peak, 1,137 -> ~945 MiB)."""
+"""A frame's rows per row of the memory budget: a copy is 5 of the 22 columns the budget's rows
+hold (`ROW_COLUMNS`), so two ingest hours of up to twice the budget's rows are read whole (on
+the 8M-event day, its peak hours' frames, 1.2-1.5M rows, spilled in buckets: its copies took
+3.3-3.7 s, now 1.9-2.2 s, at a lower peak, 1,137 -> ~945 MiB)."""
 
 
 def cross_hour_copies(
