@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# Arrow's allocator, read when pyarrow loads: jemalloc kept a day's cleaning run at 8M events
+# 0.4 GiB lower than pyarrow's default (mimalloc) and 6-11% faster (README, "Where the time went").
+export ARROW_DEFAULT_MEMORY_POOL ?= jemalloc
 
 .PHONY: venv browser postgres test test-fast lint demo ui docs bench clean
 
