@@ -17,6 +17,8 @@ Sections (each prints as it finishes; a Markdown table of everything comes last)
   fixed cost), then silver rows/s.
 - spark: the same bronze -> silver -> marts job on Spark local[2] (pip install -e '.[bench]'),
   beside this pipeline's cleaning + marts from the same bronze.
+- s3: the same day caught up into a lake on a real S3 API (moto's server on loopback, in this
+  process), stage by stage, with the S3 requests the lake's client sent, by operation.
 - rollup: the hourly rollup at reduced scale (--rollup-events, default 1/100 of an hour at a
   billion events a day): a deployment caught up with the hours before, then the time from the
   close of the peak hour to its rows in the warehouse, beside the README's model.
@@ -436,6 +438,53 @@ def bench_day(results: Results, bootstrap: str, topic: str, workdir: Path, n: in
     return {"root": root, "stages": stages, "silver_rows": silver}
 
 
+def bench_s3(results: Results, bootstrap: str, topic: str, workdir: Path, n: int) -> None:
+    """The day's catch-up from the broker into a lake on S3 (moto's server on loopback): what
+    the object store's round trips add to each stage, and how many the lake's client sent."""
+    from collections import Counter
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from clickstream_tools.catchup import instance_for, run_catch_up
+    from core.settings import Settings
+    from resources.lake_store import Lake
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        os.environ.update(
+            AWS_ENDPOINT_URL=f"http://{host}:{port}",
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+        boto3.client("s3").create_bucket(Bucket="bench")
+        _deployment(workdir / "s3", bootstrap, topic)
+        os.environ["CLICKSTREAM_LAKE_URL"] = "s3://bench/lake"
+        settings = Settings.from_env()
+        requests: Counter[str] = Counter()
+        fs = Lake(url=settings.lake_url).fs  # fsspec's one instance for these options
+        fs.connect()
+        fs.s3.meta.events.register(
+            "before-call.s3", lambda model, **_: requests.update([model.name])
+        )
+        until = DAY + timedelta(days=1, hours=7)
+        with instance_for(settings) as instance, Timer() as total:
+            report = run_catch_up(settings, until=until, instance=instance, log=lambda _: None)
+    finally:
+        server.stop()
+    results.add(
+        f"end to end on S3: catch-up of {n:,} records into a lake on moto's S3 server",
+        f"{n / total.wall:,.0f} ev/s; "
+        + ", ".join(f"{stage} {sec:.1f} s" for stage, sec in report.seconds_by_stage().items()),
+        f"{sum(requests.values()):,} S3 requests from the lake's client: "
+        + ", ".join(f"{name} {count:,}" for name, count in requests.most_common()),
+        f"{total.wall:.1f} s",
+    )
+
+
 # -- the hourly rollup after an hour closes ------------------------------------------------------
 
 BILLION_A_DAY_HOUR = 1_000_000_000 // 24
@@ -723,7 +772,7 @@ def main() -> None:
     )
     parser.add_argument("--no-spark", action="store_true")
     parser.add_argument(
-        "--only", default="producer,landing,hour,day,spark,rollup,marts-day,marts-week"
+        "--only", default="producer,landing,hour,day,spark,s3,rollup,marts-day,marts-week"
     )
     parser.add_argument("--hour-stage", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -741,7 +790,7 @@ def main() -> None:
     print(f"working in {workdir}", flush=True)
     with EmbeddedBroker.on_free_port() as broker:
         topic = f"bench.{int(time.time())}"
-        if only & {"producer", "landing", "day", "spark"}:
+        if only & {"producer", "landing", "day", "spark", "s3"}:
             with Timer() as generated:
                 traffic = day_traffic(args.events)
             n = traffic.messages.num_rows
@@ -757,6 +806,8 @@ def main() -> None:
             day = bench_day(results, broker.bootstrap, topic, workdir, n)
         if "spark" in only and day is not None:
             bench_spark(results, day, workdir)
+        if "s3" in only:
+            bench_s3(results, broker.bootstrap, topic, workdir, n)
         if "rollup" in only:
             bench_rollup(results, broker.bootstrap, workdir, args.rollup_events)
     if "marts-day" in only:

@@ -469,10 +469,10 @@ class Ledger:
         """Write the index and claims, then the manifest, exclusively: False when another
         landing recorded this hour first (its ranges stand)."""
         label = hour_label(manifest.ingest_hour)
-        for hour in manifest.event_hours:
-            self.lake.write_bytes(f"{INDEX}/{hour_label(hour)}/{label}", b"")
-        for hour in manifest.claimed_hours:
-            self.lake.write_bytes(f"{CLAIMS}/{hour_label(hour)}/{label}", b"")
+        self.lake.write_files(
+            {f"{INDEX}/{hour_label(hour)}/{label}": b"" for hour in manifest.event_hours}
+            | {f"{CLAIMS}/{hour_label(hour)}/{label}": b"" for hour in manifest.claimed_hours}
+        )
         return self.lake.write_json(
             manifest_path(manifest.ingest_hour), manifest.to_json(), exclusive=True
         )

@@ -1,7 +1,9 @@
 """The lake: bronze, silver and quarantine files on a local path or `s3://`, through fsspec.
 
-Every write goes to a temporary name and is renamed into place, so a crash leaves no half-written
-file under a real name; readers never see partial output.
+A crash leaves no half-written file under a real name; readers never see partial output. On a
+local path every write goes to a temporary name and is renamed into place. On S3 an object appears
+whole when its upload completes, so a write is one PUT (a streamed Parquet file: a multipart
+upload, completed or aborted at the end) and never the copy and delete that a rename costs there.
 
 The plain client; resources.lake holds the Dagster resource over it.
 """
@@ -81,44 +83,58 @@ class Lake(BaseModel):
             return []
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in found)
 
+    @property
+    def _local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
     def _commit(self, temporary: str, final: str, *, exclusive: bool = False) -> bool:
-        """Move `temporary` into place; with `exclusive`, only if nothing is there yet (False,
-        and the temporary removed, when something is)."""
+        """Move the local file `temporary` into place; with `exclusive`, only if nothing is
+        there yet (False, and the temporary removed, when something is)."""
         if not exclusive:
-            self.fs.mv(temporary, final)
+            os.replace(temporary, final)
             return True
-        if isinstance(self.fs, LocalFileSystem):
-            try:
-                os.link(temporary, final)  # atomic create-if-absent
-                return True
-            except FileExistsError:
-                return False
-            finally:
-                os.unlink(temporary)
-        with self.fs.open(temporary, "rb") as handle:
-            data = handle.read()
-        self.fs.rm(temporary)
         try:
-            self.fs.pipe_file(final, data, mode="create")  # S3 conditional put (If-None-Match)
-        except (FileExistsError, OSError) as error:
-            if "PreconditionFailed" in str(error) or isinstance(error, FileExistsError):
-                return False
-            raise
-        return True
+            os.link(temporary, final)  # atomic create-if-absent
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(temporary)
 
     def _temporary(self, relative: str) -> tuple[str, str]:
         final = self.path(relative)
         directory, name = final.rsplit("/", 1)
-        self.fs.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, exist_ok=True)
         return f"{directory}/.{name}.{uuid.uuid4().hex}.tmp", final
 
     def write_bytes(self, relative: str, data: bytes, *, exclusive: bool = False) -> bool:
         """Write `data` whole or not at all; with `exclusive`, only where nothing is yet
         (returns False when something was there)."""
+        if not self._local:
+            try:
+                # One PUT; exclusive: a conditional one (If-None-Match).
+                self.fs.pipe_file(
+                    self.path(relative), data, mode="create" if exclusive else "overwrite"
+                )
+            except (FileExistsError, OSError) as error:
+                if exclusive and (
+                    "PreconditionFailed" in str(error) or isinstance(error, FileExistsError)
+                ):
+                    return False
+                raise
+            return True
         temporary, final = self._temporary(relative)
-        with self.fs.open(temporary, "wb") as handle:
+        with open(temporary, "wb") as handle:
             handle.write(data)
         return self._commit(temporary, final, exclusive=exclusive)
+
+    def write_files(self, files: dict[str, bytes]) -> None:
+        """Write small files, each whole or not at all; on S3 in concurrent PUTs."""
+        if self._local:
+            for relative, data in files.items():
+                self.write_bytes(relative, data)
+        elif files:
+            self.fs.pipe({self.path(relative): data for relative, data in files.items()})
 
     def write_json(self, relative: str, obj: Any, *, exclusive: bool = False) -> bool:
         # orjson: the standard library's encoder is Python code when it indents, and a day's
@@ -152,13 +168,19 @@ class Lake(BaseModel):
         encoding: dict[str, str] | None = None,
     ) -> Iterator[pq.ParquetWriter]:
         """A streaming Parquet writer whose file appears under `relative` only on success, and
-        only if `keep()` still says so then (checked just before the rename). `statistics`
-        names the columns readers filter on (all when None): min/max of the others, such as
-        random ids and raw values, cost time to write and prune nothing. `dictionary` names the
-        columns worth dictionary encoding (all when None), `encoding` another encoding for some
-        of the others (Parquet's names, as pyarrow takes them)."""
-        temporary, final = self._temporary(relative)
-        handle = self.fs.open(temporary, "wb")
+        only if `keep()` still says so then (checked just before the rename, or before the
+        upload completes). `statistics` names the columns readers filter on (all when None):
+        min/max of the others, such as random ids and raw values, cost time to write and prune
+        nothing. `dictionary` names the columns worth dictionary encoding (all when None),
+        `encoding` another encoding for some of the others (Parquet's names, as pyarrow takes
+        them)."""
+        temporary = final = ""
+        if self._local:
+            temporary, final = self._temporary(relative)
+            handle = pa.OSFile(temporary, "wb")  # Arrow's own file: no Python per page
+        else:
+            # A multipart upload that only commit() completes; discard() aborts it.
+            handle = self.fs.open(self.path(relative), "wb", autocommit=False)
         writer = pq.ParquetWriter(
             handle,
             schema,
@@ -167,6 +189,17 @@ class Lake(BaseModel):
             use_dictionary=dictionary or True,
             column_encoding=encoding,
         )
+
+        def finish(kept: bool) -> None:
+            if self._local and kept:
+                self._commit(temporary, final)
+            elif self._local:
+                os.unlink(temporary)
+            elif kept:
+                handle.commit()
+            else:
+                handle.discard()
+
         try:
             yield writer
             writer.close()
@@ -174,12 +207,9 @@ class Lake(BaseModel):
         except BaseException:
             writer.close()
             handle.close()
-            self.fs.rm(temporary)
+            finish(False)
             raise
-        if keep():
-            self._commit(temporary, final)
-        else:
-            self.fs.rm(temporary)
+        finish(keep())
 
     def write_parquet(self, relative: str, table: pa.Table) -> None:
         with self.parquet_writer(relative, table.schema) as writer:

@@ -3,14 +3,23 @@ read and write s3:// through s3fs, and the marts equal the independent expectati
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
+import pyarrow as pa
 import pytest
 from dagster import instance_for_test
 
 from clickstream_tools.catchup import run_catch_up
 from resources.event_log import InMemoryKafka
+from resources.lake_store import Lake
 from tests.helpers import assert_marts_match, configured, local_env, messy_traffic
 
 pytestmark = pytest.mark.integration
@@ -22,57 +31,148 @@ UNTIL = END + timedelta(hours=6)
 
 
 @pytest.fixture(scope="module")
-def s3_lake(tmp_path_factory):
+def s3_api():
+    """The environment that points botocore at a real S3 API on loopback (moto's server)."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    root = tmp_path_factory.mktemp("s3")
-    env = local_env(
-        root,
-        AWS_ENDPOINT_URL=f"http://{host}:{port}",
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        CLICKSTREAM_LAKE_URL=f"s3://{BUCKET}/lake",
-    )
     try:
-        with configured(env) as settings:
-            s3 = boto3.client("s3")
-            s3.create_bucket(Bucket=BUCKET)
-            traffic = messy_traffic(START, END, events=6_000, seed=3, max_late=timedelta(hours=4))
-            kafka = InMemoryKafka(partitions=3)
-            kafka.produce(traffic.messages)
-            with instance_for_test() as instance:
-                report = run_catch_up(
-                    settings,
-                    until=UNTIL,
-                    instance=instance,
-                    resources={"kafka": kafka},
-                    log=lambda _: None,
-                )
-            keys = [
-                item["Key"]
-                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
-                for item in page.get("Contents", [])
-            ]
-            yield settings, traffic, report, keys
+        yield {
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
     finally:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def s3_lake(tmp_path_factory, s3_api):
+    root = tmp_path_factory.mktemp("s3")
+    env = local_env(root, **s3_api, CLICKSTREAM_LAKE_URL=f"s3://{BUCKET}/lake")
+    with configured(env) as settings:
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        traffic = messy_traffic(START, END, events=6_000, seed=3, max_late=timedelta(hours=4))
+        kafka = InMemoryKafka(partitions=3)
+        kafka.produce(traffic.messages)
+        with instance_for_test() as instance:
+            report = run_catch_up(
+                settings,
+                until=UNTIL,
+                instance=instance,
+                resources={"kafka": kafka},
+                log=lambda _: None,
+            )
+        keys = [
+            item["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+            for item in page.get("Contents", [])
+        ]
+        uploads = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+        yield settings, traffic, report, keys, uploads
+
+
 def test_catch_up_on_s3_matches_the_expectation(s3_lake):
-    settings, traffic, report, _ = s3_lake
+    settings, traffic, report, _, _ = s3_lake
     assert settings.lake_url.startswith("s3://")
     assert report.runs and all(run["success"] for run in report.runs)
     assert_marts_match(settings.warehouse, traffic.truth)
 
 
 def test_bronze_silver_and_manifests_are_in_the_bucket(s3_lake):
-    _, _, _, keys = s3_lake
+    _, _, _, keys, uploads = s3_lake
     assert any(k.startswith("lake/bronze/date=") and k.endswith(".parquet") for k in keys)
     assert any(k.startswith("lake/bronze/_manifests/") and k.endswith(".json") for k in keys)
     assert any(k.startswith("lake/silver/events/date=") and k.endswith(".parquet") for k in keys)
     assert any(k.startswith("lake/quarantine/") for k in keys)
     assert not [k for k in keys if k.endswith(".tmp")], "a temporary file was left behind"
+    assert not uploads, "an upload was left incomplete"
+
+
+# -- the lake's writes on S3: whole or nothing, without a rename ---------------------------------
+
+TABLE = pa.table({"n": pa.array(range(1000), pa.int64()), "s": [f"row {i}" for i in range(1000)]})
+
+
+@pytest.fixture
+def bucket(s3_api, monkeypatch):
+    """A fresh bucket, its Lake under `lake/`, and a boto3 client to look at it directly."""
+    for name, value in s3_api.items():
+        monkeypatch.setenv(name, value)
+    name = f"b{uuid.uuid4().hex[:16]}"
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=name)
+
+    def keys() -> list[str]:
+        return sorted(item["Key"] for item in s3.list_objects_v2(Bucket=name).get("Contents", []))
+
+    def uploads() -> list[str]:
+        return [u["Key"] for u in s3.list_multipart_uploads(Bucket=name).get("Uploads", [])]
+
+    return SimpleNamespace(lake=Lake(url=f"s3://{name}/lake"), name=name, keys=keys, uploads=uploads)
+
+
+def test_a_parquet_file_appears_whole_and_alone(bucket):
+    with bucket.lake.parquet_writer("bronze/a.parquet", TABLE.schema) as writer:
+        writer.write_table(TABLE.slice(0, 600))
+        assert bucket.keys() == [], "the file showed before it was finished"
+        writer.write_table(TABLE.slice(600))
+    assert bucket.keys() == ["lake/bronze/a.parquet"]
+    assert bucket.lake.read_parquet(["bronze/a.parquet"]).equals(TABLE)
+    assert bucket.uploads() == []
+
+
+def test_a_failed_or_unwanted_parquet_file_leaves_nothing(bucket):
+    with pytest.raises(RuntimeError, match="mid-write"):
+        with bucket.lake.parquet_writer("bronze/a.parquet", TABLE.schema) as writer:
+            writer.write_table(TABLE)
+            raise RuntimeError("mid-write")
+    with bucket.lake.parquet_writer("bronze/b.parquet", TABLE.schema, keep=lambda: False) as w:
+        w.write_table(TABLE)
+    assert bucket.keys() == []
+    assert bucket.uploads() == []
+
+
+def test_an_exclusive_write_loses_to_the_first_and_a_plain_one_replaces(bucket):
+    lake = bucket.lake
+    assert lake.write_bytes("m/h.json", b"first", exclusive=True)
+    assert not lake.write_bytes("m/h.json", b"second", exclusive=True)
+    assert lake.fs.cat_file(lake.path("m/h.json")) == b"first"
+    assert lake.write_bytes("m/h.json", b"third")
+    assert lake.fs.cat_file(lake.path("m/h.json")) == b"third"
+    lake.write_files({f"i/{hour}/x": b"" for hour in range(30)})
+    assert bucket.keys() == sorted(
+        ["lake/m/h.json", *(f"lake/i/{hour}/x" for hour in range(30))]
+    )
+
+
+KILLED_WRITER = """
+import os, signal, sys
+import pyarrow as pa
+from resources.lake_store import Lake
+
+lake = Lake(url=sys.argv[1])
+lake.fs.default_block_size = 5 * 2**20  # S3's smallest part: a part is uploaded early
+big = pa.table({"v": [os.urandom(1024) for _ in range(8 * 1024)]})  # 8 MiB, incompressible
+with lake.parquet_writer("bronze/big.parquet", big.schema) as writer:
+    writer.write_table(big)
+    writer.write_table(big)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_writer_killed_mid_upload_leaves_no_object(bucket, s3_api):
+    env = os.environ | s3_api | {"PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, f"s3://{bucket.name}/lake"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    assert bucket.uploads() == ["lake/bronze/big.parquet"], "no part had been uploaded"
+    assert bucket.keys() == []
