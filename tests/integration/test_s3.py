@@ -113,7 +113,8 @@ def bucket(s3_api, monkeypatch):
     def uploads() -> list[str]:
         return [u["Key"] for u in s3.list_multipart_uploads(Bucket=name).get("Uploads", [])]
 
-    return SimpleNamespace(lake=Lake(url=f"s3://{name}/lake"), name=name, keys=keys, uploads=uploads)
+    lake = Lake(url=f"s3://{name}/lake")
+    return SimpleNamespace(lake=lake, name=name, keys=keys, uploads=uploads)
 
 
 def test_a_parquet_file_appears_whole_and_alone(bucket):
@@ -127,10 +128,12 @@ def test_a_parquet_file_appears_whole_and_alone(bucket):
 
 
 def test_a_failed_or_unwanted_parquet_file_leaves_nothing(bucket):
-    with pytest.raises(RuntimeError, match="mid-write"):
-        with bucket.lake.parquet_writer("bronze/a.parquet", TABLE.schema) as writer:
-            writer.write_table(TABLE)
-            raise RuntimeError("mid-write")
+    with (
+        pytest.raises(RuntimeError, match="mid-write"),
+        bucket.lake.parquet_writer("bronze/a.parquet", TABLE.schema) as writer,
+    ):
+        writer.write_table(TABLE)
+        raise RuntimeError("mid-write")
     with bucket.lake.parquet_writer("bronze/b.parquet", TABLE.schema, keep=lambda: False) as w:
         w.write_table(TABLE)
     assert bucket.keys() == []
@@ -145,9 +148,7 @@ def test_an_exclusive_write_loses_to_the_first_and_a_plain_one_replaces(bucket):
     assert lake.write_bytes("m/h.json", b"third")
     assert lake.fs.cat_file(lake.path("m/h.json")) == b"third"
     lake.write_files({f"i/{hour}/x": b"" for hour in range(30)})
-    assert bucket.keys() == sorted(
-        ["lake/m/h.json", *(f"lake/i/{hour}/x" for hour in range(30))]
-    )
+    assert bucket.keys() == sorted(["lake/m/h.json", *(f"lake/i/{hour}/x" for hour in range(30))])
 
 
 KILLED_WRITER = """
