@@ -21,9 +21,31 @@ import fsspec
 import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+from pyarrow.fs import FSSpecHandler
 from pydantic import BaseModel, PrivateAttr
+
+
+class _KnownFiles(FSSpecHandler):
+    """An fsspec filesystem under pyarrow that looks each file up once. pyarrow's own handler
+    asks S3 about a file three times at every open and range read (HEAD requests; a cleaning
+    run opens a bronze file once per row group it decodes), and reads ahead a whole block
+    (50 MiB on S3) past every range. Here a file already looked up opens without a request and
+    reads exactly the ranges Parquet asks for."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem) -> None:
+        super().__init__(fs)
+        self._details: dict[str, dict] = {}
+
+    def open_input_file(self, path):
+        if path not in self._details:
+            self._details[path] = self.fs.info(path)  # FileNotFoundError when there is none
+        details = self._details[path]
+        handle = self.fs.open(path, "rb", size=details["size"], cache_type="none")
+        handle.details = details  # else each range read looks the file up again
+        return pa.PythonFile(handle, mode="r")
 
 
 class LakeUnavailable(RuntimeError):
@@ -227,7 +249,7 @@ class Lake(BaseModel):
         column that an older file lacks reads as nulls."""
         return pq.read_table(
             [self.path(r) for r in relatives],
-            filesystem=self.fs,
+            filesystem=self._reader(),
             columns=columns,
             filters=filters,
             schema=schema,
@@ -237,8 +259,16 @@ class Lake(BaseModel):
         """Files as one Arrow dataset of `schema`, for streaming scans (a column an older file
         lacks reads as nulls)."""
         return ds.dataset(
-            [self.path(r) for r in relatives], schema=schema, format="parquet", filesystem=self.fs
+            [self.path(r) for r in relatives],
+            schema=schema,
+            format="parquet",
+            filesystem=self._reader(),
         )
+
+    def _reader(self) -> pafs.FileSystem | fsspec.AbstractFileSystem:
+        """The filesystem pyarrow reads through: Arrow's own for a local path; on S3, fsspec's,
+        each file looked up once for as long as the dataset or read lasts."""
+        return self.fs if self._local else pafs.PyFileSystem(_KnownFiles(self.fs))
 
     def remove(self, relative: str) -> None:
         full = self.path(relative)

@@ -151,6 +151,26 @@ def test_an_exclusive_write_loses_to_the_first_and_a_plain_one_replaces(bucket):
     assert bucket.keys() == sorted(["lake/m/h.json", *(f"lake/i/{hour}/x" for hour in range(30))])
 
 
+def test_a_file_read_by_row_group_is_looked_up_once_and_read_exactly(bucket):
+    with bucket.lake.parquet_writer("bronze/a.parquet", TABLE.schema) as writer:
+        for start in range(0, TABLE.num_rows, 200):
+            writer.write_table(TABLE.slice(start, 200))
+    calls: list[str] = []
+
+    def record(model, **_):
+        calls.append(model.name)
+
+    s3 = bucket.lake.fs.s3
+    s3.meta.events.register("before-call.s3", record)
+    (whole,) = bucket.lake.dataset(["bronze/a.parquet"], TABLE.schema).get_fragments()
+    pieces = whole.split_by_row_group()
+    read = pa.concat_tables(piece.to_table(schema=TABLE.schema) for piece in pieces)
+    s3.meta.events.unregister("before-call.s3", record)
+    assert len(pieces) == 5 and read.equals(TABLE)
+    assert calls.count("HeadObject") == 1, calls
+    assert set(calls) == {"HeadObject", "GetObject"}
+
+
 KILLED_WRITER = """
 import os, signal, sys
 import pyarrow as pa
