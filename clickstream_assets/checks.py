@@ -15,7 +15,6 @@ from datetime import date, datetime, timedelta
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -178,10 +177,8 @@ def ids_unique(ids: pa.ChunkedArray) -> bool:
 
 def parquet_rows(lake: LakeResource, relative: str) -> int | None:
     """Row count from the Parquet footer (cheap: no data read), or None if there is no file."""
-    if not lake.exists(relative):
-        return None
-    with lake.fs.open(lake.path(relative), "rb") as handle:
-        return pq.ParquetFile(handle).metadata.num_rows
+    footer = lake.footer(relative)
+    return None if footer is None else footer.num_rows
 
 
 def _silver_ids(lake: LakeResource, hour: datetime) -> tuple[int | None, bool]:

@@ -166,13 +166,18 @@ class Lake(BaseModel):
         )
         return self.write_bytes(relative, data, exclusive=exclusive)
 
-    def footer_metadata(self, relative: str) -> dict[bytes, bytes] | None:
-        """A Parquet file's key-value footer metadata (no data read), None without a file."""
+    def footer(self, relative: str) -> pq.FileMetaData | None:
+        """A Parquet file's footer (no data read), None without a file."""
         try:
             with self.fs.open(self.path(relative), "rb") as handle:
-                return pq.ParquetFile(handle).metadata.metadata or {}
+                return pq.ParquetFile(handle).metadata
         except FileNotFoundError:
             return None
+
+    def footer_metadata(self, relative: str) -> dict[bytes, bytes] | None:
+        """A Parquet file's key-value footer metadata (no data read), None without a file."""
+        footer = self.footer(relative)
+        return None if footer is None else footer.metadata or {}
 
     def read_json(self, relative: str) -> Any:
         with self.fs.open(self.path(relative), "rb") as handle:
