@@ -2,8 +2,9 @@
 
 A crash leaves no half-written file under a real name; readers never see partial output. On a
 local path every write goes to a temporary name and is renamed into place. On S3 an object appears
-whole when its upload completes, so a write is one PUT (a streamed Parquet file: a multipart
-upload, completed or aborted at the end) and never the copy and delete that a rename costs there.
+whole when its upload completes, so a write is one PUT (a streamed Parquet file over 50 MiB: a
+multipart upload, completed or aborted at the end) and never the copy and delete that a rename
+costs there.
 
 The plain client; resources.lake holds the Dagster resource over it.
 """
@@ -206,8 +207,9 @@ class Lake(BaseModel):
             temporary, final = self._temporary(relative)
             handle = pa.OSFile(temporary, "wb")  # Arrow's own file: no Python per page
         else:
-            # A multipart upload that only commit() completes; discard() aborts it.
-            handle = self.fs.open(self.path(relative), "wb", autocommit=False)
+            # Uploaded when closed: a file under a block (50 MiB) in one PUT, a larger one as a
+            # multipart upload that only the close completes; discard() drops either.
+            handle = self.fs.open(self.path(relative), "wb")
         writer = pq.ParquetWriter(
             handle,
             schema,
@@ -218,22 +220,23 @@ class Lake(BaseModel):
         )
 
         def finish(kept: bool) -> None:
-            if self._local and kept:
-                self._commit(temporary, final)
-            elif self._local:
-                os.unlink(temporary)
+            if self._local:
+                handle.close()
+                if kept:
+                    self._commit(temporary, final)
+                else:
+                    os.unlink(temporary)
             elif kept:
-                handle.commit()
+                handle.close()
             else:
                 handle.discard()
+                handle.closed = True  # else closing it, even on collection, would upload it
 
         try:
             yield writer
             writer.close()
-            handle.close()
         except BaseException:
             writer.close()
-            handle.close()
             finish(False)
             raise
         finish(keep())

@@ -127,7 +127,7 @@ def test_a_parquet_file_appears_whole_and_alone(bucket):
     assert bucket.uploads() == []
 
 
-def test_a_failed_or_unwanted_parquet_file_leaves_nothing(bucket):
+def test_a_failed_or_unwanted_parquet_file_leaves_nothing(bucket, monkeypatch):
     with (
         pytest.raises(RuntimeError, match="mid-write"),
         bucket.lake.parquet_writer("bronze/a.parquet", TABLE.schema) as writer,
@@ -136,6 +136,16 @@ def test_a_failed_or_unwanted_parquet_file_leaves_nothing(bucket):
         raise RuntimeError("mid-write")
     with bucket.lake.parquet_writer("bronze/b.parquet", TABLE.schema, keep=lambda: False) as w:
         w.write_table(TABLE)
+    # A file past S3's smallest part: its multipart upload has begun, and is aborted.
+    monkeypatch.setattr(bucket.lake.fs, "default_block_size", 5 * 2**20)
+    big = pa.table({"v": [os.urandom(1024) for _ in range(8 * 1024)]})
+    with (
+        pytest.raises(RuntimeError, match="mid-upload"),
+        bucket.lake.parquet_writer("bronze/c.parquet", big.schema) as writer,
+    ):
+        writer.write_table(big)
+        assert bucket.uploads() == ["lake/bronze/c.parquet"]
+        raise RuntimeError("mid-upload")
     assert bucket.keys() == []
     assert bucket.uploads() == []
 
