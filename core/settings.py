@@ -178,7 +178,7 @@ class Settings:
             value["CLICKSTREAM_ALLOWED_LATENESS"], variable="CLICKSTREAM_ALLOWED_LATENESS"
         )
         lake_url = value["CLICKSTREAM_LAKE_URL"]
-        if "://" in lake_url and not lake_url.startswith(("s3://", "file://", "memory://")):
+        if "://" in lake_url and not lake_url.startswith(("s3://", "file://")):
             raise ConfigError(
                 f"CLICKSTREAM_LAKE_URL={lake_url!r}: use a local path or s3://bucket/prefix"
             )

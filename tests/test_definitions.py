@@ -56,6 +56,8 @@ def test_the_graph_runs_from_the_topic_to_the_marts():
         ("CLICKSTREAM_ALLOWED_LATENESS", "three hours", "such as 30m, 3h or 1d"),
         ("CLICKSTREAM_START_DATE", "01/01/2026", "use YYYY-MM-DD"),
         ("CLICKSTREAM_LAKE_URL", "gs://bucket/lake", "s3://bucket/prefix"),
+        # Every process of a deployment must share the lake: one process's memory cannot hold it.
+        ("CLICKSTREAM_LAKE_URL", "memory://lake", "s3://bucket/prefix"),
         ("CLICKSTREAM_TOPIC", " ", "name the events topic"),
     ],
 )
