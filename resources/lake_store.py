@@ -11,7 +11,6 @@ The plain client; resources.lake holds the Dagster resource over it.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +26,9 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 from pyarrow.fs import FSSpecHandler
 from pydantic import BaseModel, PrivateAttr
+
+FOOTER_READ_BYTES = 64 * 1024
+"""The end of a Parquet file read at once for its footer (a larger footer takes a second read)."""
 
 
 class _KnownFiles(FSSpecHandler):
@@ -168,12 +170,17 @@ class Lake(BaseModel):
         return self.write_bytes(relative, data, exclusive=exclusive)
 
     def footer(self, relative: str) -> pq.FileMetaData | None:
-        """A Parquet file's footer (no data read), None without a file."""
+        """A Parquet file's footer (no data read), None without a file. Read from the file's
+        end without asking its size first (on S3 a GET of a suffix range, no HEAD)."""
         try:
-            with self.fs.open(self.path(relative), "rb") as handle:
-                return pq.ParquetFile(handle).metadata
+            tail = self.fs.cat_file(self.path(relative), start=-FOOTER_READ_BYTES)
+            # The file ends with the footer's length (4 bytes, little-endian) and "PAR1".
+            needed = int.from_bytes(tail[-8:-4], "little") + 8
+            if needed > len(tail):
+                tail = self.fs.cat_file(self.path(relative), start=-needed)
         except FileNotFoundError:
             return None
+        return pq.read_metadata(pa.BufferReader(tail))
 
     def footer_metadata(self, relative: str) -> dict[bytes, bytes] | None:
         """A Parquet file's key-value footer metadata (no data read), None without a file."""
@@ -181,8 +188,8 @@ class Lake(BaseModel):
         return None if footer is None else footer.metadata or {}
 
     def read_json(self, relative: str) -> Any:
-        with self.fs.open(self.path(relative), "rb") as handle:
-            return json.load(handle)
+        # A range from 0: asked for a whole file, s3fs looks its size up first (a HEAD).
+        return orjson.loads(self.fs.cat_file(self.path(relative), start=0))
 
     @contextmanager
     def parquet_writer(

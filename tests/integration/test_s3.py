@@ -181,6 +181,30 @@ def test_a_file_read_by_row_group_is_looked_up_once_and_read_exactly(bucket):
     assert set(calls) == {"HeadObject", "GetObject"}
 
 
+def test_footers_and_json_are_read_without_a_lookup(bucket):
+    lake = bucket.lake
+    wide = pa.table({f"c{i}": list(range(100)) for i in range(60)})
+    with lake.parquet_writer("s/small.parquet", TABLE.schema) as writer:
+        writer.write_table(TABLE)
+    with lake.parquet_writer("s/wide.parquet", wide.schema) as writer:
+        for _ in range(50):  # a footer of ~330 KB: past the first read from the end
+            writer.write_table(wide, row_group_size=100)
+    lake.write_json("m/h.json", {"rows": 5})
+    calls: list[str] = []
+
+    def record(model, **_):
+        calls.append(model.name)
+
+    s3 = lake.fs.s3
+    s3.meta.events.register("before-call.s3", record)
+    small, big, absent = (lake.footer(f"s/{n}.parquet") for n in ("small", "wide", "none"))
+    manifest = lake.read_json("m/h.json")
+    s3.meta.events.unregister("before-call.s3", record)
+    assert (small.num_rows, big.num_rows, big.num_row_groups) == (1000, 5000, 50)
+    assert absent is None and manifest == {"rows": 5}
+    assert "HeadObject" not in calls, calls
+
+
 KILLED_WRITER = """
 import os, signal, sys
 import pyarrow as pa
