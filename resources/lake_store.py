@@ -24,14 +24,13 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
-from pyarrow.fs import FSSpecHandler
 from pydantic import BaseModel, PrivateAttr
 
 FOOTER_READ_BYTES = 64 * 1024
 """The end of a Parquet file read at once for its footer (a larger footer takes a second read)."""
 
 
-class _KnownFiles(FSSpecHandler):
+class _KnownFiles(pafs.FSSpecHandler):
     """An fsspec filesystem under pyarrow that looks each file up once. pyarrow's own handler
     asks S3 about a file three times at every open and range read (HEAD requests; a cleaning
     run opens a bronze file once per row group it decodes), and reads ahead a whole block
