@@ -18,7 +18,7 @@ Sections (each prints as it finishes; a Markdown table of everything comes last)
 - spark: the same bronze -> silver -> marts job on Spark local[2] (pip install -e '.[bench]'),
   beside this pipeline's cleaning + marts from the same bronze.
 - s3: the same day caught up into a lake on a real S3 API (moto's server on loopback, in this
-  process), stage by stage, with the S3 requests the lake's client sent, by operation.
+  process), stage by stage, with the S3 requests sent, by operation, and the bytes fetched.
 - rollup: the hourly rollup at reduced scale (--rollup-events, default 1/100 of an hour at a
   billion events a day): a deployment caught up with the hours before, then the time from the
   close of the peak hour to its rows in the warehouse, beside the README's model.
@@ -26,6 +26,8 @@ Sections (each prints as it finishes; a Markdown table of everything comes last)
   hour is cleaned again (only its hourly rollup reads silver) beside every hour re-read.
 - marts-week: a week of such days (--marts-week-hour-events an hour): its marts in one run, as
   a backfill or a catch-up builds them, beside a run per day.
+- s3-marts: 4 silver hours of --marts-hour-events each in a lake on moto's S3 server: the
+  day's marts (a cold run) and the bytes they fetched from S3, beside the silver's size.
 
 Wall-clock figures on a shared machine move with its load; CPU seconds are printed beside them.
 """
@@ -40,8 +42,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from multiprocessing import get_context
@@ -438,20 +442,28 @@ def bench_day(results: Results, bootstrap: str, topic: str, workdir: Path, n: in
     return {"root": root, "stages": stages, "silver_rows": silver}
 
 
-def bench_s3(results: Results, bootstrap: str, topic: str, workdir: Path, n: int) -> None:
-    """The day's catch-up from the broker into a lake on S3 (moto's server on loopback): what
-    the object store's round trips add to each stage, and how many the lake's client sent."""
-    from collections import Counter
-
+@contextmanager
+def _s3_bucket(bucket: str) -> Iterator[Counter[str]]:
+    """A bucket on moto's S3 server on loopback, with the environment pointed at it, and the S3
+    requests of every client in this process (the lake's, and the one dbt-duckdb attaches to
+    the marts' DuckDB) counted by operation, with the bytes their GETs fetched."""
     import boto3
+    import s3fs
+    from aiobotocore.client import AioBaseClient
     from moto.server import ThreadedMotoServer
-
-    from clickstream_tools.catchup import instance_for, run_catch_up
-    from core.settings import Settings
-    from resources.lake_store import Lake
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    requests: Counter[str] = Counter()
+    api_call = AioBaseClient._make_api_call
+
+    async def counted(client, operation, params):
+        requests[operation] += 1
+        response = await api_call(client, operation, params)
+        if operation == "GetObject":
+            requests["bytes fetched"] += response["ContentLength"]
+        return response
+
     try:
         host, port = server.get_host_and_port()
         os.environ.update(
@@ -460,28 +472,73 @@ def bench_s3(results: Results, bootstrap: str, topic: str, workdir: Path, n: int
             AWS_SECRET_ACCESS_KEY="bench",
             AWS_DEFAULT_REGION="us-east-1",
         )
-        boto3.client("s3").create_bucket(Bucket="bench")
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        s3fs.S3FileSystem.clear_instance_cache()  # none is left pointing at an earlier server
+        AioBaseClient._make_api_call = counted
+        yield requests
+    finally:
+        AioBaseClient._make_api_call = api_call
+        server.stop()
+
+
+def _requests(requests: Counter[str]) -> str:
+    fetched = requests["bytes fetched"]
+    counts = [(name, count) for name, count in requests.most_common() if name != "bytes fetched"]
+    return (
+        f"{sum(count for _, count in counts):,} S3 requests: "
+        + ", ".join(f"{name} {count:,}" for name, count in counts)
+        + f"; {fetched / 2**20:,.1f} MiB fetched"
+    )
+
+
+def bench_s3(results: Results, bootstrap: str, topic: str, workdir: Path, n: int) -> None:
+    """The day's catch-up from the broker into a lake on S3 (moto's server on loopback): what
+    the object store's round trips add to each stage, and how many requests were sent."""
+    from clickstream_tools.catchup import instance_for, run_catch_up
+    from core.settings import Settings
+
+    with _s3_bucket("bench") as requests:
         _deployment(workdir / "s3", bootstrap, topic)
         os.environ["CLICKSTREAM_LAKE_URL"] = "s3://bench/lake"
         settings = Settings.from_env()
-        requests: Counter[str] = Counter()
-        fs = Lake(url=settings.lake_url).fs  # fsspec's one instance for these options
-        fs.connect()
-        fs.s3.meta.events.register(
-            "before-call.s3", lambda model, **_: requests.update([model.name])
-        )
         until = DAY + timedelta(days=1, hours=7)
+        requests.clear()
         with instance_for(settings) as instance, Timer() as total:
             report = run_catch_up(settings, until=until, instance=instance, log=lambda _: None)
-    finally:
-        server.stop()
     results.add(
         f"end to end on S3: catch-up of {n:,} records into a lake on moto's S3 server",
         f"{n / total.wall:,.0f} ev/s; "
         + ", ".join(f"{stage} {sec:.1f} s" for stage, sec in report.seconds_by_stage().items()),
-        f"{sum(requests.values()):,} S3 requests from the lake's client: "
-        + ", ".join(f"{name} {count:,}" for name, count in requests.most_common()),
+        _requests(requests),
         f"{total.wall:.1f} s",
+    )
+
+
+def bench_s3_marts(results: Results, workdir: Path, hour_events: int, hours: int = 4) -> None:
+    """A day's marts built from `hours` silver hours of `hour_events` events each
+    (`_silver_hours`) in a lake on S3 (moto's server on loopback): the bytes the marts' DuckDB
+    fetches, against the silver's size."""
+    import s3fs
+
+    from core.ledger import HOUR
+    from core.settings import Settings
+
+    settings, write_hour, hour_rows = _silver_hours(workdir / "s3-marts", hour_events)
+    for i in range(hours):
+        write_hour(DAY + i * HOUR, "first")
+    local = Path(settings.lake_url)
+    silver = sum(path.stat().st_size for path in (local / "silver").rglob("*.parquet"))
+    with _s3_bucket("bench-marts") as requests:
+        s3fs.S3FileSystem().put(f"{local}/", "bench-marts/lake/", recursive=True)
+        os.environ["CLICKSTREAM_LAKE_URL"] = "s3://bench-marts/lake"
+        requests.clear()
+        built = _build_marts(Settings.from_env(), DAY + timedelta(days=1), DAY.date())
+    results.add(
+        f"marts on S3: a day of {hours} silver hours of {hour_rows:,} events "
+        f"({silver / 2**20:,.1f} MiB of silver) in a lake on moto's S3 server",
+        f"{built.wall:.1f} s (CPU {built.cpu:.1f} s), a cold run",
+        _requests(requests),
+        f"{requests['bytes fetched'] / silver:.2f}x the silver's bytes fetched",
     )
 
 
@@ -772,7 +829,8 @@ def main() -> None:
     )
     parser.add_argument("--no-spark", action="store_true")
     parser.add_argument(
-        "--only", default="producer,landing,hour,day,spark,s3,rollup,marts-day,marts-week"
+        "--only",
+        default="producer,landing,hour,day,spark,s3,rollup,marts-day,marts-week,s3-marts",
     )
     parser.add_argument("--hour-stage", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -814,6 +872,8 @@ def main() -> None:
         bench_marts_day(results, workdir, args.marts_hour_events)
     if "marts-week" in only:
         bench_marts_week(results, workdir, args.marts_week_hour_events)
+    if "s3-marts" in only:
+        bench_s3_marts(results, workdir, args.marts_hour_events)
     print()
     print(f"`{' '.join([Path(sys.executable).name, 'benchmarks/bench.py', *sys.argv[1:]])}`")
     print(f"on {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")

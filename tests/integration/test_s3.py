@@ -205,6 +205,44 @@ def test_footers_and_json_are_read_without_a_lookup(bucket):
     assert "HeadObject" not in calls, calls
 
 
+def test_the_marts_duckdb_reads_only_the_columns_a_query_needs(bucket):
+    """The marts' DuckDB reads the lake through the filesystem that the dbt profile's `s3` target
+    attaches (as dbt-duckdb attaches it): a query of a narrow column of a wide file fetches that
+    column's bytes and the footer, not the file. s3fs's default read-ahead fetched the file."""
+    import duckdb
+    import fsspec
+    import yaml
+
+    from core.warehouse import DBT_PROJECT_DIR
+
+    profile = yaml.safe_load((DBT_PROJECT_DIR / "profiles.yml").read_text())
+    (spec,) = profile["clickstream"]["outputs"]["s3"]["filesystems"]
+    options = {key: value for key, value in spec.items() if key != "fs"}
+    fs = fsspec.filesystem(spec["fs"], **options)
+    # 4 row groups of 1 MiB: DuckDB reads a file of one small row group whole.
+    wide = pa.table({"n": range(4000), "v": [os.urandom(1024) for _ in range(4000)]})
+    with bucket.lake.parquet_writer("silver/w.parquet", wide.schema) as writer:
+        writer.write_table(wide, row_group_size=1000)
+    size = bucket.lake.fs.size(bucket.lake.path("silver/w.parquet"))
+    fetched: list[int] = []
+
+    def record(parsed, **_):
+        fetched.append(parsed["ContentLength"])
+
+    fs.connect()
+    fs.s3.meta.events.register("after-call.s3.GetObject", record)
+    con = duckdb.connect()
+    con.register_filesystem(fs)
+    try:
+        query = f"select sum(n) from 's3://{bucket.name}/lake/silver/w.parquet'"
+        (total,) = con.execute(query).fetchone()
+    finally:
+        con.close()
+        fs.s3.meta.events.unregister("after-call.s3.GetObject", record)
+    assert total == sum(range(4000))
+    assert 0 < sum(fetched) < size / 20, (fetched, size)
+
+
 KILLED_WRITER = """
 import os, signal, sys
 import pyarrow as pa
