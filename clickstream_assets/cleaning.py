@@ -42,6 +42,7 @@ from core.ledger import (
 )
 from resources.event_log import RECORD_SCHEMA
 from resources.lake import LakeResource
+from resources.lake_store import Reader
 
 SILVER_SCHEMA = pa.schema(
     [
@@ -296,28 +297,39 @@ _REFUSED_COLUMNS = QUARANTINE_SCHEMA.names[1:]
 
 
 class SharedRowGroups:
-    """Bronze as one run reads it, cleaning hours in turn: each file's footer read once, and each
-    row group that holds several event hours (the late events of many hours share row groups)
-    decoded once, split by event hour, and kept, at most `SHARED_ROWS` rows of them, while another
-    hour may need it (`_shared`); the same for the raw records of its refused rows."""
+    """Bronze as one run reads it, cleaning hours in turn: each file looked up (on S3) and its
+    footer read once, and each row group that holds several event hours (the late events of many
+    hours share row groups) decoded once, split by event hour, and kept, at most `SHARED_ROWS`
+    rows of them, while another hour may need it (`_shared`); the same for the raw records of
+    its refused rows. The run's valid copies (`ValidCopies`) are read through its `reader` too,
+    so that on S3 a run looks each bronze file up once (it was twice, and its footer was read up
+    to three times: now twice)."""
 
     def __init__(self, lake: LakeResource) -> None:
         self.lake = lake
+        self.reader = lake.reader()
         self._pieces: dict[str, list[RowGroup]] = {}
+        self._footer_locks: dict[str, threading.Lock] = {}
         self._kept: dict[tuple[str, int, bool], tuple[datetime, dict[datetime, pa.Table]]] = {}
         self._decoding: set[tuple[str, int, bool]] = set()  # by some thread, now
         self._reading: Counter[datetime] = Counter()  # the hours threads are reading, now
         self._changed = threading.Condition()  # hours of a run are cleaned two at a time
 
     def _row_groups(self, file: str) -> list[RowGroup]:
-        """The file's row groups, each read once a run: converting a row group's statistics to
-        Python costs more than most hours' rows."""
+        """The file's row groups, each read once a run, by one thread while another hour's
+        waits (the first two hours of a run read nearly the same files, in the same order):
+        converting a row group's statistics to Python costs more than most hours' rows."""
         if file not in self._pieces:
-            (whole,) = self.lake.dataset([file], BRONZE_SCHEMA).get_fragments()
-            pieces = []
-            for piece in whole.split_by_row_group():
-                pieces.append((piece, *_row_group_stats(piece.row_groups[0].metadata)))
-            self._pieces[file] = pieces  # whole: another hour's thread may be reading the file
+            with self._changed:
+                lock = self._footer_locks.setdefault(file, threading.Lock())
+            with lock:
+                if file not in self._pieces:
+                    dataset = self.lake.dataset([file], BRONZE_SCHEMA, self.reader)
+                    (whole,) = dataset.get_fragments()
+                    self._pieces[file] = [
+                        (piece, *_row_group_stats(piece.row_groups[0].metadata))
+                        for piece in whole.split_by_row_group()
+                    ]
         return self._pieces[file]
 
     def read(self, files: list[str], event_hour: datetime) -> pa.Table:
@@ -540,10 +552,10 @@ _HOUR_COPY_COLUMNS = {**_COPY_COLUMNS, "event_hour": ds.field("event_hour")}
 _VALID_COPY = _VALID_TYPED & ds.field("event_hour").is_valid()
 
 
-def _valid_copies(lake: LakeResource, manifest: Manifest) -> pa.Table:
+def _valid_copies(lake: LakeResource, manifest: Manifest, reader: Reader | None = None) -> pa.Table:
     """Every valid copy in one ingest hour's bronze: where it arrived and its event hour."""
     files = [file for entry in manifest.partitions.values() for file in entry.files]
-    return lake.dataset(files, BRONZE_SCHEMA).to_table(
+    return lake.dataset(files, BRONZE_SCHEMA, reader).to_table(
         columns=_HOUR_COPY_COLUMNS, filter=_VALID_COPY
     )
 
@@ -553,8 +565,10 @@ class ValidCopies:
     the frames of an hour and of the hour after both read it (`cross_hour_copies`), so an hour
     is read once and kept until the other of those `frames` is done with it."""
 
-    def __init__(self, lake: LakeResource, frames: Iterable[datetime]) -> None:
-        self.lake = lake
+    def __init__(
+        self, lake: LakeResource, frames: Iterable[datetime], reader: Reader | None = None
+    ) -> None:
+        self.lake, self.reader = lake, reader
         self._users = Counter(hour for frame in frames for hour in (frame - HOUR, frame))
         self._kept: dict[datetime, pa.Table] = {}
         self._reading: dict[datetime, threading.Lock] = {}
@@ -569,7 +583,7 @@ class ValidCopies:
                 kept = self._kept.get(hour)
             if kept is not None:
                 return kept
-            table = _valid_copies(self.lake, manifest)
+            table = _valid_copies(self.lake, manifest, self.reader)
             with self._lock:
                 if self._users[hour] > 1:  # the reading frame, and another still to come
                     self._kept[hour] = table
@@ -839,7 +853,7 @@ def clean_hours(
     with ThreadPoolExecutor(CLEANING_THREADS, thread_name_prefix="clean-hour") as pool:
         inputs = {i for hour in hours for i in run.ledger.inputs(hour, run.recorded)}
         near = [h for h in near_hours(inputs, run.recorded) if h not in run.copies]
-        valid = ValidCopies(lake, near)
+        valid = ValidCopies(lake, near, run.shared.reader)
 
         def frame(hour: datetime, spill: str) -> pl.DataFrame:
             try:

@@ -50,6 +50,10 @@ class _KnownFiles(pafs.FSSpecHandler):
         return pa.PythonFile(handle, mode="r")
 
 
+Reader = pafs.FileSystem | fsspec.AbstractFileSystem
+"""What pyarrow reads the lake through (`Lake.reader`)."""
+
+
 class LakeUnavailable(RuntimeError):
     """The lake cannot be written; the message says what to fix."""
 
@@ -263,25 +267,29 @@ class Lake(BaseModel):
         column that an older file lacks reads as nulls."""
         return pq.read_table(
             [self.path(r) for r in relatives],
-            filesystem=self._reader(),
+            filesystem=self.reader(),
             columns=columns,
             filters=filters,
             schema=schema,
         )
 
-    def dataset(self, relatives: list[str], schema: pa.Schema) -> ds.Dataset:
+    def dataset(
+        self, relatives: list[str], schema: pa.Schema, reader: Reader | None = None
+    ) -> ds.Dataset:
         """Files as one Arrow dataset of `schema`, for streaming scans (a column an older file
-        lacks reads as nulls)."""
+        lacks reads as nulls); through `reader` (`Lake.reader`) when given, so that datasets of
+        the same files share its lookups."""
         return ds.dataset(
             [self.path(r) for r in relatives],
             schema=schema,
             format="parquet",
-            filesystem=self._reader(),
+            filesystem=reader or self.reader(),
         )
 
-    def _reader(self) -> pafs.FileSystem | fsspec.AbstractFileSystem:
+    def reader(self) -> Reader:
         """The filesystem pyarrow reads through: Arrow's own for a local path; on S3, fsspec's,
-        each file looked up once for as long as the dataset or read lasts."""
+        each file looked up once for as long as the reader is used (by a read, a dataset, or a
+        cleaning run for its bronze, which does not change meanwhile)."""
         return self.fs if self._local else pafs.PyFileSystem(_KnownFiles(self.fs))
 
     def remove(self, relative: str) -> None:

@@ -17,6 +17,8 @@ import pyarrow as pa
 import pytest
 from dagster import instance_for_test
 
+from clickstream_assets.cleaning import CleaningRun, clean_hours
+from clickstream_assets.landing import land_hours
 from clickstream_tools.catchup import run_catch_up
 from resources.event_log import InMemoryKafka
 from resources.lake_store import Lake
@@ -241,6 +243,33 @@ def test_the_marts_duckdb_reads_only_the_columns_a_query_needs(bucket):
         fs.s3.meta.events.unregister("after-call.s3.GetObject", record)
     assert total == sum(range(4000))
     assert 0 < sum(fetched) < size / 20, (fetched, size)
+
+
+def test_a_cleaning_run_looks_each_bronze_file_up_once(bucket):
+    """A run's row-group reads and its valid copies (the re-stamped copies' frames) share the
+    run's lookups: each bronze file is looked up (a HEAD) at most once, and the silver is the
+    same as a run without them would write (the known-answer tests check its contents)."""
+    traffic = messy_traffic(START, END, events=3_000, seed=5, max_late=timedelta(hours=4))
+    kafka = InMemoryKafka(partitions=3)
+    kafka.produce(traffic.messages)
+    hours = [START + timedelta(hours=i) for i in range(6)]
+    land_hours(kafka, bucket.lake, hours, now=END, first_instant=START)
+    looked_up: list[str] = []
+
+    def record(params, **_):
+        looked_up.append(params["Key"])
+
+    s3 = bucket.lake.fs.s3
+    s3.meta.events.register("before-parameter-build.s3.HeadObject", record)
+    run = CleaningRun.of(bucket.lake)
+    event_hours = sorted({h for m in run.ledger.manifests(hours).values() for h in m.event_hours})
+    cleaned = list(clean_hours(bucket.lake, event_hours, first_instant=START, now=UNTIL, run=run))
+    s3.meta.events.unregister("before-parameter-build.s3.HeadObject", record)
+    listed = bucket.keys()
+    bronze = [key for key in listed if key.startswith("lake/bronze/date=")]
+    assert len(bronze) >= 12 and sum(c.stamp.bronze_rows for c in cleaned) > 3_000
+    looked_up_bronze = [key for key in looked_up if key.startswith("lake/bronze/date=")]
+    assert sorted(looked_up_bronze) == sorted(set(looked_up_bronze)), looked_up_bronze
 
 
 KILLED_WRITER = """
