@@ -330,7 +330,9 @@ def test_a_run_reads_each_ingest_hours_copies_once_for_the_two_frames_that_pair_
     reads = Counter()
     read = cleaning._valid_copies
     monkeypatch.setattr(
-        cleaning, "_valid_copies", lambda lake, m: reads.update([m.ingest_hour]) or read(lake, m)
+        cleaning,
+        "_valid_copies",
+        lambda lake, m, *reader: reads.update([m.ingest_hour]) or read(lake, m, *reader),
     )
     options = {"first_instant": START, "now": at(14), "bucket_rows": bucket_rows}
     hours = (H10, H11, H12)
