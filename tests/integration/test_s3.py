@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -119,6 +121,27 @@ def bucket(s3_api, monkeypatch):
     return SimpleNamespace(lake=lake, name=name, keys=keys, uploads=uploads)
 
 
+@contextmanager
+def s3_events(fs, event: str, take: Callable[..., object]) -> Iterator[list]:
+    """What `take` makes of each botocore `event` (such as "before-call.s3") of `fs`'s S3 client
+    while inside: the requests a piece of code sends, as the client sends them."""
+    seen: list = []
+
+    def record(**kwargs) -> None:  # returns None: a handler's value would stand for a response
+        seen.append(take(**kwargs))
+
+    fs.connect()
+    fs.s3.meta.events.register(event, record)
+    try:
+        yield seen
+    finally:
+        fs.s3.meta.events.unregister(event, record)
+
+
+def operation(model, **_) -> str:
+    return model.name
+
+
 def test_a_parquet_file_appears_whole_and_alone(bucket):
     with bucket.lake.parquet_writer("bronze/a.parquet", TABLE.schema) as writer:
         writer.write_table(TABLE.slice(0, 600))
@@ -167,17 +190,10 @@ def test_a_file_read_by_row_group_is_looked_up_once_and_read_exactly(bucket):
     with bucket.lake.parquet_writer("bronze/a.parquet", TABLE.schema) as writer:
         for start in range(0, TABLE.num_rows, 200):
             writer.write_table(TABLE.slice(start, 200))
-    calls: list[str] = []
-
-    def record(model, **_):
-        calls.append(model.name)
-
-    s3 = bucket.lake.fs.s3
-    s3.meta.events.register("before-call.s3", record)
-    (whole,) = bucket.lake.dataset(["bronze/a.parquet"], TABLE.schema).get_fragments()
-    pieces = whole.split_by_row_group()
-    read = pa.concat_tables(piece.to_table(schema=TABLE.schema) for piece in pieces)
-    s3.meta.events.unregister("before-call.s3", record)
+    with s3_events(bucket.lake.fs, "before-call.s3", operation) as calls:
+        (whole,) = bucket.lake.dataset(["bronze/a.parquet"], TABLE.schema).get_fragments()
+        pieces = whole.split_by_row_group()
+        read = pa.concat_tables(piece.to_table(schema=TABLE.schema) for piece in pieces)
     assert len(pieces) == 5 and read.equals(TABLE)
     assert calls.count("HeadObject") == 1, calls
     assert set(calls) == {"HeadObject", "GetObject"}
@@ -192,16 +208,9 @@ def test_footers_and_json_are_read_without_a_lookup(bucket):
         for _ in range(50):  # a footer of ~330 KB: past the first read from the end
             writer.write_table(wide, row_group_size=100)
     lake.write_json("m/h.json", {"rows": 5})
-    calls: list[str] = []
-
-    def record(model, **_):
-        calls.append(model.name)
-
-    s3 = lake.fs.s3
-    s3.meta.events.register("before-call.s3", record)
-    small, big, absent = (lake.footer(f"s/{n}.parquet") for n in ("small", "wide", "none"))
-    manifest = lake.read_json("m/h.json")
-    s3.meta.events.unregister("before-call.s3", record)
+    with s3_events(lake.fs, "before-call.s3", operation) as calls:
+        small, big, absent = (lake.footer(f"s/{n}.parquet") for n in ("small", "wide", "none"))
+        manifest = lake.read_json("m/h.json")
     assert (small.num_rows, big.num_rows, big.num_row_groups) == (1000, 5000, 50)
     assert absent is None and manifest == {"rows": 5}
     assert "HeadObject" not in calls, calls
@@ -226,21 +235,11 @@ def test_the_marts_duckdb_reads_only_the_columns_a_query_needs(bucket):
     with bucket.lake.parquet_writer("silver/w.parquet", wide.schema) as writer:
         writer.write_table(wide, row_group_size=1000)
     size = bucket.lake.fs.size(bucket.lake.path("silver/w.parquet"))
-    fetched: list[int] = []
-
-    def record(parsed, **_):
-        fetched.append(parsed["ContentLength"])
-
-    fs.connect()
-    fs.s3.meta.events.register("after-call.s3.GetObject", record)
-    con = duckdb.connect()
-    con.register_filesystem(fs)
-    try:
+    got = s3_events(fs, "after-call.s3.GetObject", lambda parsed, **_: parsed["ContentLength"])
+    with got as fetched, duckdb.connect() as con:
+        con.register_filesystem(fs)
         query = f"select sum(n) from 's3://{bucket.name}/lake/silver/w.parquet'"
         (total,) = con.execute(query).fetchone()
-    finally:
-        con.close()
-        fs.s3.meta.events.unregister("after-call.s3.GetObject", record)
     assert total == sum(range(4000))
     assert 0 < sum(fetched) < size / 20, (fetched, size)
 
@@ -254,17 +253,14 @@ def test_a_cleaning_run_looks_each_bronze_file_up_once(bucket):
     kafka.produce(traffic.messages)
     hours = [START + timedelta(hours=i) for i in range(6)]
     land_hours(kafka, bucket.lake, hours, now=END, first_instant=START)
-    looked_up: list[str] = []
-
-    def record(params, **_):
-        looked_up.append(params["Key"])
-
-    s3 = bucket.lake.fs.s3
-    s3.meta.events.register("before-parameter-build.s3.HeadObject", record)
-    run = CleaningRun.of(bucket.lake)
-    event_hours = sorted({h for m in run.ledger.manifests(hours).values() for h in m.event_hours})
-    cleaned = list(clean_hours(bucket.lake, event_hours, first_instant=START, now=UNTIL, run=run))
-    s3.meta.events.unregister("before-parameter-build.s3.HeadObject", record)
+    head = "before-parameter-build.s3.HeadObject"  # the request's parameters: its key
+    with s3_events(bucket.lake.fs, head, lambda params, **_: params["Key"]) as looked_up:
+        run = CleaningRun.of(bucket.lake)
+        manifests = run.ledger.manifests(hours).values()
+        event_hours = sorted({h for m in manifests for h in m.event_hours})
+        cleaned = list(
+            clean_hours(bucket.lake, event_hours, first_instant=START, now=UNTIL, run=run)
+        )
     listed = bucket.keys()
     bronze = [key for key in listed if key.startswith("lake/bronze/date=")]
     assert len(bronze) >= 12 and sum(c.stamp.bronze_rows for c in cleaned) > 3_000
