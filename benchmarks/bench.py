@@ -18,7 +18,9 @@ Sections (each prints as it finishes; a Markdown table of everything comes last)
 - spark: the same bronze -> silver -> marts job on Spark local[2] (pip install -e '.[bench]'),
   beside this pipeline's cleaning + marts from the same bronze.
 - s3: the same day caught up into a lake on a real S3 API (moto's server on loopback, in this
-  process), stage by stage, with the S3 requests sent, by operation, and the bytes fetched.
+  process), stage by stage, with the S3 requests sent, by operation, and the bytes fetched; then
+  again with each request --s3-latency-ms longer (an object store's round trip, which loopback
+  lacks): what the requests that wait on each other cost.
 - rollup: the hourly rollup at reduced scale (--rollup-events, default 1/100 of an hour at a
   billion events a day): a deployment caught up with the hours before, then the time from the
   close of the peak hour to its rows in the warehouse, beside the README's model.
@@ -35,6 +37,7 @@ Wall-clock figures on a shared machine move with its load; CPU seconds are print
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import resource
@@ -443,10 +446,12 @@ def bench_day(results: Results, bootstrap: str, topic: str, workdir: Path, n: in
 
 
 @contextmanager
-def _s3_bucket(bucket: str) -> Iterator[Counter[str]]:
+def _s3_bucket(bucket: str, latency: float = 0.0) -> Iterator[Counter[str]]:
     """A bucket on moto's S3 server on loopback, with the environment pointed at it, and the S3
     requests of every client in this process (the lake's, and the one dbt-duckdb attaches to
-    the marts' DuckDB) counted by operation, with the bytes their GETs fetched."""
+    the marts' DuckDB) counted by operation, with the bytes their GETs fetched. Each request
+    waits `latency` seconds before it is sent: the round trip to an object store, which
+    loopback lacks (requests sent together wait together, as they would there)."""
     import boto3
     import s3fs
     from aiobotocore.client import AioBaseClient
@@ -459,6 +464,7 @@ def _s3_bucket(bucket: str) -> Iterator[Counter[str]]:
 
     async def counted(client, operation, params):
         requests[operation] += 1
+        await asyncio.sleep(latency)
         response = await api_call(client, operation, params)
         if operation == "GetObject":
             requests["bytes fetched"] += response["ContentLength"]
@@ -491,27 +497,35 @@ def _requests(requests: Counter[str]) -> str:
     )
 
 
-def bench_s3(results: Results, bootstrap: str, topic: str, workdir: Path, n: int) -> None:
+def bench_s3(
+    results: Results, bootstrap: str, topic: str, workdir: Path, n: int, latency: float
+) -> None:
     """The day's catch-up from the broker into a lake on S3 (moto's server on loopback): what
-    the object store's round trips add to each stage, and how many requests were sent."""
+    the object store's round trips add to each stage, and how many requests were sent; on
+    loopback, then with each request `latency` seconds longer."""
     from clickstream_tools.catchup import instance_for, run_catch_up
     from core.settings import Settings
 
-    with _s3_bucket("bench") as requests:
-        _deployment(workdir / "s3", bootstrap, topic)
-        os.environ["CLICKSTREAM_LAKE_URL"] = "s3://bench/lake"
-        settings = Settings.from_env()
-        until = DAY + timedelta(days=1, hours=7)
-        requests.clear()
-        with instance_for(settings) as instance, Timer() as total:
-            report = run_catch_up(settings, until=until, instance=instance, log=lambda _: None)
-    results.add(
-        f"end to end on S3: catch-up of {n:,} records into a lake on moto's S3 server",
-        f"{n / total.wall:,.0f} ev/s; "
-        + ", ".join(f"{stage} {sec:.1f} s" for stage, sec in report.seconds_by_stage().items()),
-        _requests(requests),
-        f"{total.wall:.1f} s",
-    )
+    for delay in (0.0, latency):
+        bucket = f"bench-{delay * 1000:.0f}ms"  # moto's buckets outlive its server in a process
+        with _s3_bucket(bucket, delay) as requests:
+            _deployment(workdir / bucket, bootstrap, topic)
+            os.environ["CLICKSTREAM_LAKE_URL"] = f"s3://{bucket}/lake"
+            settings = Settings.from_env()
+            until = DAY + timedelta(days=1, hours=7)
+            requests.clear()
+            with instance_for(settings) as instance, Timer() as total:
+                report = run_catch_up(settings, until=until, instance=instance, log=lambda _: None)
+        stages = report.seconds_by_stage()
+        results.add(
+            f"end to end on S3: catch-up of {n:,} records into a lake on moto's S3 server"
+            + (f", each request {delay * 1000:.0f} ms longer" if delay else ""),
+            f"{n / total.wall:,.0f} ev/s; "
+            + ", ".join(f"{stage} {sec:.1f} s" for stage, sec in stages.items())
+            + f", the sensors' ticks {total.wall - sum(stages.values()):.1f} s",
+            _requests(requests),
+            f"{total.wall:.1f} s",
+        )
 
 
 def bench_s3_marts(results: Results, workdir: Path, hour_events: int, hours: int = 4) -> None:
@@ -827,6 +841,13 @@ def main() -> None:
         default=5_000,
         help="silver events in each hour of the marts-week stage's 7 days",
     )
+    parser.add_argument(
+        "--s3-latency-ms",
+        type=float,
+        default=20.0,
+        help="the s3 stage's second run: each S3 request this much longer (an object store's "
+        "round trip)",
+    )
     parser.add_argument("--no-spark", action="store_true")
     parser.add_argument(
         "--only",
@@ -865,7 +886,7 @@ def main() -> None:
         if "spark" in only and day is not None:
             bench_spark(results, day, workdir)
         if "s3" in only:
-            bench_s3(results, broker.bootstrap, topic, workdir, n)
+            bench_s3(results, broker.bootstrap, topic, workdir, n, args.s3_latency_ms / 1000)
         if "rollup" in only:
             bench_rollup(results, broker.bootstrap, workdir, args.rollup_events)
     if "marts-day" in only:

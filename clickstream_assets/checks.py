@@ -175,25 +175,32 @@ def ids_unique(ids: pa.ChunkedArray) -> bool:
 # --- lake and warehouse readers ---------------------------------------------------------------
 
 
-def parquet_rows(lake: LakeResource, relative: str) -> int | None:
-    """Row count from the Parquet footer (cheap: no data read), or None if there is no file."""
-    footer = lake.footer(relative)
-    return None if footer is None else footer.num_rows
+def parquet_rows(lake: LakeResource, relatives: list[str]) -> list[int | None]:
+    """Row counts from the Parquet footers (cheap: no data read; all read at once, on S3 in one
+    round trip), None where there is no file."""
+    return [None if footer is None else footer.num_rows for footer in lake.footers(relatives)]
 
 
 def _silver_ids(lake: LakeResource, hour: datetime) -> tuple[int | None, bool]:
     """The event hour's silver rows (None without a file) and whether its ids are unique."""
-    rows = parquet_rows(lake, events_file(hour))
+    (rows,) = parquet_rows(lake, [events_file(hour)])
     if not rows:
         return rows, True
     ids = lake.read_parquet([events_file(hour)], columns=["event_id"]).column("event_id")
     return rows, ids_unique(ids)
 
 
-def _bronze_rows(lake: LakeResource, files: list[str]) -> int | None:
-    """Rows of a range's bronze files (each slice has one), or None if one is missing."""
-    rows = [parquet_rows(lake, file) for file in files]
-    return None if not rows or None in rows else sum(rows)
+def partition_rows(lake: LakeResource, manifests: list[Manifest]) -> list[dict[int, int | None]]:
+    """Per manifest, the rows of each Kafka partition's bronze files (a range landed in slices
+    has a file each), None where one is missing: every file's footer read at once."""
+    files = [f for m in manifests for entry in m.partitions.values() for f in entry.files]
+    counted = dict(zip(files, parquet_rows(lake, files), strict=True))
+
+    def rows(files: list[str]) -> int | None:
+        found = [counted[file] for file in files]
+        return None if not found or None in found else sum(found)
+
+    return [{p: rows(entry.files) for p, entry in m.partitions.items()} for m in manifests]
 
 
 def _ledger(lake: LakeResource, hours: list[datetime]) -> tuple[dict, datetime | None]:
@@ -249,13 +256,15 @@ def bronze_rows_match_ranges(context: AssetCheckExecutionContext, lake: LakeReso
     """The hour's bronze files hold exactly end - start rows per Kafka partition."""
     hours = hours_of(context)
     manifests, _ = _ledger(lake, hours)
+    landed = [hour for hour in hours if hour in manifests]
+    counted = dict(zip(landed, partition_rows(lake, [manifests[h] for h in landed]), strict=True))
     problems = []
     for hour in hours:
         manifest = manifests.get(hour)
         if manifest is None:
             problems.append(f"{hour_label(hour)}: no manifest")
             continue
-        rows = {p: _bronze_rows(lake, entry.files) for p, entry in manifest.partitions.items()}
+        rows = counted[hour]
         problems += bronze_row_problems(manifest, rows)
     return _result(problems, [hour_label(h) for h in hours])
 
@@ -271,9 +280,13 @@ def reconciles_with_bronze(context: AssetCheckExecutionContext, lake: LakeResour
     problems = []
     with ThreadPoolExecutor(CLEANING_THREADS) as pool:
         silver = pool.map(functools.partial(_silver_ids, lake), hours)
-        for hour, (silver_rows, unique) in zip(hours, silver, strict=True):
+        stamps = ledger.clean_stamps(hours)
+        quarantined = parquet_rows(lake, [cleaning_quarantine_file(hour) for hour in hours])
+        for hour, (silver_rows, unique), quarantined_rows in zip(
+            hours, silver, quarantined, strict=True
+        ):
             label = hour_label(hour)
-            stamp = ledger.clean_stamp(hour)
+            stamp = stamps.get(hour)
             if stamp is None:
                 problems.append(f"{label}: no clean stamp")
                 continue
@@ -281,7 +294,7 @@ def reconciles_with_bronze(context: AssetCheckExecutionContext, lake: LakeResour
                 label,
                 histogram_rows=bronze_rows(ledger.manifests(stamp.inputs).values(), hour),
                 silver_rows=silver_rows,
-                quarantined_rows=parquet_rows(lake, cleaning_quarantine_file(hour)),
+                quarantined_rows=quarantined_rows,
                 duplicates=stamp.duplicates,
                 silver_ids_unique=unique,
             )
@@ -312,7 +325,7 @@ def daily_events_reconcile(
                 "where event_hour >= ? and event_hour < ?",
                 [start, start + timedelta(days=1)],
             ).fetchone()
-            silver = sum(parquet_rows(lake, events_file(h)) or 0 for h in hours)
+            silver = sum(rows or 0 for rows in parquet_rows(lake, [events_file(h) for h in hours]))
             problems += daily_events_problems(
                 day,
                 daily_events=None if not daily or daily[0] is None else int(daily[0]),

@@ -177,7 +177,7 @@ def marts(
     days = [date.fromisoformat(key) for key in context.partition_keys]
     # Read before dbt reads silver: a cleaning that lands meanwhile leaves the stamp behind the
     # ledger, and the day is owed again.
-    stamps = {day: ledger.day_stamps(day) for day in days}
+    stamps = ledger.day_stamps(days)
     version = _rollup_version()
     with warehouse.get_connection() as connection:
         rollup_hours = {

@@ -408,37 +408,44 @@ class LakeFiles(Protocol):
     """What the ledger needs of the lake (resources.lake.LakeResource provides it)."""
 
     def list(self, relative: str) -> list[str]: ...
+    def list_nested(self, relative: str, prefix: str) -> list[tuple[str, str]]: ...
     def read_json(self, relative: str): ...
     def write_json(self, relative: str, obj, *, exclusive: bool = False) -> bool: ...
     def write_files(self, files: dict[str, bytes]) -> None: ...
-    def footer_metadata(self, relative: str) -> dict[bytes, bytes] | None: ...
+    def footers_metadata(self, relatives: list[str]) -> list[dict[bytes, bytes] | None]: ...
+
+
+def _label(name: str) -> datetime | None:
+    """The hour a ledger file or directory is named after; None for a temporary (they start
+    with a dot) or anything else that is not the ledger's."""
+    if name.startswith("."):
+        return None
+    try:
+        return parse_hour_label(name.removesuffix(".json"))
+    except ValueError:
+        return None
 
 
 def _labels(names: Iterable[str]) -> list[datetime]:
-    # Temporaries start with a dot; anything else that is not an hour is not the ledger's.
-    hours = []
-    for name in names:
-        if name.startswith("."):
-            continue
-        try:
-            hours.append(parse_hour_label(name.removesuffix(".json")))
-        except ValueError:
-            continue
-    return sorted(hours)
+    return sorted(hour for name in names if (hour := _label(name)) is not None)
 
 
 class Ledger:
     """The ledger of one lake: every read and write of manifests, index and stamps.
 
-    With `remember`, the ledger of one run: each manifest and each index or claims listing is
-    read once. Exact for the hours recorded when the run began (a manifest is immutable once
-    recorded, and an hour's index and claims are written before its manifest), which is all a
-    run reads; a long-lived reader (a sensor) must not remember."""
+    The index and the claims are listed a day at a time: one listing of a day's 24 hours (on S3
+    one request) serves every hour of it. With `remember`, the ledger of one run or one sensor
+    tick: each manifest and each day's listing is read once. Exact for the hours recorded when
+    the run began (a manifest is immutable once recorded, and an hour's index and claims are
+    written before its manifest), which is all a run reads; a ledger kept from one tick to the
+    next must not remember."""
 
     def __init__(self, lake: LakeFiles, *, remember: bool = False) -> None:
         self.lake = lake
         self._manifests: dict[datetime, Manifest] | None = {} if remember else None
-        self._listings: dict[str, list[datetime]] | None = {} if remember else None
+        self._listings: dict[tuple[str, date], dict[datetime, list[datetime]]] | None = (
+            {} if remember else None
+        )
 
     def recorded_hours(self) -> list[datetime]:
         """Ingest hours with a manifest, oldest first: one listing, no manifest read."""
@@ -497,17 +504,24 @@ class Ledger:
             slice_path(manifest.ingest_hour, piece), manifest.to_json(), exclusive=True
         )
 
+    def _day_listing(self, root: str, day: date) -> dict[datetime, list[datetime]]:
+        """Under `root` (the index or the claims), each hour of `day` with its ingest hours."""
+        if self._listings is not None and (root, day) in self._listings:
+            return self._listings[(root, day)]
+        listed: dict[datetime, list[datetime]] = {}
+        for directory, name in self.lake.list_nested(root, f"{day:%Y-%m-%d}T"):
+            hour, ingest_hour = _label(directory), _label(name)
+            if hour is not None and ingest_hour is not None:
+                listed.setdefault(hour, []).append(ingest_hour)
+        if self._listings is not None:
+            self._listings[(root, day)] = listed
+        return listed
+
     def _listed(self, root: str, hour: datetime, recorded: set[datetime] | None) -> list[datetime]:
-        directory = f"{root}/{hour_label(hour)}"
-        if self._listings is None:
-            hours = _labels(self.lake.list(directory))
-        elif directory in self._listings:
-            hours = self._listings[directory]
-        else:
-            hours = self._listings[directory] = _labels(self.lake.list(directory))
+        hours = self._day_listing(root, hour.date()).get(hour, [])
         # An entry whose manifest is missing is a landing that crashed before its commit.
         known = recorded if recorded is not None else set(self.recorded_hours())
-        return [h for h in hours if h in known]
+        return sorted(h for h in hours if h in known)
 
     def sources(
         self, event_hour: datetime, recorded: set[datetime] | None = None
@@ -527,14 +541,23 @@ class Ledger:
             return ()
         return tuple(sorted(sources | set(self.claims(event_hour, recorded))))
 
-    def day_stamps(self, day: date) -> list[CleanStamp]:
-        """The clean stamps of a day's 24 event hours (footer reads only)."""
-        stamps = (self.clean_stamp(hour) for hour in day_hours(day))
-        return [s for s in stamps if s is not None]
+    def day_stamps(self, days: Iterable[date]) -> dict[date, list[CleanStamp]]:
+        """The clean stamps of each day's 24 event hours (footer reads only, all at once)."""
+        days = sorted(set(days))
+        stamps = self.clean_stamps(hour for day in days for hour in day_hours(day))
+        return {day: [stamps[h] for h in day_hours(day) if h in stamps] for day in days}
+
+    def clean_stamps(self, event_hours: Iterable[datetime]) -> dict[datetime, CleanStamp]:
+        """The stamps in the hours' silver files, of those ever cleaned: their footers read at
+        once (on S3 one round trip)."""
+        hours = sorted(set(event_hours))
+        footers = self.lake.footers_metadata([events_file(hour) for hour in hours])
+        return {
+            hour: CleanStamp.from_bytes(metadata[STAMP_KEY])
+            for hour, metadata in zip(hours, footers, strict=True)
+            if metadata and STAMP_KEY in metadata
+        }
 
     def clean_stamp(self, event_hour: datetime) -> CleanStamp | None:
         """The stamp in the hour's silver file, or None when it has never been cleaned."""
-        metadata = self.lake.footer_metadata(events_file(event_hour))
-        if not metadata or STAMP_KEY not in metadata:
-            return None
-        return CleanStamp.from_bytes(metadata[STAMP_KEY])
+        return self.clean_stamps([event_hour]).get(event_hour)

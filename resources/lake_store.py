@@ -111,6 +111,27 @@ class Lake(BaseModel):
             return []
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in found)
 
+    def list_nested(self, relative: str, prefix: str) -> list[tuple[str, str]]:
+        """(directory, name) of each file in the directories directly under `relative` whose
+        names start with `prefix`, sorted: on S3 one listing of them all (a request a thousand
+        keys), where `list` takes a request a directory. Never from a cache."""
+        full = self.path(relative)
+        if not self._local:
+            # A prefixed find lists without a delimiter and fills no listing cache.
+            keys = (key[len(full) + 1 :].split("/") for key in self.fs.find(full, prefix=prefix))
+            return sorted((parts[0], parts[1]) for parts in keys if len(parts) == 2)
+        try:
+            directories = [d for d in os.listdir(full) if d.startswith(prefix)]
+        except FileNotFoundError:
+            return []
+        found = []
+        for directory in directories:
+            try:
+                found += [(directory, name) for name in os.listdir(f"{full}/{directory}")]
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed meanwhile, or a file
+        return sorted(found)
+
     @property
     def _local(self) -> bool:
         return isinstance(self.fs, LocalFileSystem)
@@ -172,23 +193,34 @@ class Lake(BaseModel):
         )
         return self.write_bytes(relative, data, exclusive=exclusive)
 
-    def footer(self, relative: str) -> pq.FileMetaData | None:
-        """A Parquet file's footer (no data read), None without a file. Read from the file's
-        end without asking its size first (on S3 a GET of a suffix range, no HEAD)."""
-        try:
-            tail = self.fs.cat_file(self.path(relative), start=-FOOTER_READ_BYTES)
-            # The file ends with the footer's length (4 bytes, little-endian) and "PAR1".
-            needed = int.from_bytes(tail[-8:-4], "little") + 8
-            if needed > len(tail):
-                tail = self.fs.cat_file(self.path(relative), start=-needed)
-        except FileNotFoundError:
-            return None
-        return pq.read_metadata(pa.BufferReader(tail))
+    def footers(self, relatives: list[str]) -> list[pq.FileMetaData | None]:
+        """Parquet files' footers (no data read), None where there is no file. Each is read
+        from its file's end without asking its size first (on S3 a GET of a suffix range, no
+        HEAD), and all at once: on S3 concurrent GETs, one round trip where one a file would
+        cost as many (a footer over `FOOTER_READ_BYTES` takes a second read)."""
+        paths = [self.path(relative) for relative in relatives]
+        tails = self._tails(paths, [FOOTER_READ_BYTES] * len(paths))
+        # A file ends with its footer's length (4 bytes, little-endian) and "PAR1".
+        needed = {i: int.from_bytes(t[-8:-4], "little") + 8 for i, t in enumerate(tails) if t}
+        short = [i for i, n in needed.items() if n > len(tails[i])]
+        longer = self._tails([paths[i] for i in short], [needed[i] for i in short])
+        for i, tail in zip(short, longer, strict=True):
+            tails[i] = tail
+        return [None if t is None else pq.read_metadata(pa.BufferReader(t)) for t in tails]
 
-    def footer_metadata(self, relative: str) -> dict[bytes, bytes] | None:
-        """A Parquet file's key-value footer metadata (no data read), None without a file."""
-        footer = self.footer(relative)
-        return None if footer is None else footer.metadata or {}
+    def _tails(self, paths: list[str], lengths: list[int]) -> list[bytes | None]:
+        """The last `lengths` bytes of each file (whole when shorter), None where none is."""
+        if not paths:
+            return []
+        read = self.fs.cat_ranges(paths, [-n for n in lengths], None, on_error="return")
+        for outcome in read:
+            if isinstance(outcome, Exception) and not isinstance(outcome, FileNotFoundError):
+                raise outcome
+        return [None if isinstance(outcome, Exception) else outcome for outcome in read]
+
+    def footers_metadata(self, relatives: list[str]) -> list[dict[bytes, bytes] | None]:
+        """Parquet files' key-value footer metadata (`footers`), None where there is no file."""
+        return [None if f is None else f.metadata or {} for f in self.footers(relatives)]
 
     def read_json(self, relative: str) -> Any:
         # A range from 0: asked for a whole file, s3fs looks its size up first (a HEAD).

@@ -127,25 +127,27 @@ def plan_rebuilds(
     for manifest in ledger.manifests(examined).values():
         candidates.update(manifest.hours_to_rebuild())
     candidates = {h for h in candidates if h >= first_hour and h + HOUR <= now}
+    candidate_days = {h.date() for h in candidates} | {
+        d for d, s in mart_stamps.items() if not s.is_final
+    }
+    # A day partition exists from its own start (every candidate hour's day has started). The
+    # clean stamps of all their hours are read at once: on S3 one round trip, not one an hour.
+    days = sorted(day for day in candidate_days if day_start(day) <= now)
+    day_stamps = ledger.day_stamps(days)
+    stamps = {stamp.event_hour: stamp for of_day in day_stamps.values() for stamp in of_day}
     owed_hours = sorted(
         hour
         for hour in candidates
         if (inputs := ledger.inputs(hour, known))
-        and ((stamp := ledger.clean_stamp(hour)) is None or stamp.inputs != inputs)
+        and ((stamp := stamps.get(hour)) is None or stamp.inputs != inputs)
     )
     landed_through = recorded[-1] + HOUR if recorded else None
     waiting = {hour.date() for hour in owed_hours}
-    candidate_days = {h.date() for h in candidates} | {
-        d for d, s in mart_stamps.items() if not s.is_final
-    }
     plan = Plan(event_hours=owed_hours)
-    for day in sorted(candidate_days - waiting):
-        if day_start(day) > now:  # a day partition exists from its own start
-            continue
-        stamps = ledger.day_stamps(day)
-        if not stamps:
+    for day in days:
+        if day in waiting or not day_stamps[day]:
             continue  # no clean hour, no event: a day without a valid event has no row
-        digest = inputs_digest(stamps)
+        digest = inputs_digest(day_stamps[day])
         final = landed_through is not None and landed_through >= day_final_at(day, lateness)
         built = mart_stamps.get(day)
         if built is None or built.inputs_digest != digest or (final and not built.is_final):

@@ -61,7 +61,7 @@ def build_reconcile_sensor(mart_keys: list[AssetKey]) -> SensorDefinition:
             return SkipReason("the warehouse is being written; next tick")
         settled = state.get("settled_from") if stamps else None  # a lost warehouse: read all
         plan = plan_rebuilds(
-            Ledger(lake),
+            Ledger(lake, remember=True),  # this tick's: each listing and manifest read once
             stamps,
             settled_from=parse_hour_label(settled) if settled else None,
             first_hour=first_instant,

@@ -188,7 +188,7 @@ class CountingLake:
 
     def __init__(self, lake: LakeResource) -> None:
         self._lake = lake
-        self.reads = {"read_json": 0, "footer_metadata": 0, "list": 0}
+        self.reads = {"read_json": 0, "footers_metadata": 0, "list": 0, "list_nested": 0}
 
     def __getattr__(self, name):
         attribute = getattr(self._lake, name)

@@ -85,8 +85,7 @@ def test_a_hole_in_the_ledger_fails():
 def test_bronze_rows_from_parquet_footers(tmp_path):
     lake = LakeResource(url=str(tmp_path))
     pq.write_table(pa.table({"x": list(range(5))}), tmp_path / "five.parquet")
-    assert parquet_rows(lake, "five.parquet") == 5
-    assert parquet_rows(lake, "absent.parquet") is None
+    assert parquet_rows(lake, ["five.parquet", "absent.parquet"]) == [5, None]
     hour = manifest(H, {0: (10, 15), 1: (3, 3)})
     assert bronze_row_problems(hour, {0: 5, 1: None}) == []
     assert "has 4 rows, range holds 5" in bronze_row_problems(hour, {0: 4, 1: None})[0]

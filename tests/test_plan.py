@@ -190,7 +190,7 @@ def test_days_are_owed_on_new_inputs_and_once_more_when_the_landed_watermark_pas
     stamp(lake, utc(27, 22), [utc(27, 22)])
     first = plan(ledger)
     assert (first.event_hours, first.days) == ([], [NOV27])
-    digest = inputs_digest(ledger.day_stamps(NOV27))
+    digest = inputs_digest(ledger.day_stamps([NOV27])[NOV27])
     built = {NOV27: MartStamp(NOV27, digest, False, utc(27, 23))}
     assert plan(ledger, built).days == []
     # Landing goes on; until it has landed through 11-28 03:00 the day stays provisional.
@@ -214,13 +214,29 @@ def test_a_day_waits_while_one_of_its_hours_is_owed(tmp_path):
     assert (result.event_hours, result.days) == ([utc(27, 11)], [])
 
 
+def test_the_index_is_listed_a_day_at_a_time_and_holds_only_recorded_hours(tmp_path):
+    lake = LakeResource(url=str(tmp_path))
+    record(Ledger(lake), utc(27, 10), {utc(27, 10): 1, utc(26, 23): 1})
+    record(Ledger(lake), utc(27, 11), {utc(27, 10): 1, utc(28, 0): 1})
+    lake.write_bytes("bronze/_index/2026-11-27T10/.2026-11-27T12.tmp", b"")  # a temporary
+    lake.write_bytes("bronze/_index/2026-11-27T10/notes", b"")  # not the ledger's
+    lake.write_bytes("bronze/_index/2026-11-27T10/2026-11-27T13", b"")  # no manifest: a crash
+    counting = CountingLake(lake)
+    ledger = Ledger(counting, remember=True)
+    assert ledger.sources(utc(27, 10)) == [utc(27, 10), utc(27, 11)]
+    assert ledger.sources(utc(27, 11)) == []
+    assert ledger.sources(utc(26, 23)) == [utc(27, 10)]
+    assert ledger.sources(utc(28, 0)) == [utc(27, 11)]
+    assert counting.reads["list_nested"] == 3  # the 27th once for both of its hours
+
+
 def test_the_settled_cursor_bounds_the_read_and_advances_only_when_settled(tmp_path):
     lake = LakeResource(url=str(tmp_path))
     ledger = Ledger(lake)
     for hour in range(0, 12):
         record(ledger, utc(27, hour), {utc(27, hour): 1})
         stamp(lake, utc(27, hour), [utc(27, hour)])
-    digest = inputs_digest(ledger.day_stamps(NOV27))
+    digest = inputs_digest(ledger.day_stamps([NOV27])[NOV27])
     built = {NOV27: MartStamp(NOV27, digest, False, utc(27, 12))}
     settled = plan(ledger, built)
     assert settled.settled_from == utc(27, 12)
@@ -256,7 +272,8 @@ def test_cleaning_an_hour_after_a_year_of_manifests_reads_a_bounded_ledger(tmp_p
     # The two manifests that hold the hour, never the year before (an hour without bronze files
     # has no re-stamped copies to look up).
     assert counting.reads["read_json"] == 2
-    assert counting.reads["list"] <= 4  # the manifests once, the hour's index and claims
+    # The manifests once, then the index and claims of the hour's day.
+    assert (counting.reads["list"], counting.reads["list_nested"]) == (1, 2)
 
 
 def record_json(hour: datetime, event_hours: dict[datetime, int]) -> dict:

@@ -119,7 +119,7 @@ def stamp_day(warehouse: str, day: str, lake: LakeResource, *, final: bool) -> N
     after dbt), without running dbt: these tests are about what the sensor asks for."""
     ledger = Ledger(lake)
     built = date.fromisoformat(day)
-    digest = inputs_digest(ledger.day_stamps(built))
+    digest = inputs_digest(ledger.day_stamps([built])[built])
     with duckdb.connect(warehouse) as connection:
         write_mart_stamp(connection, MartStamp(built, digest, final, ledger.landed_through()))
 

@@ -15,7 +15,7 @@ import pytest
 from dagster import build_sensor_context, instance_for_test
 
 from clickstream_assets.assets import land_open_hour
-from clickstream_assets.checks import _bronze_rows, bronze_row_problems
+from clickstream_assets.checks import bronze_row_problems, partition_rows
 from clickstream_assets.cleaning import clean_hour
 from clickstream_assets.definitions import defs
 from clickstream_assets.landing import (
@@ -139,8 +139,8 @@ def test_an_hour_landed_in_slices_records_what_it_records_landed_whole(messages,
         assert all(a.end == b.start for a, b in zip(entry.parts, entry.parts[1:], strict=False))
         assert sum(part.rows for part in entry.parts) == entry.rows
     assert max(len(e.parts) for e in sliced[H10].partitions.values()) == 4
-    for manifest in sliced.values():
-        rows = {p: _bronze_rows(lake, e.files) for p, e in manifest.partitions.items()}
+    manifests = list(sliced.values())
+    for manifest, rows in zip(manifests, partition_rows(lake, manifests), strict=True):
         assert bronze_row_problems(manifest, rows) == []
     assert not lake.exists(slices_dir(H10))
 

@@ -3,6 +3,8 @@ read and write s3:// through s3fs, and the marts equal the independent expectati
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import signal
 import subprocess
@@ -22,8 +24,10 @@ from dagster import instance_for_test
 from clickstream_assets.cleaning import CleaningRun, clean_hours
 from clickstream_assets.landing import land_hours
 from clickstream_tools.catchup import run_catch_up
+from core.ledger import Ledger
 from resources.event_log import InMemoryKafka
 from resources.lake_store import Lake
+from sensors.plan import plan_rebuilds
 from tests.helpers import assert_marts_match, configured, local_env, messy_traffic
 
 pytestmark = pytest.mark.integration
@@ -124,11 +128,13 @@ def bucket(s3_api, monkeypatch):
 @contextmanager
 def s3_events(fs, event: str, take: Callable[..., object]) -> Iterator[list]:
     """What `take` makes of each botocore `event` (such as "before-call.s3") of `fs`'s S3 client
-    while inside: the requests a piece of code sends, as the client sends them."""
+    while inside: the requests a piece of code sends, as the client sends them. `take` may be a
+    coroutine function: the request waits for it."""
     seen: list = []
 
-    def record(**kwargs) -> None:  # returns None: a handler's value would stand for a response
-        seen.append(take(**kwargs))
+    async def record(**kwargs) -> None:  # None: a handler's value would stand for a response
+        taken = take(**kwargs)
+        seen.append(await taken if inspect.isawaitable(taken) else taken)
 
     fs.connect()
     fs.s3.meta.events.register(event, record)
@@ -209,11 +215,72 @@ def test_footers_and_json_are_read_without_a_lookup(bucket):
             writer.write_table(wide, row_group_size=100)
     lake.write_json("m/h.json", {"rows": 5})
     with s3_events(lake.fs, "before-call.s3", operation) as calls:
-        small, big, absent = (lake.footer(f"s/{n}.parquet") for n in ("small", "wide", "none"))
+        small, big, absent = lake.footers([f"s/{n}.parquet" for n in ("small", "wide", "none")])
         manifest = lake.read_json("m/h.json")
     assert (small.num_rows, big.num_rows, big.num_row_groups) == (1000, 5000, 50)
     assert absent is None and manifest == {"rows": 5}
     assert "HeadObject" not in calls, calls
+    assert calls.count("GetObject") == 3 + 1 + 1  # the wide footer's second read, the JSON
+
+
+@contextmanager
+def in_flight(fs, operation_name: str) -> Iterator[list[int]]:
+    """The most requests of `operation_name` that `fs` had in flight at once while inside
+    (each held 50 ms before it is sent: a round trip to S3, which loopback does not have)."""
+    now, most = [0], [0]
+
+    async def held(**_) -> None:
+        now[0] += 1
+        most[0] = max(most[0], now[0])
+        await asyncio.sleep(0.05)
+        now[0] -= 1
+
+    with s3_events(fs, f"before-call.s3.{operation_name}", held):
+        yield most
+
+
+def test_a_ticks_plan_reads_the_ledger_in_few_round_trips(bucket):
+    """The reconcile sensor's plan on S3: a day's index and claims in one listing each (not one
+    per hour), and the clean stamps of every hour of the day read at once."""
+    traffic = messy_traffic(START, END, events=3_000, seed=5, max_late=timedelta(hours=4))
+    kafka = InMemoryKafka(partitions=3)
+    kafka.produce(traffic.messages)
+    hours = [START + timedelta(hours=i) for i in range(6)]
+    land_hours(kafka, bucket.lake, hours, now=END, first_instant=START)
+
+    def plan():
+        return plan_rebuilds(
+            Ledger(bucket.lake, remember=True),
+            {},
+            settled_from=None,
+            first_hour=START,
+            now=UNTIL,
+            lateness=timedelta(hours=2),
+        )
+
+    # Owed at first: every event hour in the index (read here with boto3), once it has closed.
+    keys = bucket.keys()
+    indexed = {key.split("/")[3] for key in keys if key.startswith("lake/bronze/_index/")}
+    hours = {datetime.strptime(label, "%Y-%m-%dT%H").replace(tzinfo=UTC) for label in indexed}
+    expected = sorted(h for h in hours if h >= START and h + timedelta(hours=1) <= UNTIL)
+    owed = plan()
+    assert owed.event_hours == expected and len(expected) >= 6
+    assert not owed.days  # a day waits while its hours are owed
+    run = CleaningRun.of(bucket.lake)
+    list(clean_hours(bucket.lake, owed.event_hours, first_instant=START, now=UNTIL, run=run))
+    listing = "before-parameter-build.s3.ListObjectsV2"
+    with (
+        s3_events(bucket.lake.fs, listing, lambda params, **_: params["Prefix"]) as listed,
+        in_flight(bucket.lake.fs, "GetObject") as most,
+    ):
+        settled = plan()
+    days = sorted({hour.date() for hour in expected})
+    assert settled.event_hours == [] and settled.days == days
+    assert sorted(listed) == sorted(
+        ["lake/bronze/_manifests/"]
+        + [f"lake/bronze/{root}/{day:%Y-%m-%d}T" for root in ("_index", "_claims") for day in days]
+    )
+    assert most[0] >= len(expected)  # the clean stamps' footers, at once
 
 
 def test_the_marts_duckdb_reads_only_the_columns_a_query_needs(bucket):
