@@ -42,7 +42,7 @@ from core.ledger import (
 )
 from resources.event_log import RECORD_SCHEMA
 from resources.lake import LakeResource
-from resources.lake_store import Reader
+from resources.lake_store import S3_CONNECTIONS, Reader
 
 SILVER_SCHEMA = pa.schema(
     [
@@ -331,6 +331,12 @@ class SharedRowGroups:
                         for piece in whole.split_by_row_group()
                     ]
         return self._pieces[file]
+
+    def prepare(self, files: Iterable[str]) -> None:
+        """List the row groups of the files a run's hours read, all at once: on S3 each file's
+        lookup and footer read are round trips, which its hours' reads would take in turn."""
+        with ThreadPoolExecutor(S3_CONNECTIONS) as pool:
+            list(pool.map(self._row_groups, sorted(files)))
 
     def read(self, files: list[str], event_hour: datetime) -> pa.Table:
         """The rows of `event_hour` in `files` (`ROW_COLUMNS`), in file and row order."""
@@ -853,6 +859,16 @@ def clean_hours(
     with ThreadPoolExecutor(CLEANING_THREADS, thread_name_prefix="clean-hour") as pool:
         inputs = {i for hour in hours for i in run.ledger.inputs(hour, run.recorded)}
         near = [h for h in near_hours(inputs, run.recorded) if h not in run.copies]
+        manifests = run.ledger.manifests(inputs)
+        run.shared.prepare(
+            {
+                file
+                for hour in hours
+                for file in source_files(
+                    [manifests[i] for i in run.ledger.inputs(hour, run.recorded)], hour
+                )
+            }
+        )
         valid = ValidCopies(lake, near, run.shared.reader)
 
         def frame(hour: datetime, spill: str) -> pl.DataFrame:

@@ -409,7 +409,7 @@ class LakeFiles(Protocol):
 
     def list(self, relative: str) -> list[str]: ...
     def list_nested(self, relative: str, prefix: str) -> list[tuple[str, str]]: ...
-    def read_json(self, relative: str): ...
+    def read_jsons(self, relatives: list[str]) -> list: ...
     def write_json(self, relative: str, obj, *, exclusive: bool = False) -> bool: ...
     def write_files(self, files: dict[str, bytes]) -> None: ...
     def footers_metadata(self, relatives: list[str]) -> list[dict[bytes, bytes] | None]: ...
@@ -452,14 +452,19 @@ class Ledger:
         return _labels(self.lake.list(MANIFESTS))
 
     def manifest(self, hour: datetime) -> Manifest:
-        if self._manifests is None:
-            return Manifest.from_json(self.lake.read_json(manifest_path(hour)))
-        if hour not in self._manifests:
-            self._manifests[hour] = Manifest.from_json(self.lake.read_json(manifest_path(hour)))
-        return self._manifests[hour]
+        return self.manifests([hour])[hour]
 
     def manifests(self, hours: Iterable[datetime]) -> dict[datetime, Manifest]:
-        return {hour: self.manifest(hour) for hour in sorted(set(hours))}
+        """The manifests of `hours`, oldest first; those not remembered read at once (on S3 one
+        round trip)."""
+        hours = sorted(set(hours))
+        kept = self._manifests if self._manifests is not None else {}
+        missing = [hour for hour in hours if hour not in kept]
+        read = self.lake.read_jsons([manifest_path(hour) for hour in missing])
+        found = dict(zip(missing, map(Manifest.from_json, read), strict=True))
+        if self._manifests is not None:
+            self._manifests.update(found)
+        return {hour: kept[hour] if hour in kept else found[hour] for hour in hours}
 
     def head(self) -> Manifest | None:
         """The last recorded manifest: where landing goes on and how far it has come."""
@@ -491,7 +496,8 @@ class Ledger:
             if name.endswith(".json") and name.removesuffix(".json").isdigit():
                 recorded.add(int(name.removesuffix(".json")))
         count = next(k for k in range(len(recorded) + 1) if k not in recorded)
-        return [Manifest.from_json(self.lake.read_json(slice_path(hour, k))) for k in range(count)]
+        read = self.lake.read_jsons([slice_path(hour, k) for k in range(count)])
+        return [Manifest.from_json(data) for data in read]
 
     def sliced_hours(self) -> list[datetime]:
         """Hours with slices in the lake (recorded or in progress), oldest first."""

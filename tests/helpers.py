@@ -184,18 +184,19 @@ def browser(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 class CountingLake:
-    """A lake that counts the ledger files it reads (manifests, footers) and its listings."""
+    """A lake that counts the ledger files it reads (manifests, footers: a file each, however
+    they are batched) and its listings."""
 
     def __init__(self, lake: LakeResource) -> None:
         self._lake = lake
-        self.reads = {"read_json": 0, "footers_metadata": 0, "list": 0, "list_nested": 0}
+        self.reads = {"read_jsons": 0, "footers_metadata": 0, "list": 0, "list_nested": 0}
 
     def __getattr__(self, name):
         attribute = getattr(self._lake, name)
         if name in self.reads:
 
             def counted(*args, **kwargs):
-                self.reads[name] += 1
+                self.reads[name] += len(args[0]) if isinstance(args[0], list) else 1
                 return attribute(*args, **kwargs)
 
             return counted

@@ -311,7 +311,7 @@ def test_restamped_copies_are_found_once_per_ingest_hour_and_only_in_adjacent_on
     }
     counting = CountingLake(lake)
     assert clean_hour(counting, H11, **options).stamp.duplicates == 1
-    assert counting.reads["read_json"] == 1  # the hour's manifest; the frames are kept
+    assert counting.reads["read_jsons"] == 1  # the hour's manifest; the frames are kept
 
 
 @BUCKETS
@@ -361,7 +361,7 @@ def test_a_run_over_many_hours_reads_each_manifest_and_listing_once(lake):
     options = {"first_instant": START, "now": at(14), "run": CleaningRun.of(counting)}
     events = {h: clean_hour(counting, h, **options).stamp.events for h in (H10, H11, H12)}
     assert events == {H10: 2, H11: 0, H12: 1}
-    assert counting.reads["read_json"] == 3  # each recorded hour's manifest, once
+    assert counting.reads["read_jsons"] == 3  # each recorded hour's manifest, once
     # The manifests listing, then the day's index and claims, once for its three hours.
     assert (counting.reads["list"], counting.reads["list_nested"]) == (1, 2)
 

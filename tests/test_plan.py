@@ -245,7 +245,7 @@ def test_the_settled_cursor_bounds_the_read_and_advances_only_when_settled(tmp_p
     owed = plan(Ledger(counting), built, settled_from=settled.settled_from)
     assert owed.event_hours == [utc(27, 12)]
     assert owed.settled_from == utc(27, 12)  # not settled yet: examined again next tick
-    assert counting.reads["read_json"] == 1  # the one new manifest, not the twelve before
+    assert counting.reads["read_jsons"] == 1  # the one new manifest, not the twelve before
 
 
 def test_cleaning_an_hour_after_a_year_of_manifests_reads_a_bounded_ledger(tmp_path):
@@ -271,7 +271,7 @@ def test_cleaning_an_hour_after_a_year_of_manifests_reads_a_bounded_ledger(tmp_p
     assert cleaned.stamp.inputs == (last - timedelta(hours=1), last)
     # The two manifests that hold the hour, never the year before (an hour without bronze files
     # has no re-stamped copies to look up).
-    assert counting.reads["read_json"] == 2
+    assert counting.reads["read_jsons"] == 2
     # The manifests once, then the index and claims of the hour's day.
     assert (counting.reads["list"], counting.reads["list_nested"]) == (1, 2)
 
