@@ -308,6 +308,8 @@ class SharedRowGroups:
     def __init__(self, lake: LakeResource) -> None:
         self.lake = lake
         self.reader = lake.reader()
+        # On S3 a row group's read is a round trip: an hour's are sent together, in threads.
+        self._reads = None if lake.local else ThreadPoolExecutor(S3_CONNECTIONS, "s3-read")
         self._pieces: dict[str, list[RowGroup]] = {}
         self._footer_locks: dict[str, threading.Lock] = {}
         self._kept: dict[tuple[str, int, bool], tuple[datetime, dict[datetime, pa.Table]]] = {}
@@ -333,10 +335,10 @@ class SharedRowGroups:
         return self._pieces[file]
 
     def prepare(self, files: Iterable[str]) -> None:
-        """List the row groups of the files a run's hours read, all at once: on S3 each file's
+        """On S3, list the row groups of the files a run's hours read, all at once: each file's
         lookup and footer read are round trips, which its hours' reads would take in turn."""
-        with ThreadPoolExecutor(S3_CONNECTIONS) as pool:
-            list(pool.map(self._row_groups, sorted(files)))
+        if self._reads is not None:
+            list(self._reads.map(self._row_groups, sorted(files)))
 
     def read(self, files: list[str], event_hour: datetime) -> pa.Table:
         """The rows of `event_hour` in `files` (`ROW_COLUMNS`), in file and row order."""
@@ -366,7 +368,7 @@ class SharedRowGroups:
             oldest = min(self._reading)
             self._kept = {key: kept for key, kept in self._kept.items() if kept[0] >= oldest}
         try:
-            parts: list[pa.Table | None] = []
+            parts: list[pa.Table | Future[pa.Table] | None] = []
             later: list[tuple[int, tuple[str, int, bool], RowGroup]] = []
             for file in files:
                 for index, group in enumerate(self._row_groups(file)):
@@ -376,7 +378,12 @@ class SharedRowGroups:
                     if refused and not has_refused:
                         continue
                     if one_hour:
-                        parts.append(self._decode(piece, refused))
+                        read = self._reads
+                        parts.append(
+                            self._decode(piece, refused)
+                            if read is None
+                            else read.submit(self._decode, piece, refused)
+                        )
                         continue
                     key = (file, index, refused)
                     hours = self._shared(key, group, event_hour, refused, wait=False)
@@ -386,7 +393,7 @@ class SharedRowGroups:
             for position, key, group in later:
                 hours = self._shared(key, group, event_hour, refused, wait=True)
                 parts[position] = hours.get(event_hour)
-            return [part for part in parts if part is not None]
+            return [p.result() if isinstance(p, Future) else p for p in parts if p is not None]
         finally:
             with self._changed:
                 self._reading[event_hour] -= 1

@@ -121,7 +121,7 @@ class Lake(BaseModel):
         names start with `prefix`, sorted: on S3 one listing of them all (a request a thousand
         keys), where `list` takes a request a directory. Never from a cache."""
         full = self.path(relative)
-        if not self._local:
+        if not self.local:
             # A prefixed find lists without a delimiter and fills no listing cache.
             keys = (key[len(full) + 1 :].split("/") for key in self.fs.find(full, prefix=prefix))
             return sorted((parts[0], parts[1]) for parts in keys if len(parts) == 2)
@@ -138,7 +138,8 @@ class Lake(BaseModel):
         return sorted(found)
 
     @property
-    def _local(self) -> bool:
+    def local(self) -> bool:
+        """A local path (else an object store, where every read and write is a round trip)."""
         return isinstance(self.fs, LocalFileSystem)
 
     def _commit(self, temporary: str, final: str, *, exclusive: bool = False) -> bool:
@@ -164,7 +165,7 @@ class Lake(BaseModel):
     def write_bytes(self, relative: str, data: bytes, *, exclusive: bool = False) -> bool:
         """Write `data` whole or not at all; with `exclusive`, only where nothing is yet
         (returns False when something was there)."""
-        if not self._local:
+        if not self.local:
             try:
                 # One PUT; exclusive: a conditional one (If-None-Match).
                 self.fs.pipe_file(
@@ -184,7 +185,7 @@ class Lake(BaseModel):
 
     def write_files(self, files: dict[str, bytes]) -> None:
         """Write small files, each whole or not at all; on S3 in concurrent PUTs."""
-        if self._local:
+        if self.local:
             for relative, data in files.items():
                 self.write_bytes(relative, data)
         elif files:
@@ -256,7 +257,7 @@ class Lake(BaseModel):
         `encoding` another encoding for some of the others (Parquet's names, as pyarrow takes
         them)."""
         temporary = final = ""
-        if self._local:
+        if self.local:
             temporary, final = self._temporary(relative)
             handle = pa.OSFile(temporary, "wb")  # Arrow's own file: no Python per page
         else:
@@ -273,7 +274,7 @@ class Lake(BaseModel):
         )
 
         def finish(kept: bool) -> None:
-            if self._local:
+            if self.local:
                 handle.close()
                 if kept:
                     self._commit(temporary, final)
@@ -333,7 +334,7 @@ class Lake(BaseModel):
         """The filesystem pyarrow reads through: Arrow's own for a local path; on S3, fsspec's,
         each file looked up once for as long as the reader is used (by a read, a dataset, or a
         cleaning run for its bronze, which does not change meanwhile)."""
-        return self.fs if self._local else pafs.PyFileSystem(_KnownFiles(self.fs))
+        return self.fs if self.local else pafs.PyFileSystem(_KnownFiles(self.fs))
 
     def remove(self, relative: str) -> None:
         full = self.path(relative)
