@@ -729,21 +729,25 @@ def commit_landing(event_log: EventLog, lake: Lake, plan: LandingPlan) -> list[M
     ledger = Ledger(lake)
     manifests = [ledger.manifest(h) for h in plan.replayed]
     if plan.hours:
-        results = {p: _partial(lake, plan, p) for p in sorted(plan.starts)}
-        manifests += _record(event_log, lake, ledger, plan, results)
+        manifests += _record(event_log, lake, ledger, plan, _partials(lake, plan))
         event_log.commit(manifests[-1].ends)
         sweep_slices(lake, ledger)
     lake.remove(partials_dir(plan.first_hour, plan.token))
     return manifests
 
 
-def _partial(lake: Lake, plan: LandingPlan, partition: int) -> list[dict]:
-    """A partition's per-hour results; a missing entry fails the commit (nothing is recorded:
-    the next run of these hours lands them again)."""
-    path = partial_path(plan.first_hour, plan.token, partition)
-    if not lake.exists(path):
-        raise RuntimeError(f"{path} is missing: the shard landing partition {partition} failed")
-    return lake.read_json(path)["hours"]
+def _partials(lake: Lake, plan: LandingPlan) -> dict[int, list[dict]]:
+    """Each partition's per-hour results, read at once; a missing entry fails the commit
+    (nothing is recorded: the next run of these hours lands them again)."""
+    paths = {p: partial_path(plan.first_hour, plan.token, p) for p in sorted(plan.starts)}
+    try:
+        read = lake.read_jsons(list(paths.values()))
+    except FileNotFoundError:
+        partition = next(p for p, path in paths.items() if not lake.exists(path))
+        raise RuntimeError(
+            f"{paths[partition]} is missing: the shard landing partition {partition} failed"
+        ) from None
+    return {p: results["hours"] for p, results in zip(paths, read, strict=True)}
 
 
 def _record(
@@ -753,25 +757,31 @@ def _record(
     plan: LandingPlan,
     results: dict[int, list[dict]],
 ) -> list[Manifest]:
-    landed: list[Manifest] = []
+    built: list[tuple[Manifest, bool]] = []
     for index, hour in enumerate(plan.hours):
         parts = {p: per_hour[index] for p, per_hour in results.items()}
         owed = plan.slices if index == 0 else 0
         slices = ledger.slices(hour)[:owed] if owed else []
-        manifest = _manifest(plan.topic, hour, parts, plan.now, slices)
         # Slices are swept only once their hour is recorded: fewer than planned means another
         # landing recorded it.
-        if len(slices) == owed and ledger.record(manifest):  # last, and exclusive
+        built.append((_manifest(plan.topic, hour, parts, plan.now, slices), len(slices) == owed))
+    ledger.mark([manifest for manifest, _ in built])  # every hour's index and claims at once
+    landed: list[Manifest] = []
+    for manifest, complete in built:
+        if complete and ledger.commit(manifest):  # in order, each last and exclusive
             landed.append(manifest)
             continue
-        winner = ledger.manifest(hour)
+        winner = ledger.manifest(manifest.ingest_hour)
         landed.append(winner)
         if winner.partitions == manifest.partitions:
             continue  # the same ranges (a retried commit): the same files, and ours chain on
         # Another landing recorded this hour first: its ranges stand. Our files of this hour may
         # have replaced its files, so write its ranges' bytes back; later hours of ours chained
         # onto ranges that were never recorded, so they are dropped.
-        log.warning("ingest hour %s was recorded by another landing; keeping its ranges", hour)
+        log.warning(
+            "ingest hour %s was recorded by another landing; keeping its ranges",
+            manifest.ingest_hour,
+        )
         _replay(event_log, lake, [winner], plan.now, plan.first_instant)
         break
     return landed

@@ -480,11 +480,23 @@ class Ledger:
     def record(self, manifest: Manifest) -> bool:
         """Write the index and claims, then the manifest, exclusively: False when another
         landing recorded this hour first (its ranges stand)."""
-        label = hour_label(manifest.ingest_hour)
-        self.lake.write_files(
-            {f"{INDEX}/{hour_label(hour)}/{label}": b"" for hour in manifest.event_hours}
-            | {f"{CLAIMS}/{hour_label(hour)}/{label}": b"" for hour in manifest.claimed_hours}
-        )
+        self.mark([manifest])
+        return self.commit(manifest)
+
+    def mark(self, manifests: Iterable[Manifest]) -> None:
+        """Write the index and claims entries of manifests about to be committed, all at once
+        (on S3 concurrent PUTs). An entry is ignored until its manifest is recorded, and for
+        good when another landing's manifest of that hour is (as after a crash)."""
+        entries: dict[str, bytes] = {}
+        for manifest in manifests:
+            label = hour_label(manifest.ingest_hour)
+            entries |= {f"{INDEX}/{hour_label(h)}/{label}": b"" for h in manifest.event_hours}
+            entries |= {f"{CLAIMS}/{hour_label(h)}/{label}": b"" for h in manifest.claimed_hours}
+        self.lake.write_files(entries)
+
+    def commit(self, manifest: Manifest) -> bool:
+        """Write a marked manifest, last and exclusively: False when another landing recorded
+        this hour first (its ranges stand)."""
         return self.lake.write_json(
             manifest_path(manifest.ingest_hour), manifest.to_json(), exclusive=True
         )

@@ -157,18 +157,18 @@ def test_a_commit_retried_after_recording_some_hours_records_the_rest(log, tmp_p
     plan = plan_landing(log, lake, HOURS, now=NOW, first_instant=START, shards=2)
     for shard in range(2):
         land_shard(log, lake, plan, shard)
-    record = Ledger.record
+    commit = Ledger.commit
 
     def crash_at_the_second_hour(ledger, manifest):
         if manifest.ingest_hour == HOURS[1]:
             raise OSError("the object store went away")
-        return record(ledger, manifest)
+        return commit(ledger, manifest)
 
-    monkeypatch.setattr(Ledger, "record", crash_at_the_second_hour)
+    monkeypatch.setattr(Ledger, "commit", crash_at_the_second_hour)
     with pytest.raises(OSError):
         commit_landing(log, lake, plan)
     assert Ledger(lake).recorded_hours() == HOURS[:1]
-    monkeypatch.setattr(Ledger, "record", record)
+    monkeypatch.setattr(Ledger, "commit", commit)
 
     manifests = commit_landing(log, lake, plan)  # the step's retry
     assert [m.ingest_hour for m in manifests] == HOURS
