@@ -485,8 +485,10 @@ class Ledger:
 
     def mark(self, manifests: Iterable[Manifest]) -> None:
         """Write the index and claims entries of manifests about to be committed, all at once
-        (on S3 concurrent PUTs). An entry is ignored until its manifest is recorded, and for
-        good when another landing's manifest of that hour is (as after a crash)."""
+        (on S3 concurrent PUTs). An entry is ignored until its hour is recorded. If another
+        landing records that hour first, as after a crash between entries and manifest, the
+        entry may name an hour whose histogram holds none of its event hour's events: an input
+        that reads no file of it."""
         entries: dict[str, bytes] = {}
         for manifest in manifests:
             label = hour_label(manifest.ingest_hour)
