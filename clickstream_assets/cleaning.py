@@ -858,22 +858,19 @@ def clean_hours(
     `CLEANING_THREADS` hours are cleaned at once while their bronze rows together fit the memory
     budget (`bucket_rows`); an hour at least that large is cleaned alone."""
     hours = list(hours)
+    inputs = {hour: run.ledger.inputs(hour, run.recorded) for hour in hours}
+    manifests = run.ledger.manifests(set().union(*inputs.values()))
 
     def rows(hour: datetime) -> int:
-        inputs = run.ledger.inputs(hour, run.recorded)
-        return min(bronze_rows(run.ledger.manifests(inputs).values(), hour), bucket_rows)
+        return min(bronze_rows([manifests[i] for i in inputs[hour]], hour), bucket_rows)
 
     with ThreadPoolExecutor(CLEANING_THREADS, thread_name_prefix="clean-hour") as pool:
-        inputs = {i for hour in hours for i in run.ledger.inputs(hour, run.recorded)}
-        near = [h for h in near_hours(inputs, run.recorded) if h not in run.copies]
-        manifests = run.ledger.manifests(inputs)
+        near = [h for h in near_hours(manifests.keys(), run.recorded) if h not in run.copies]
         run.shared.prepare(
             {
                 file
                 for hour in hours
-                for file in source_files(
-                    [manifests[i] for i in run.ledger.inputs(hour, run.recorded)], hour
-                )
+                for file in source_files([manifests[i] for i in inputs[hour]], hour)
             }
         )
         valid = ValidCopies(lake, near, run.shared.reader)
