@@ -1,7 +1,8 @@
 """`make bench`: each stage of the pipeline beside its peer, measured in one run on this machine.
 
     .venv/bin/python benchmarks/bench.py [--events 200000] [--hour-sizes 1000000,2000000]
-                                         [--no-spark] [--only producer,landing,...,marts-week]
+                                         [--s3-latency-ms 20] [--no-spark]
+                                         [--only producer,landing,...,s3-marts]
 
 Sections (each prints as it finishes; a Markdown table of everything comes last):
 - producer: KafkaResource.produce vs a bare kafka-python producer (default settings), same

@@ -302,8 +302,7 @@ class SharedRowGroups:
     hours share row groups) decoded once, split by event hour, and kept, at most `SHARED_ROWS`
     rows of them, while another hour may need it (`_shared`); the same for the raw records of
     its refused rows. The run's valid copies (`ValidCopies`) are read through its `reader` too,
-    so that on S3 a run looks each bronze file up once (it was twice, and its footer was read up
-    to three times: now twice)."""
+    so that on S3 a run looks each bronze file up once."""
 
     def __init__(self, lake: LakeResource) -> None:
         self.lake = lake

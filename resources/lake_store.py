@@ -232,8 +232,8 @@ class Lake(BaseModel):
         return self.read_jsons([relative])[0]
 
     def read_jsons(self, relatives: list[str]) -> list[Any]:
-        """JSON files, read at once (on S3 concurrent GETs: one round trip). Each is a range
-        from 0: asked for a whole file, s3fs looks its size up first (a HEAD)."""
+        """JSON files, read at once (on S3 concurrent GETs: one round trip). Each is asked for
+        as a range from 0: asked for a whole file, s3fs would look its size up first (a HEAD)."""
         paths = [self.path(relative) for relative in relatives]
         read = self.fs.cat_ranges(paths, 0, None, on_error="raise") if paths else []
         return [orjson.loads(data) for data in read]

@@ -239,14 +239,21 @@ def in_flight(fs, operation_name: str) -> Iterator[list[int]]:
         yield most
 
 
-def test_a_ticks_plan_reads_the_ledger_in_few_round_trips(bucket):
-    """The reconcile sensor's plan on S3: a day's index and claims in one listing each (not one
-    per hour), and the clean stamps of every hour of the day read at once."""
+def land_messy_hours(lake: Lake) -> list[datetime]:
+    """Six ingest hours of messy traffic (3,000 events, late by up to 4 hours, 3 partitions)
+    landed into `lake`; returns the hours."""
     traffic = messy_traffic(START, END, events=3_000, seed=5, max_late=timedelta(hours=4))
     kafka = InMemoryKafka(partitions=3)
     kafka.produce(traffic.messages)
     hours = [START + timedelta(hours=i) for i in range(6)]
-    land_hours(kafka, bucket.lake, hours, now=END, first_instant=START)
+    land_hours(kafka, lake, hours, now=END, first_instant=START)
+    return hours
+
+
+def test_a_ticks_plan_reads_the_ledger_in_few_round_trips(bucket):
+    """The reconcile sensor's plan on S3: a day's index and claims in one listing each (not one
+    per hour), and the clean stamps of every hour of the day read at once."""
+    land_messy_hours(bucket.lake)
 
     def plan():
         return plan_rebuilds(
@@ -261,8 +268,8 @@ def test_a_ticks_plan_reads_the_ledger_in_few_round_trips(bucket):
     # Owed at first: every event hour in the index (read here with boto3), once it has closed.
     keys = bucket.keys()
     indexed = {key.split("/")[3] for key in keys if key.startswith("lake/bronze/_index/")}
-    hours = {datetime.strptime(label, "%Y-%m-%dT%H").replace(tzinfo=UTC) for label in indexed}
-    expected = sorted(h for h in hours if h >= START and h + timedelta(hours=1) <= UNTIL)
+    event_hours = {datetime.strptime(h, "%Y-%m-%dT%H").replace(tzinfo=UTC) for h in indexed}
+    expected = sorted(h for h in event_hours if h >= START and h + timedelta(hours=1) <= UNTIL)
     owed = plan()
     assert owed.event_hours == expected and len(expected) >= 6
     assert not owed.days  # a day waits while its hours are owed
@@ -315,11 +322,7 @@ def test_a_cleaning_run_looks_each_bronze_file_up_once(bucket):
     """A run's row-group reads and its valid copies (the re-stamped copies' frames) share the
     run's lookups: each bronze file is looked up (a HEAD) at most once, and the silver is the
     same as a run without them would write (the known-answer tests check its contents)."""
-    traffic = messy_traffic(START, END, events=3_000, seed=5, max_late=timedelta(hours=4))
-    kafka = InMemoryKafka(partitions=3)
-    kafka.produce(traffic.messages)
-    hours = [START + timedelta(hours=i) for i in range(6)]
-    land_hours(kafka, bucket.lake, hours, now=END, first_instant=START)
+    hours = land_messy_hours(bucket.lake)
     head = "before-parameter-build.s3.HeadObject"  # the request's parameters: its key
     with s3_events(bucket.lake.fs, head, lambda params, **_: params["Key"]) as looked_up:
         run = CleaningRun.of(bucket.lake)
