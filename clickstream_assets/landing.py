@@ -245,10 +245,10 @@ class _Sink:
             self._writer.write_table(bronze.slice(start, end - start), row_group_size=end - start)
 
         # Only the columns that the counts and the quarantine need are filtered: filtering every
-        # column, the raw values too, was a sixth of the sink's CPU.
-        readable = pa.table({"event_hour": bronze["event_hour"].filter(pc.invert(landing_bad))})
-        histogram = readable.group_by("event_hour").aggregate([("event_hour", "count")])
-        for hour, count in zip(*histogram.columns, strict=True):
+        # column, the raw values too, was a sixth of the sink's CPU. The hours are counted by
+        # value_counts: a group_by's Acero plan cost 0.2-0.7 ms a call, 20 times as much.
+        histogram = pc.value_counts(bronze["event_hour"].filter(pc.invert(landing_bad)))
+        for hour, count in zip(*histogram.flatten(), strict=True):
             self.event_hours[hour_label(hour.as_py())] += count.as_py()
         bad = bronze.select([n for n in QUARANTINE_SCHEMA.names if n != "stage"]).filter(
             landing_bad
