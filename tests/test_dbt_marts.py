@@ -6,6 +6,7 @@ rebuilds it unchanged; the tests read the snapshots it took after each step.
 """
 
 import copy
+import importlib
 import json
 import os
 import re
@@ -637,6 +638,75 @@ def test_one_parse_serves_every_lake_and_warehouse_directory(tmp_path: Path, mon
     # DuckDB names the catalog after the warehouse file: another name is another parse.
     renamed = manifest_in_a_new_process(tmp_path / "c", "w.duckdb")
     assert renamed.nodes["model.clickstream.stg_events"].database == "w"
+
+
+SCHEMAS_IN_A_NEW_PROCESS = """
+import json, sys
+from pathlib import Path
+from dbt_common import dataclass_schema
+from resources import dbt
+built = []
+build = dataclass_schema.build_json_schema
+
+
+def counted(cls, *args, **kwargs):
+    built.append(cls.__name__)
+    return build(cls, *args, **kwargs)
+
+
+dataclass_schema.build_json_schema = counted
+dbt._json_schemas.path = Path(sys.argv[1])
+try:
+    dbt.parse(Path(sys.argv[2]), write_json=False)
+    outcome = "parsed"
+except dbt.DbtError as error:
+    outcome = str(error)
+print(json.dumps({"built": built, "outcome": outcome}))
+"""
+
+
+def test_a_new_process_reads_dbts_config_schemas_instead_of_building_them(tmp_path: Path):
+    project = tmp_path / "project"
+    shutil.copytree(DBT_PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs"))
+    saved = tmp_path / "json_schemas.json"
+
+    def parse_in_a_new_process() -> dict:
+        done = subprocess.run(
+            [sys.executable, "-c", SCHEMAS_IN_A_NEW_PROCESS, str(saved), str(project)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(dbt_module.__file__).parents[1],
+        )
+        return json.loads(done.stdout.splitlines()[-1])
+
+    first = parse_in_a_new_process()
+    assert first["outcome"] == "parsed"
+    assert {"Project", "ProfileConfig", "DuckDBCredentials"} <= set(first["built"])
+    schemas = json.loads(saved.read_text())["schemas"]
+    assert len(schemas) == len(first["built"])
+    # Each is what mashumaro builds for the class in this process.
+    from dbt_common.dataclass_schema import build_json_schema
+
+    for key, schema in schemas.items():
+        module, _, name = key.rpartition(".")
+        built = build_json_schema(getattr(importlib.import_module(module), name)).to_dict()
+        assert json.loads(json.dumps(built)) == schema, key
+    assert parse_in_a_new_process() == {"built": [], "outcome": "parsed"}
+    # Read back, they still refuse what dbt refuses.
+    profiles = project / "profiles.yml"
+    profiles.write_text(profiles.read_text().replace("threads: 4", "threads: four", 1))
+    refused = parse_in_a_new_process()
+    assert refused["built"] == []
+    assert "'four' is not of type 'integer'" in refused["outcome"]
+
+
+def test_a_behavior_flag_without_a_source_names_the_module_that_defines_it():
+    from dbt_common.behavior_flags import BehaviorFlagRendered
+
+    dbt_module._prepare()
+    flag = BehaviorFlagRendered({"name": "a_flag", "default": False, "description": "d"}, {})
+    assert flag._behavior_change_event.flag_source == __name__
 
 
 def offline_vars(tmp_path: Path) -> str:
