@@ -16,6 +16,7 @@ happens), never to the console of a catch-up or demo.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -106,14 +107,19 @@ class _JsonSchemas:
         dbtClassMixin.json_schema = classmethod(json_schema)
 
     def save(self) -> None:
-        """Write the schemas if this process built any (temporary file, then rename)."""
+        """Write the schemas if this process built any (temporary file, then rename). Where
+        target/ cannot be written, each process builds them, as dbt alone would."""
         if not self.added:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}")
-        temporary.write_text(json.dumps({"versions": self.versions(), "schemas": self.schemas}))
-        os.replace(temporary, self.path)
         self.added = False
+        temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps({"versions": self.versions(), "schemas": self.schemas}))
+            os.replace(temporary, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
 
 
 _json_schemas = _JsonSchemas(DBT_PROJECT_DIR / "target" / "json_schemas.json")

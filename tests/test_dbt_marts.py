@@ -670,9 +670,9 @@ def test_a_new_process_reads_dbts_config_schemas_instead_of_building_them(tmp_pa
     shutil.copytree(DBT_PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs"))
     saved = tmp_path / "json_schemas.json"
 
-    def parse_in_a_new_process() -> dict:
+    def parse_in_a_new_process(schemas_file: Path = saved) -> dict:
         done = subprocess.run(
-            [sys.executable, "-c", SCHEMAS_IN_A_NEW_PROCESS, str(saved), str(project)],
+            [sys.executable, "-c", SCHEMAS_IN_A_NEW_PROCESS, str(schemas_file), str(project)],
             capture_output=True,
             text=True,
             check=True,
@@ -693,6 +693,12 @@ def test_a_new_process_reads_dbts_config_schemas_instead_of_building_them(tmp_pa
         built = build_json_schema(getattr(importlib.import_module(module), name)).to_dict()
         assert json.loads(json.dumps(built)) == schema, key
     assert parse_in_a_new_process() == {"built": [], "outcome": "parsed"}
+    # Where the file cannot be written, each process builds them, as dbt alone would.
+    not_a_directory = tmp_path / "a_file"
+    not_a_directory.write_text("")
+    unsaved = parse_in_a_new_process(not_a_directory / "json_schemas.json")
+    assert unsaved["outcome"] == "parsed"
+    assert {"Project", "ProfileConfig", "DuckDBCredentials"} <= set(unsaved["built"])
     # Read back, they still refuse what dbt refuses.
     profiles = project / "profiles.yml"
     profiles.write_text(profiles.read_text().replace("threads: 4", "threads: four", 1))
