@@ -91,7 +91,7 @@ class _JsonSchemas:
 
         try:
             saved = json.loads(self.path.read_text())
-            if saved["versions"] == self.versions():
+            if saved["versions"] == self.versions() and isinstance(saved["schemas"], dict):
                 self.schemas = saved["schemas"]
         except (OSError, ValueError, KeyError, TypeError):
             pass  # none saved yet, or unreadable: built as needed, saved afresh

@@ -680,6 +680,7 @@ def test_a_new_process_reads_dbts_config_schemas_instead_of_building_them(tmp_pa
         )
         return json.loads(done.stdout.splitlines()[-1])
 
+    saved.write_text('{"versions": {"dbt-core": "0.1"}, "schemas": []}')  # not these packages'
     first = parse_in_a_new_process()
     assert first["outcome"] == "parsed"
     assert {"Project", "ProfileConfig", "DuckDBCredentials"} <= set(first["built"])
