@@ -42,6 +42,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -851,6 +852,11 @@ def main() -> None:
     )
     parser.add_argument("--no-spark", action="store_true")
     parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the working directory (its lakes, warehouses and logs: gigabytes) to look into",
+    )
+    parser.add_argument(
         "--only",
         default="producer,landing,hour,day,spark,s3,rollup,marts-day,marts-week,s3-marts",
     )
@@ -860,14 +866,29 @@ def main() -> None:
         print(json.dumps(hour_stage(*args.hour_stage)))
         return
 
-    from resources.broker import EmbeddedBroker
-
     only = set(args.only.split(","))
     if args.no_spark:
         only.discard("spark")
     results = Results()
     workdir = Path(tempfile.mkdtemp(prefix="clickstream-bench-"))
     print(f"working in {workdir}", flush=True)
+    try:
+        _stages(args, only, results, workdir)
+    finally:
+        if args.keep:
+            print(f"kept {workdir}", flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(f"`{' '.join([Path(sys.executable).name, 'benchmarks/bench.py', *sys.argv[1:]])}`")
+    print(f"on {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
+    print()
+    print(results.table())
+
+
+def _stages(args: argparse.Namespace, only: set[str], results: Results, workdir: Path) -> None:
+    from resources.broker import EmbeddedBroker
+
     with EmbeddedBroker.on_free_port() as broker:
         topic = f"bench.{int(time.time())}"
         if only & {"producer", "landing", "day", "spark", "s3"}:
@@ -896,11 +917,6 @@ def main() -> None:
         bench_marts_week(results, workdir, args.marts_week_hour_events)
     if "s3-marts" in only:
         bench_s3_marts(results, workdir, args.marts_hour_events)
-    print()
-    print(f"`{' '.join([Path(sys.executable).name, 'benchmarks/bench.py', *sys.argv[1:]])}`")
-    print(f"on {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
-    print()
-    print(results.table())
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from core.ledger import (
     events_file,
     hour_label,
 )
+from core.scratch import scratch_directory
 from resources.event_log import RECORD_SCHEMA
 from resources.lake import LakeResource
 from resources.lake_store import S3_CONNECTIONS, Reader
@@ -751,7 +752,7 @@ def clean_hour(
         return current is None or not set(current.inputs) > set(inputs)
 
     with (
-        tempfile.TemporaryDirectory(prefix="clickstream-clean-") as spill,
+        scratch_directory("clean") as spill,
         lake.parquet_writer(
             silver_path,
             SILVER_SCHEMA,
@@ -880,7 +881,7 @@ def clean_hours(
             finally:
                 valid.done(hour)
 
-        with tempfile.TemporaryDirectory(prefix="clickstream-copies-") as spill:
+        with scratch_directory("copies") as spill:
             computed = pool.map(functools.partial(frame, spill=spill), near)
             run.copies.update(zip(near, computed, strict=True))
         pending: deque[tuple[int, Future[Cleaned]]] = deque()

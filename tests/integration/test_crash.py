@@ -67,8 +67,10 @@ def _deployment(broker, root: Path, topic: str) -> tuple[KafkaResource, dict[str
     into a lake and warehouse under `root`."""
     kafka = KafkaResource(bootstrap_servers=broker.bootstrap, topic=topic)
     kafka.create_topic(3)
+    (root / "tmp").mkdir()
     env = local_env(
         root,
+        TMPDIR=str(root / "tmp"),  # where a killed cleaning's spill would stay
         CLICKSTREAM_KAFKA_BOOTSTRAP=broker.bootstrap,
         CLICKSTREAM_TOPIC=topic,
         CLICKSTREAM_START_DATE=START.date().isoformat(),
@@ -121,12 +123,17 @@ def test_a_killed_catch_up_is_repaired_by_the_next(traffic_in, stage, sig):
         assert process.returncode == 128 + signal.SIGTERM
         assert "catch-up stopped" in process.stdout.read()
 
+    spills = root / "tmp" / "clickstream-scratch"
+    left = sorted(p.name for p in spills.glob("*"))
     began = time.monotonic()
     rerun = _catch_up(env)
     output, _ = rerun.communicate(timeout=900)
     print(f"recovery after {sig.name} during {stage}: {time.monotonic() - began:.1f} s")
     assert rerun.returncode == 0, output
     assert_marts_match(env["CLICKSTREAM_WAREHOUSE"], traffic.truth)
+    # The killed process's spill directories (cleaning's, if any) were removed by the next one.
+    print(f"scratch directories left by the {sig.name}: {left}")
+    assert list(spills.glob("*")) == []
     # And a third run finds nothing owed.
     settled = _catch_up(env)
     output, _ = settled.communicate(timeout=300)
