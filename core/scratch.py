@@ -40,9 +40,9 @@ def _hold(directory: str) -> int | None:
     return fd
 
 
-def sweep_scratch(root: Path | None = None) -> list[str]:
+def sweep_scratch() -> list[str]:
     """Remove the scratch directories no live process holds; returns their names."""
-    root = root or scratch_root()
+    root = scratch_root()
     removed = []
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
         fd = _hold(str(entry))
@@ -59,11 +59,10 @@ def sweep_scratch(root: Path | None = None) -> list[str]:
 @contextmanager
 def scratch_directory(prefix: str) -> Iterator[str]:
     """A new local directory held by this process until the block ends, then removed."""
-    root = scratch_root()
-    root.mkdir(exist_ok=True)
-    sweep_scratch(root)
+    scratch_root().mkdir(exist_ok=True)
+    sweep_scratch()
     while True:
-        directory = tempfile.mkdtemp(prefix=f"{prefix}-", dir=root)
+        directory = tempfile.mkdtemp(prefix=f"{prefix}-", dir=scratch_root())
         fd = _hold(directory)
         # Another process's sweep may have taken it between its creation and this lock: then it
         # is gone (no links left), and a new one is made.
